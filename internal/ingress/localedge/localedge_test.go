@@ -84,7 +84,7 @@ func TestPublishRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := []struct{ owner, host, origin string }{
-		{"b", "x.localhost", "http://127.0.0.1:2"},  // held by another owner
+		{"b", "x.localhost", "http://127.0.0.1:2"},   // held by another owner
 		{"a", "x.example.com", "http://127.0.0.1:2"}, // outside the domain
 		{"a", "y.localhost", "not a url"},
 		{"a", "y.localhost", "ftp://127.0.0.1/"},
@@ -126,4 +126,3 @@ func TestDialerResolvesLocalhostSubdomains(t *testing.T) {
 		}
 	}
 }
-
