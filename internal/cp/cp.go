@@ -1,0 +1,259 @@
+// Package cp is the DevOps Defender control plane: agents register with it,
+// it publishes their ingress, keeps them in the fleet registry, scrapes
+// their /health, and shows the fleet to its administrator.
+//
+// Routes (cp.md §2, with the reference's weaknesses fixed, §10):
+//
+//	GET  /health        public liveness and fleet counts
+//	POST /register      agent registration (evidence recorded, not yet verified)
+//	GET  /api/agents    fleet admin (bearer admin token only; loopback is not trusted)
+//	GET  /              fleet page      } admin bearer token, or the session cookie
+//	GET  /agent/{id}    agent page      } set by POST /login
+//	GET  /login         sign-in form; POST /login signs in; POST /logout signs out
+//
+// [Server.Run] runs the collector: every ScrapeInterval it fetches each
+// agent's /health with bounded concurrency and marks the agent healthy,
+// stale or dead. Records are kept, so a returning agent becomes healthy.
+package cp
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/workload"
+)
+
+// Ingress makes agents reachable under a public hostname: a Cloudflare
+// tunnel in production, the local edge in dev.
+type Ingress interface {
+	// Publish routes hostname to origin for agentID and returns the
+	// public URL for it. A hostname that another agent held moves to
+	// agentID.
+	Publish(ctx context.Context, agentID, hostname, origin string) (url string, err error)
+	// Unpublish removes the routes agentID still holds; a hostname that
+	// has since moved to another agent stays routed to that agent.
+	Unpublish(ctx context.Context, agentID string) error
+}
+
+// MinAdminTokenLen is the shortest admin token [New] accepts.
+const MinAdminTokenLen = 32
+
+// Options configures a [Server].
+type Options struct {
+	// Store is the fleet registry. Required; the caller closes it.
+	Store *fleet.Store
+
+	// Env is the installation's name, e.g. "dev" or "pr-42", a lowercase
+	// DNS label. It is part of every agent id. Required.
+	Env string
+
+	// Hostname is the control plane's own public host, e.g.
+	// "app.localhost". Required.
+	Hostname string
+
+	// Domain is the zone agents are named in: an agent registering as
+	// vm_name "web" gets the hostname "web.<Domain>". Required.
+	Domain string
+
+	// AdminToken authenticates the fleet administrator. Required, at least
+	// [MinAdminTokenLen] characters. It is never logged.
+	AdminToken string
+
+	// Ingress publishes agent hostnames. Required.
+	Ingress Ingress
+
+	// HTTPClient scrapes agents. Nil means a client that does not follow
+	// redirects; the dev launcher injects one that resolves *.localhost.
+	HTTPClient *http.Client
+
+	// Now returns the current time. Nil means time.Now.
+	Now func() time.Time
+
+	// Logger receives access logs and events. Nil discards them.
+	Logger *slog.Logger
+
+	// ScrapeInterval is the time between collector rounds. Zero means 5s.
+	ScrapeInterval time.Duration
+
+	// ScrapeTimeout bounds one agent's /health request. Zero means 3s.
+	ScrapeTimeout time.Duration
+
+	// ScrapeConcurrency bounds how many agents are scraped at once. Zero
+	// means 8.
+	ScrapeConcurrency int
+
+	// StaleAfter is how long an agent may go without a good scrape before
+	// it is stale. Zero means 30s.
+	StaleAfter time.Duration
+
+	// DeadAfter is how long an agent may go without a good scrape before
+	// it is dead. Zero means 15m, longer than an agent takes to reboot and
+	// register again (cp.md §4.4).
+	DeadAfter time.Duration
+
+	// Build identifies the binary in /health. Empty means "dev".
+	Build string
+}
+
+// Server is the control plane. Create it with [New], serve [Server.Handler]
+// and run [Server.Run] for the collector.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	store   *fleet.Store
+	client  *http.Client
+	started time.Time
+	handler http.Handler
+
+	// adminHash is the SHA-256 of the admin token; tokens are compared by
+	// digest so that the comparison does not leak the length.
+	adminHash  [sha256.Size]byte
+	sessionKey []byte
+	cookie     cookieConfig
+
+	// wake asks the collector for an immediate round; one pending request
+	// is remembered while a round runs.
+	wake    chan struct{}
+	running atomic.Bool
+
+	// regMu serialises registrations, so that publishing a hostname and
+	// recording its owner happen in the same order for all callers.
+	regMu sync.Mutex
+}
+
+// New validates opts, fills in defaults and returns a server.
+func New(opts Options) (*Server, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("cp: %w", err)
+	}
+	opts.setDefaults()
+
+	log := slog.New(requestIDHandler{opts.Logger.Handler()}).With("component", "cp")
+	s := &Server{
+		opts:       opts,
+		log:        log,
+		store:      opts.Store,
+		client:     opts.HTTPClient,
+		started:    opts.Now(),
+		adminHash:  sha256.Sum256([]byte(opts.AdminToken)),
+		sessionKey: deriveSessionKey(opts.AdminToken, opts.Hostname),
+		cookie:     newCookieConfig(opts.Hostname),
+		wake:       make(chan struct{}, 1),
+	}
+	s.handler = s.routes()
+	return s, nil
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	if o.Store == nil {
+		errs = append(errs, errors.New("Store is required"))
+	}
+	if !workload.ValidLabel(o.Env) {
+		errs = append(errs, fmt.Errorf("Env %q is not a lowercase DNS label", o.Env))
+	}
+	if !validDNSName(o.Hostname) {
+		errs = append(errs, fmt.Errorf("Hostname %q is not a DNS name", o.Hostname))
+	}
+	if !validDNSName(o.Domain) {
+		errs = append(errs, fmt.Errorf("Domain %q is not a DNS name", o.Domain))
+	}
+	if len(o.AdminToken) < MinAdminTokenLen {
+		errs = append(errs, fmt.Errorf("AdminToken must have at least %d characters",
+			MinAdminTokenLen))
+	}
+	if o.Ingress == nil {
+		errs = append(errs, errors.New("Ingress is required"))
+	}
+	if o.ScrapeInterval < 0 || o.ScrapeTimeout < 0 || o.StaleAfter < 0 ||
+		o.DeadAfter < 0 || o.ScrapeConcurrency < 0 {
+		errs = append(errs, errors.New("durations and concurrency must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Options) setDefaults() {
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	setDefault(&o.ScrapeInterval, 5*time.Second)
+	setDefault(&o.ScrapeTimeout, 3*time.Second)
+	setDefault(&o.StaleAfter, 30*time.Second)
+	setDefault(&o.DeadAfter, 15*time.Minute)
+	if o.DeadAfter < o.StaleAfter {
+		o.DeadAfter = o.StaleAfter
+	}
+	if o.ScrapeConcurrency == 0 {
+		o.ScrapeConcurrency = 8
+	}
+	if o.Build == "" {
+		o.Build = "dev"
+	}
+}
+
+func setDefault(d *time.Duration, v time.Duration) {
+	if *d == 0 {
+		*d = v
+	}
+}
+
+// validDNSName reports whether name is one or more lowercase DNS labels
+// joined by dots, at most 253 characters.
+func validDNSName(name string) bool {
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(name, ".") {
+		if !workload.ValidLabel(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// isLoopbackHost reports whether browsers treat host as a secure context
+// even over plain HTTP (the dev fleet on *.localhost).
+func isLoopbackHost(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Handler returns the control plane's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Wake asks the collector for a round now instead of at the next tick.
+func (s *Server) Wake() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func deriveSessionKey(adminToken, hostname string) []byte {
+	m := hmac.New(sha256.New, []byte(adminToken))
+	m.Write([]byte("devopsdefender cp admin session key v1\x00" + hostname))
+	return m.Sum(nil)
+}

@@ -1,0 +1,498 @@
+package cp
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/dashboard"
+	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+)
+
+const validRegister = `{"vm_name":"web","origin":"http://127.0.0.1:9101",
+	"evidence":{"attestation_type":"simulated","quote_format":"sim",
+	"quote_b64":"cXVvdGU=","report_data_b64":"cmQ="}}`
+
+func registerBody(vm, origin, evType string) string {
+	b, _ := json.Marshal(map[string]any{
+		"vm_name": vm, "origin": origin,
+		"evidence": map[string]string{"attestation_type": evType},
+	})
+	return string(b)
+}
+
+func (e *testEnv) register(t *testing.T, vm string) cpapi.RegisterResponse {
+	t.Helper()
+	rec := e.do("POST", "/register", registerBody(vm, "http://127.0.0.1:9101", "simulated"),
+		map[string]string{"Content-Type": "application/json"})
+	if rec.Code != http.StatusOK {
+		t.Fatalf("register %s: %d %s", vm, rec.Code, rec.Body)
+	}
+	var resp cpapi.RegisterResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func decodeError(t *testing.T, rec interface{ Result() *http.Response }) httpapi.Body {
+	t.Helper()
+	resp := rec.Result()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("error content type %q, want application/json", ct)
+	}
+	var b httpapi.Body
+	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil || b.Code == "" {
+		t.Errorf("error body is not {code, message}: %v", err)
+	}
+	return b
+}
+
+func TestNewValidatesOptions(t *testing.T) {
+	tests := map[string]func(*Options){
+		"no store":          func(o *Options) { o.Store = nil },
+		"no ingress":        func(o *Options) { o.Ingress = nil },
+		"short token":       func(o *Options) { o.AdminToken = "short" },
+		"bad env":           func(o *Options) { o.Env = "Dev_1" },
+		"bad hostname":      func(o *Options) { o.Hostname = "app.localhost:8443" },
+		"no domain":         func(o *Options) { o.Domain = "" },
+		"negative interval": func(o *Options) { o.ScrapeInterval = -time.Second },
+	}
+	base := newTestEnv(t, nil)
+	for name, mutate := range tests {
+		t.Run(name, func(t *testing.T) {
+			opts := base.srv.opts
+			mutate(&opts)
+			if _, err := New(opts); err == nil {
+				t.Error("New succeeded")
+			}
+		})
+	}
+}
+
+func TestHealth(t *testing.T) {
+	e := newTestEnv(t, func(o *Options) { o.Build = "abc123" })
+	e.register(t, "web")
+	e.clock.Advance(90 * time.Second)
+	rec := e.do("GET", "/health", "", nil)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d", rec.Code)
+	}
+	var got cpapi.Health
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := cpapi.Health{OK: true, Service: "cp", Env: "dev", Hostname: "app.localhost",
+		Build: "abc123", UptimeSecs: 90, AgentCount: 1, HealthyCount: 0}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("health (-want +got):\n%s", diff)
+	}
+}
+
+func TestRegisterStoresUnverified(t *testing.T) {
+	e := newTestEnv(t, nil)
+	rec := e.do("POST", "/register", validRegister,
+		map[string]string{"Content-Type": "application/json"})
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	var resp cpapi.RegisterResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Fatal(err)
+	}
+	const prefix = "dd-dev-agent-"
+	if !strings.HasPrefix(resp.AgentID, prefix) || len(resp.AgentID) != len(prefix)+8 {
+		t.Errorf("agent_id %q, want dd-dev-agent-<8 hex>", resp.AgentID)
+	}
+	if resp.Hostname != "web.localhost" || resp.URL != "http://web.localhost" {
+		t.Errorf("hostname %q url %q", resp.Hostname, resp.URL)
+	}
+	if len(resp.AgentToken) < 40 {
+		t.Errorf("agent token %q is too short", resp.AgentToken)
+	}
+
+	a, err := e.store.Get(context.Background(), resp.AgentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Status != fleet.StatusRegistering || a.Origin != "http://127.0.0.1:9101" ||
+		!a.RegisteredAt.Equal(t0) {
+		t.Errorf("stored %+v", a)
+	}
+	wantAtt := fleet.Attestation{Type: "simulated", QuoteFormat: "sim", QuoteB64: "cXVvdGU=",
+		ReportDataB64: "cmQ=", Verified: false, Status: "unverified"}
+	if diff := cmp.Diff(wantAtt, a.Attestation); diff != "" {
+		t.Errorf("attestation (-want +got):\n%s", diff)
+	}
+	if _, err := e.store.AuthenticateAgent(context.Background(), a.ID, resp.AgentToken); err != nil {
+		t.Errorf("returned token does not authenticate: %v", err)
+	}
+	if got := e.ingress.owner("web.localhost"); got != resp.AgentID {
+		t.Errorf("ingress routes web.localhost to %q", got)
+	}
+	select {
+	case <-e.srv.wake:
+	default:
+		t.Error("registration did not wake the collector")
+	}
+}
+
+func TestRegisterRejectsBadInput(t *testing.T) {
+	long := strings.Repeat("a", 64)
+	tests := []struct {
+		name   string
+		body   string
+		ctype  string
+		status int
+	}{
+		{"bad json", `{"vm_name":`, "", 400},
+		{"not an object", `["web"]`, "", 400},
+		{"trailing data", validRegister + `{}`, "", 400},
+		{"oversized", `{"vm_name":"web","origin":"http://x","evidence":{"attestation_type":"none",` +
+			`"quote_b64":"` + strings.Repeat("A", 70<<10) + `"}}`, "", 413},
+		{"unknown field", `{"vm_name":"web","origin":"http://x","evidence":` +
+			`{"attestation_type":"none"},"ita_token":"x"}`, "", 400},
+		{"wrong content type", validRegister, "text/plain", 415},
+		{"missing vm_name", registerBody("", "http://x", "none"), "", 400},
+		{"uppercase vm_name", registerBody("Web", "http://x", "none"), "", 400},
+		{"underscore vm_name", registerBody("a_b", "http://x", "none"), "", 400},
+		{"leading hyphen", registerBody("-web", "http://x", "none"), "", 400},
+		{"dotted vm_name", registerBody("a.b", "http://x", "none"), "", 400},
+		{"vm_name too long", registerBody(long, "http://x", "none"), "", 400},
+		{"vm_name is the cp host", registerBody("app", "http://x", "none"), "", 400},
+		{"relative origin", registerBody("web", "/health", "none"), "", 400},
+		{"origin without scheme", registerBody("web", "localhost:8080", "none"), "", 400},
+		{"ftp origin", registerBody("web", "ftp://x", "none"), "", 400},
+		{"origin with credentials", registerBody("web", "http://u:p@x", "none"), "", 400},
+		{"origin with query", registerBody("web", "http://x/?a=1", "none"), "", 400},
+		{"unknown evidence type", registerBody("web", "http://x", "sgx"), "", 400},
+		{"missing evidence", `{"vm_name":"web","origin":"http://x"}`, "", 400},
+		{"bad quote base64", `{"vm_name":"web","origin":"http://x","evidence":` +
+			`{"attestation_type":"tdx","quote_b64":"%%%"}}`, "", 400},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t, nil)
+			h := map[string]string{}
+			if tc.ctype != "" {
+				h["Content-Type"] = tc.ctype
+			}
+			rec := e.do("POST", "/register", tc.body, h)
+			if rec.Code != tc.status {
+				t.Errorf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
+			}
+			decodeError(t, rec)
+			assertEmpty(t, e)
+		})
+	}
+}
+
+func assertEmpty(t *testing.T, e *testEnv) {
+	t.Helper()
+	list, err := e.store.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 0 {
+		t.Errorf("store holds %d agents, want none", len(list))
+	}
+	if n := len(e.ingress.routes); n != 0 {
+		t.Errorf("ingress holds %d routes, want none", n)
+	}
+}
+
+func TestRegisterIngressFailure(t *testing.T) {
+	e := newTestEnv(t, nil)
+	e.ingress.err = errIngressDown
+	rec := e.do("POST", "/register", validRegister, nil)
+	if rec.Code != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", rec.Code)
+	}
+	if b := decodeError(t, rec); strings.Contains(b.Message, "ingress down") {
+		t.Errorf("upstream detail leaked to the client: %q", b.Message)
+	}
+	assertEmpty(t, e)
+}
+
+func TestRegisterRefusesBadIngressURL(t *testing.T) {
+	e := newTestEnv(t, nil)
+	e.ingress.setURL("web.localhost", "not a url")
+	if rec := e.do("POST", "/register", validRegister, nil); rec.Code != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", rec.Code)
+	}
+	assertEmpty(t, e)
+}
+
+func TestRegisterReplacesSameVMName(t *testing.T) {
+	e := newTestEnv(t, nil)
+	first := e.register(t, "web")
+	other := e.register(t, "db")
+	second := e.register(t, "web")
+	if first.AgentID == second.AgentID {
+		t.Fatal("re-registration reused the agent id")
+	}
+	list, err := e.store.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, a := range list {
+		ids = append(ids, a.ID)
+	}
+	if diff := cmp.Diff([]string{other.AgentID, second.AgentID}, ids); diff != "" {
+		t.Errorf("agents (-want +got):\n%s", diff)
+	}
+	if got := e.ingress.owner("web.localhost"); got != second.AgentID {
+		t.Errorf("web.localhost routes to %q, want the new agent %q", got, second.AgentID)
+	}
+	if _, err := e.store.AuthenticateAgent(context.Background(), first.AgentID,
+		first.AgentToken); err == nil {
+		t.Error("the replaced agent's token still authenticates")
+	}
+}
+
+func TestAPIAgentsAuth(t *testing.T) {
+	e := newTestEnv(t, nil)
+	e.register(t, "web")
+	e.register(t, "alpha")
+
+	tests := []struct {
+		name   string
+		header map[string]string
+		remote string
+		status int
+	}{
+		{"no token", nil, "", 401},
+		{"no token from loopback", nil, "127.0.0.1:40000", 401},
+		{"wrong token", map[string]string{"Authorization": "Bearer x" + testAdminToken}, "", 401},
+		{"basic auth", map[string]string{"Authorization": "Basic " + testAdminToken}, "", 401},
+		{"right token", admin(), "", 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httpRequest("GET", "/api/agents", tc.header)
+			if tc.remote != "" {
+				r.RemoteAddr = tc.remote
+			}
+			rec := serve(e, r)
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want %d", rec.Code, tc.status)
+			}
+			if tc.status != 200 {
+				decodeError(t, rec)
+				return
+			}
+			var agents []cpapi.Agent
+			if err := json.Unmarshal(rec.Body.Bytes(), &agents); err != nil {
+				t.Fatal(err)
+			}
+			if len(agents) != 2 || agents[0].VMName != "alpha" || agents[1].VMName != "web" {
+				t.Fatalf("agents not sorted by vm_name: %+v", agents)
+			}
+			a := agents[0]
+			if a.Status != "registering" || a.Attestation.Verified ||
+				a.Attestation.Status != "unverified" || a.RegisteredAt != "2026-03-01T12:00:00Z" ||
+				a.Units == nil {
+				t.Errorf("agent %+v", a)
+			}
+			if strings.Contains(rec.Body.String(), "token") {
+				t.Error("listing mentions a token")
+			}
+		})
+	}
+}
+
+func TestRestartKeepsAgents(t *testing.T) {
+	e := newTestEnv(t, nil)
+	resp := e.register(t, "web")
+	if err := e.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	e2 := newTestEnvAt(t, e.dbPath, nil)
+	rec := e2.do("GET", "/api/agents", "", admin())
+	var agents []cpapi.Agent
+	if err := json.Unmarshal(rec.Body.Bytes(), &agents); err != nil {
+		t.Fatal(err)
+	}
+	if len(agents) != 1 || agents[0].AgentID != resp.AgentID {
+		t.Errorf("after restart: %+v", agents)
+	}
+	if _, err := e2.store.AuthenticateAgent(context.Background(), resp.AgentID,
+		resp.AgentToken); err != nil {
+		t.Errorf("token lost across restart: %v", err)
+	}
+}
+
+func TestRouteErrorsAreJSON(t *testing.T) {
+	e := newTestEnv(t, nil)
+	tests := []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"GET", "/nope", 404, ""},
+		{"GET", "/api/agents/extra", 404, ""},
+		{"DELETE", "/health", 405, "GET, HEAD"},
+		{"GET", "/register", 405, "POST"},
+	}
+	for _, tc := range tests {
+		rec := e.do(tc.method, tc.path, "", nil)
+		if rec.Code != tc.status {
+			t.Errorf("%s %s = %d, want %d", tc.method, tc.path, rec.Code, tc.status)
+		}
+		decodeError(t, rec)
+		if got := rec.Header().Get("Allow"); got != tc.allow {
+			t.Errorf("%s %s Allow %q, want %q", tc.method, tc.path, got, tc.allow)
+		}
+	}
+	if rec := e.do("GET", "/agent/nope", "", admin()); rec.Code != 404 {
+		t.Errorf("unknown agent page = %d, want 404", rec.Code)
+	}
+}
+
+func TestPagesRequireAdmin(t *testing.T) {
+	e := newTestEnv(t, nil)
+	resp := e.register(t, "web")
+	browser := map[string]string{"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+	wrongBearer := map[string]string{"Authorization": "Bearer nope", "Accept": "text/html"}
+	for _, path := range []string{"/", "/agent/" + resp.AgentID} {
+		if rec := e.do("GET", path, "", browser); rec.Code != http.StatusSeeOther ||
+			rec.Header().Get("Location") != "/login" {
+			t.Errorf("browser GET %s = %d to %q, want 303 to /login", path, rec.Code,
+				rec.Header().Get("Location"))
+		}
+		if rec := e.do("GET", path, "", nil); rec.Code != 401 {
+			t.Errorf("API client GET %s = %d, want 401", path, rec.Code)
+		}
+		if rec := e.do("GET", path, "", wrongBearer); rec.Code != 401 {
+			t.Errorf("wrong bearer GET %s = %d, want 401", path, rec.Code)
+		}
+		rec := e.do("GET", path, "", admin())
+		if rec.Code != 200 {
+			t.Fatalf("admin GET %s = %d", path, rec.Code)
+		}
+		if rec.Header().Get("Content-Security-Policy") != dashboard.CSP {
+			t.Errorf("GET %s lacks the CSP header", path)
+		}
+	}
+}
+
+func TestFleetPageShowsUnverified(t *testing.T) {
+	e := newTestEnv(t, nil)
+	e.register(t, "web")
+	rec := e.do("GET", "/", "", admin())
+	body := rec.Body.String()
+	for _, want := range []string{"web", ">unverified<", "registering", `http-equiv="refresh"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("fleet page lacks %q:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, ">verified<") {
+		t.Error("fleet page claims an agent is verified")
+	}
+}
+
+func TestLoginFlow(t *testing.T) {
+	e := newTestEnv(t, nil)
+	if rec := e.do("GET", "/login", "", nil); rec.Code != 200 ||
+		!strings.Contains(rec.Body.String(), `<form method="post" action="/login"`) {
+		t.Fatalf("GET /login = %d:\n%s", rec.Code, rec.Body)
+	}
+	form := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+
+	rec := e.do("POST", "/login", "token=wrong", form)
+	if rec.Code != 401 || len(rec.Result().Cookies()) != 0 {
+		t.Fatalf("wrong token: %d, cookies %v", rec.Code, rec.Result().Cookies())
+	}
+
+	rec = e.do("POST", "/login", "token="+url.QueryEscape(testAdminToken), form)
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/" {
+		t.Fatalf("right token: %d to %q", rec.Code, rec.Header().Get("Location"))
+	}
+	cookies := rec.Result().Cookies()
+	if len(cookies) != 1 {
+		t.Fatalf("cookies %v", cookies)
+	}
+	c := cookies[0]
+	if c.Name != "dd_admin" || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode ||
+		c.Domain != "" || c.Path != "/" || strings.Contains(c.Value, testAdminToken) {
+		t.Errorf("cookie %+v", c)
+	}
+
+	withCookie := func(v string) int {
+		r := httpRequest("GET", "/", map[string]string{"Accept": "text/html"})
+		r.AddCookie(&http.Cookie{Name: "dd_admin", Value: v})
+		return serve(e, r).Code
+	}
+	if got := withCookie(c.Value); got != 200 {
+		t.Errorf("GET / with session = %d, want 200", got)
+	}
+	if got := withCookie(c.Value + "x"); got != http.StatusSeeOther {
+		t.Errorf("GET / with tampered session = %d, want 303", got)
+	}
+	if got := withCookie(testAdminToken); got != http.StatusSeeOther {
+		t.Errorf("GET / with the raw token as cookie = %d, want 303", got)
+	}
+	e.clock.Advance(sessionTTL)
+	if got := withCookie(c.Value); got != http.StatusSeeOther {
+		t.Errorf("GET / with expired session = %d, want 303", got)
+	}
+
+	rec = e.do("POST", "/logout", "", nil)
+	if rec.Code != http.StatusSeeOther || rec.Result().Cookies()[0].MaxAge >= 0 {
+		t.Errorf("logout: %d %v", rec.Code, rec.Result().Cookies())
+	}
+}
+
+func TestSecureCookieOffLoopback(t *testing.T) {
+	e := newTestEnv(t, func(o *Options) { o.Hostname = "app.example.com"; o.Domain = "example.com" })
+	rec := e.do("POST", "/login", "token="+url.QueryEscape(testAdminToken),
+		map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
+	c := rec.Result().Cookies()
+	if len(c) != 1 || c[0].Name != "__Host-dd_admin" || !c[0].Secure {
+		t.Errorf("cookies %+v, want a Secure __Host- cookie", c)
+	}
+}
+
+func TestLogsCarryNoSecrets(t *testing.T) {
+	e := newTestEnv(t, nil)
+	resp := e.register(t, "web")
+	e.do("GET", "/api/agents", "", admin())
+	e.do("POST", "/login", "token="+url.QueryEscape(testAdminToken),
+		map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
+	e.do("GET", "/", "", admin())
+	logs := e.logs.String()
+	if !strings.Contains(logs, "http request") || !strings.Contains(logs, "request_id=") {
+		t.Errorf("no access log with request ids:\n%s", logs)
+	}
+	for _, secret := range []string{testAdminToken, resp.AgentToken} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("logs contain a secret:\n%s", logs)
+		}
+	}
+}
+
+func TestRequestIDHeader(t *testing.T) {
+	e := newTestEnv(t, nil)
+	a := e.do("GET", "/health", "", nil).Header().Get("X-Request-Id")
+	b := e.do("GET", "/health", "", nil).Header().Get("X-Request-Id")
+	if len(a) != 16 || a == b {
+		t.Errorf("request ids %q, %q", a, b)
+	}
+}
+
+func TestStylesheetIsPublic(t *testing.T) {
+	e := newTestEnv(t, nil)
+	if rec := e.do("GET", dashboard.AssetPrefix+"dashboard.css", "", nil); rec.Code != 200 {
+		t.Errorf("stylesheet = %d", rec.Code)
+	}
+}

@@ -1,0 +1,191 @@
+package cp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/fleet"
+)
+
+const testAdminToken = "admin-token-0123456789abcdef0123456789"
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// fakeIngress routes hostnames in memory, following the Ingress contract:
+// a hostname moves to its latest publisher, and Unpublish removes only
+// what the agent still holds.
+type fakeIngress struct {
+	mu     sync.Mutex
+	routes map[string]string // hostname -> agent id
+	urls   map[string]string // hostname -> URL to return; default http://<hostname>
+	err    error
+	calls  int
+}
+
+func newFakeIngress() *fakeIngress {
+	return &fakeIngress{routes: map[string]string{}, urls: map[string]string{}}
+}
+
+func (f *fakeIngress) Publish(_ context.Context, agentID, hostname, origin string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.err != nil {
+		return "", f.err
+	}
+	f.routes[hostname] = agentID
+	if u, ok := f.urls[hostname]; ok {
+		return u, nil
+	}
+	return "http://" + hostname, nil
+}
+
+func (f *fakeIngress) Unpublish(_ context.Context, agentID string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for h, id := range f.routes {
+		if id == agentID {
+			delete(f.routes, h)
+		}
+	}
+	return nil
+}
+
+func (f *fakeIngress) owner(hostname string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.routes[hostname]
+}
+
+func (f *fakeIngress) setURL(hostname, u string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.urls[hostname] = u
+}
+
+// clock is a settable time source.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// syncBuffer is a log sink safe for the collector's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type testEnv struct {
+	srv     *Server
+	store   *fleet.Store
+	ingress *fakeIngress
+	clock   *clock
+	logs    *syncBuffer
+	dbPath  string
+}
+
+// newTestEnv starts a server on a fresh store in a temporary directory.
+func newTestEnv(t *testing.T, mutate func(*Options)) *testEnv {
+	t.Helper()
+	return newTestEnvAt(t, filepath.Join(t.TempDir(), "fleet.db"), mutate)
+}
+
+func newTestEnvAt(t *testing.T, dbPath string, mutate func(*Options)) *testEnv {
+	t.Helper()
+	store, err := fleet.Open(context.Background(), dbPath, fleet.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	env := &testEnv{store: store, ingress: newFakeIngress(), clock: &clock{t: t0},
+		logs: &syncBuffer{}, dbPath: dbPath}
+	opts := Options{
+		Store:      store,
+		Env:        "dev",
+		Hostname:   "app.localhost",
+		Domain:     "localhost",
+		AdminToken: testAdminToken,
+		Ingress:    env.ingress,
+		Now:        env.clock.Now,
+		Logger:     slog.New(slog.NewTextHandler(env.logs, nil)),
+		StaleAfter: 30 * time.Second,
+		DeadAfter:  5 * time.Minute,
+	}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	env.srv, err = New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return env
+}
+
+// do sends one request through the server's handler.
+func (e *testEnv) do(method, path, body string, header map[string]string) *httptest.ResponseRecorder {
+	var r *http.Request
+	if body == "" {
+		r = httptest.NewRequest(method, path, nil)
+	} else {
+		r = httptest.NewRequest(method, path, strings.NewReader(body))
+	}
+	for k, v := range header {
+		r.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	e.srv.Handler().ServeHTTP(rec, r)
+	return rec
+}
+
+func admin() map[string]string {
+	return map[string]string{"Authorization": "Bearer " + testAdminToken}
+}
+
+var errIngressDown = errors.New("ingress down")
+
+func httpRequest(method, path string, header map[string]string) *http.Request {
+	r := httptest.NewRequest(method, path, nil)
+	for k, v := range header {
+		r.Header.Set(k, v)
+	}
+	return r
+}
+
+func serve(e *testEnv, r *http.Request) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	e.srv.Handler().ServeHTTP(rec, r)
+	return rec
+}

@@ -1,0 +1,324 @@
+package cp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/dashboard"
+	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/workload"
+)
+
+const (
+	// maxRegisterBody bounds POST /register; a TDX quote is a few KiB.
+	maxRegisterBody = 64 << 10
+	// maxOriginLen bounds an agent's origin URL.
+	maxOriginLen = 2048
+	// attestationUnverified is the status of evidence nobody checked.
+	attestationUnverified = "unverified"
+	// cleanupTimeout bounds undoing an ingress change after a failure.
+	cleanupTimeout = 10 * time.Second
+)
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.store.Counts(r.Context())
+	if err != nil {
+		return &httpapi.Error{Status: http.StatusServiceUnavailable,
+			Code: httpapi.CodeUnavailable, Message: "fleet store unavailable", Err: err}
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, cpapi.Health{
+		OK:           true,
+		Service:      cpapi.Service,
+		Env:          s.opts.Env,
+		Hostname:     s.opts.Hostname,
+		Build:        s.opts.Build,
+		UptimeSecs:   int64(s.opts.Now().Sub(s.started) / time.Second),
+		AgentCount:   c.Agents,
+		HealthyCount: c.Healthy,
+	})
+}
+
+// register records an agent, publishes its hostname and hands it a token.
+//
+// TODO(#3): verify evidence, bind to a nonce. Until then anyone who can
+// reach /register can claim any vm_name (replacing its agent) and point
+// its hostname at any origin; the evidence is stored as "unverified" and
+// shown as such everywhere.
+func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
+	var req cpapi.RegisterRequest
+	if err := httpapi.DecodeBody(w, r, maxRegisterBody, &req); err != nil {
+		return err
+	}
+	if err := s.validateRegister(&req); err != nil {
+		return err
+	}
+	ctx := r.Context()
+
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	a, token, err := s.newAgent(ctx, &req)
+	if err != nil {
+		return err
+	}
+	if err := s.publish(ctx, &a); err != nil {
+		return err
+	}
+	replaced, err := s.store.Register(ctx, a)
+	if err != nil {
+		s.unpublish(ctx, a.ID)
+		return fmt.Errorf("storing registration of %s: %w", a.ID, err)
+	}
+	for _, old := range replaced {
+		s.unpublish(ctx, old.ID)
+	}
+	s.log.InfoContext(ctx, "agent registered", "agent_id", a.ID, "vm_name", a.VMName,
+		"url", a.URL, "attestation_type", a.Attestation.Type, "replaced", len(replaced))
+	s.Wake()
+	return httpapi.WriteJSON(w, http.StatusOK, cpapi.RegisterResponse{
+		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token})
+}
+
+func (s *Server) validateRegister(req *cpapi.RegisterRequest) error {
+	if !workload.ValidLabel(req.VMName) {
+		return httpapi.BadRequest("vm_name must be a lowercase DNS label of at most 63 characters")
+	}
+	host := s.agentHostname(req.VMName)
+	if host == s.opts.Hostname || len(host) > 253 {
+		return httpapi.BadRequest("vm_name %q cannot be used in this fleet", req.VMName)
+	}
+	if err := validateOrigin(req.Origin); err != nil {
+		return err
+	}
+	switch req.Evidence.AttestationType {
+	case "tdx", "simulated", "none":
+	default:
+		return httpapi.BadRequest("evidence.attestation_type must be tdx, simulated or none")
+	}
+	for field, v := range map[string]string{
+		"evidence.quote_b64":       req.Evidence.QuoteB64,
+		"evidence.report_data_b64": req.Evidence.ReportDataB64,
+	} {
+		if _, err := base64.StdEncoding.DecodeString(v); err != nil {
+			return httpapi.BadRequest("%s is not standard base64", field)
+		}
+	}
+	return nil
+}
+
+// validateOrigin accepts an absolute http(s) URL without credentials,
+// query or fragment: the ingress forwards requests to it.
+func validateOrigin(origin string) error {
+	if len(origin) > maxOriginLen {
+		return httpapi.BadRequest("origin is longer than %d bytes", maxOriginLen)
+	}
+	u, err := url.Parse(origin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return httpapi.BadRequest("origin must be an absolute http or https URL")
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return httpapi.BadRequest("origin must not carry credentials, a query or a fragment")
+	}
+	return nil
+}
+
+func (s *Server) agentHostname(vmName string) string {
+	return vmName + "." + s.opts.Domain
+}
+
+// newAgent builds the record of a registration and its fresh token.
+func (s *Server) newAgent(ctx context.Context,
+	req *cpapi.RegisterRequest) (fleet.Agent, string, error) {
+	id, err := s.newAgentID(ctx)
+	if err != nil {
+		return fleet.Agent{}, "", err
+	}
+	token := newSecret("dd_agent_")
+	ev := req.Evidence
+	return fleet.Agent{
+		ID:           id,
+		VMName:       req.VMName,
+		Hostname:     s.agentHostname(req.VMName),
+		Origin:       req.Origin,
+		Status:       fleet.StatusRegistering,
+		RegisteredAt: s.opts.Now(),
+		Attestation: fleet.Attestation{
+			Type:          ev.AttestationType,
+			QuoteFormat:   ev.QuoteFormat,
+			QuoteB64:      ev.QuoteB64,
+			ReportDataB64: ev.ReportDataB64,
+			Verified:      false,
+			Status:        attestationUnverified,
+		},
+		TokenHash: fleet.HashToken(token),
+	}, token, nil
+}
+
+// newAgentID returns an unused id "dd-<env>-agent-<8 hex>". The caller
+// holds regMu, so the id stays unused until it is stored.
+func (s *Server) newAgentID(ctx context.Context) (string, error) {
+	for range 4 {
+		var b [4]byte
+		rand.Read(b[:])
+		id := fmt.Sprintf("dd-%s-agent-%s", s.opts.Env, hex.EncodeToString(b[:]))
+		_, err := s.store.Get(ctx, id)
+		if errors.Is(err, fleet.ErrNotFound) {
+			return id, nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("choosing agent id: %w", err)
+		}
+	}
+	return "", errors.New("choosing agent id: every candidate was taken")
+}
+
+// newSecret returns a random 256-bit token with a recognisable prefix, so
+// that secret scanners can spot a leaked one.
+func newSecret(prefix string) string {
+	var b [32]byte
+	rand.Read(b[:])
+	return prefix + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// publish routes the agent's hostname to its origin and records the URL.
+func (s *Server) publish(ctx context.Context, a *fleet.Agent) error {
+	u, err := s.opts.Ingress.Publish(ctx, a.ID, a.Hostname, a.Origin)
+	if err != nil {
+		return httpapi.Upstream("publishing the agent's ingress failed",
+			fmt.Errorf("publishing %s: %w", a.Hostname, err))
+	}
+	if p, perr := url.Parse(u); perr != nil || (p.Scheme != "http" && p.Scheme != "https") ||
+		p.Host == "" {
+		s.unpublish(ctx, a.ID)
+		return httpapi.Upstream("publishing the agent's ingress failed",
+			fmt.Errorf("ingress returned URL %q for %s", u, a.Hostname))
+	}
+	a.URL = u
+	return nil
+}
+
+// unpublish removes an agent's ingress, logging a failure: it runs while
+// undoing or after finishing a registration, whose result stands.
+func (s *Server) unpublish(ctx context.Context, agentID string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := s.opts.Ingress.Unpublish(ctx, agentID); err != nil {
+		s.log.ErrorContext(ctx, "unpublishing ingress failed", "agent_id", agentID, "err", err)
+	}
+}
+
+func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) error {
+	agents, err := s.store.List(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]cpapi.Agent, 0, len(agents))
+	for i := range agents {
+		out = append(out, apiAgent(&agents[i]))
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// apiAgent converts a record for GET /api/agents. Times are RFC 3339 UTC
+// in whole seconds, so that they also compare correctly as strings.
+func apiAgent(a *fleet.Agent) cpapi.Agent {
+	units := a.Units
+	if units == nil {
+		units = []agentapi.Unit{}
+	}
+	return cpapi.Agent{
+		AgentID:      a.ID,
+		VMName:       a.VMName,
+		Hostname:     a.Hostname,
+		URL:          a.URL,
+		Status:       string(a.Status),
+		RegisteredAt: apiTime(a.RegisteredAt),
+		LastSeen:     apiTime(a.LastSeen),
+		Attestation: cpapi.Attestation{
+			Type:       a.Attestation.Type,
+			Verified:   a.Attestation.Verified,
+			Status:     a.Attestation.Status,
+			MRTD:       a.Attestation.MRTD,
+			TCBStatus:  a.Attestation.TCBStatus,
+			VerifiedAt: apiTime(a.Attestation.VerifiedAt),
+		},
+		Units:     units,
+		UnitCount: len(units),
+	}
+}
+
+func apiTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) error {
+	agents, err := s.store.List(r.Context())
+	if err != nil {
+		return err
+	}
+	page := dashboard.FleetPage{Env: s.opts.Env, Hostname: s.opts.Hostname,
+		Now: s.opts.Now(), RefreshSecs: s.refreshSecs()}
+	for i := range agents {
+		page.Agents = append(page.Agents, pageAgent(&agents[i]))
+	}
+	return dashboard.Write(w, http.StatusOK, func(out io.Writer) error {
+		return dashboard.RenderFleet(out, page)
+	})
+}
+
+func (s *Server) agentPage(w http.ResponseWriter, r *http.Request) error {
+	a, err := s.store.Get(r.Context(), r.PathValue("id"))
+	if errors.Is(err, fleet.ErrNotFound) {
+		return httpapi.NotFound("no such agent")
+	}
+	if err != nil {
+		return err
+	}
+	page := dashboard.AgentPage{Env: s.opts.Env, Hostname: s.opts.Hostname,
+		Now: s.opts.Now(), RefreshSecs: s.refreshSecs(), Agent: pageAgent(&a)}
+	return dashboard.Write(w, http.StatusOK, func(out io.Writer) error {
+		return dashboard.RenderAgent(out, page)
+	})
+}
+
+// refreshSecs reloads pages about as often as the collector refreshes the
+// data, but not more than every 2 seconds.
+func (s *Server) refreshSecs() int {
+	return max(2, int(s.opts.ScrapeInterval/time.Second))
+}
+
+func pageAgent(a *fleet.Agent) dashboard.Agent {
+	return dashboard.Agent{
+		ID:           a.ID,
+		VMName:       a.VMName,
+		Hostname:     a.Hostname,
+		URL:          a.URL,
+		Origin:       a.Origin,
+		Status:       string(a.Status),
+		RegisteredAt: a.RegisteredAt,
+		LastSeen:     a.LastSeen,
+		LastError:    a.LastError,
+		Attestation: dashboard.Attestation{
+			Type:       a.Attestation.Type,
+			Verified:   a.Attestation.Verified,
+			Status:     a.Attestation.Status,
+			MRTD:       a.Attestation.MRTD,
+			TCBStatus:  a.Attestation.TCBStatus,
+			VerifiedAt: a.Attestation.VerifiedAt,
+		},
+		Units: a.Units,
+	}
+}

@@ -1,0 +1,108 @@
+package fleet
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+)
+
+// agentColumns, insertAgent, encodeAgent and scanAgent must list the
+// columns in the same order.
+const agentColumns = `id, vm_name, hostname, url, origin, status, registered_at, last_seen,
+	att_type, att_quote_format, att_quote_b64, att_report_data_b64, att_verified,
+	att_status, att_mrtd, att_tcb_status, att_verified_at, units, token_hash, last_error`
+
+const insertAgent = "INSERT INTO agents (" + agentColumns + `)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+func encodeAgent(a *Agent) ([]any, error) {
+	units := a.Units
+	if units == nil {
+		units = []agentapi.Unit{}
+	}
+	data, err := json.Marshal(units)
+	if err != nil {
+		return nil, fmt.Errorf("encoding units: %w", err)
+	}
+	at := &a.Attestation
+	return []any{a.ID, a.VMName, a.Hostname, a.URL, a.Origin, string(a.Status),
+		formatTime(a.RegisteredAt), formatTime(a.LastSeen),
+		at.Type, at.QuoteFormat, at.QuoteB64, at.ReportDataB64, at.Verified,
+		at.Status, at.MRTD, at.TCBStatus, formatTime(at.VerifiedAt),
+		string(data), a.TokenHash, a.LastError}, nil
+}
+
+type rowScanner interface {
+	Scan(dest ...any) error
+}
+
+func scanAgent(row rowScanner) (Agent, error) {
+	var (
+		a                         Agent
+		status, units             string
+		registered, seen, checked string
+	)
+	at := &a.Attestation
+	err := row.Scan(&a.ID, &a.VMName, &a.Hostname, &a.URL, &a.Origin, &status,
+		&registered, &seen,
+		&at.Type, &at.QuoteFormat, &at.QuoteB64, &at.ReportDataB64, &at.Verified,
+		&at.Status, &at.MRTD, &at.TCBStatus, &checked,
+		&units, &a.TokenHash, &a.LastError)
+	if err != nil {
+		return Agent{}, err
+	}
+	a.Status = Status(status)
+	if a.RegisteredAt, err = parseTime(registered); err != nil {
+		return Agent{}, fmt.Errorf("agent %s: registered_at: %w", a.ID, err)
+	}
+	if a.LastSeen, err = parseTime(seen); err != nil {
+		return Agent{}, fmt.Errorf("agent %s: last_seen: %w", a.ID, err)
+	}
+	if at.VerifiedAt, err = parseTime(checked); err != nil {
+		return Agent{}, fmt.Errorf("agent %s: att_verified_at: %w", a.ID, err)
+	}
+	if err := json.Unmarshal([]byte(units), &a.Units); err != nil {
+		return Agent{}, fmt.Errorf("agent %s: units: %w", a.ID, err)
+	}
+	return a, nil
+}
+
+// querier is what *sql.DB and *sql.Tx share.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func queryAgents(ctx context.Context, q querier, query string, args ...any) ([]Agent, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var agents []Agent
+	for rows.Next() {
+		a, err := scanAgent(rows)
+		if err != nil {
+			return nil, err
+		}
+		agents = append(agents, a)
+	}
+	return agents, rows.Err()
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func parseTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}

@@ -1,0 +1,335 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/workload"
+
+	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
+)
+
+// Options configures [Open].
+type Options struct {
+	// Logger receives store events. Nil discards them.
+	Logger *slog.Logger
+
+	// BusyTimeout is how long a statement waits for a lock that another
+	// connection holds before it fails. Zero means 5s.
+	BusyTimeout time.Duration
+}
+
+// Store is the agent registry kept in one SQLite file. It is safe for
+// concurrent use; several processes may open the same file, because
+// SQLite's locking (WAL mode plus a busy timeout) serialises writers.
+type Store struct {
+	db  *sql.DB
+	log *slog.Logger
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// migrations is the schema ladder: migrations[i] moves a database from
+// PRAGMA user_version i to i+1. Append new steps; never edit a shipped one.
+var migrations = []string{
+	// v1: the agents table. Times are RFC 3339 UTC text ("" when unset) so
+	// that the file stays readable with the sqlite3 shell.
+	`CREATE TABLE agents (
+		id                  TEXT PRIMARY KEY,
+		vm_name             TEXT NOT NULL UNIQUE,
+		hostname            TEXT NOT NULL,
+		url                 TEXT NOT NULL,
+		origin              TEXT NOT NULL,
+		status              TEXT NOT NULL
+			CHECK (status IN ('registering', 'healthy', 'stale', 'dead')),
+		registered_at       TEXT NOT NULL,
+		last_seen           TEXT NOT NULL DEFAULT '',
+		att_type            TEXT NOT NULL,
+		att_quote_format    TEXT NOT NULL DEFAULT '',
+		att_quote_b64       TEXT NOT NULL DEFAULT '',
+		att_report_data_b64 TEXT NOT NULL DEFAULT '',
+		att_verified        INTEGER NOT NULL DEFAULT 0,
+		att_status          TEXT NOT NULL,
+		att_mrtd            TEXT NOT NULL DEFAULT '',
+		att_tcb_status      TEXT NOT NULL DEFAULT '',
+		att_verified_at     TEXT NOT NULL DEFAULT '',
+		units               TEXT NOT NULL DEFAULT '[]',
+		token_hash          BLOB NOT NULL,
+		last_error          TEXT NOT NULL DEFAULT ''
+	) STRICT`,
+}
+
+// Open opens (creating if needed) the store at path and brings its schema
+// up to date. path is a plain file name; it must not contain '?'.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("fleet: store path is required")
+	}
+	if strings.Contains(path, "?") {
+		// The driver would read the rest as connection parameters.
+		return nil, fmt.Errorf("fleet: store path %q must not contain '?'", path)
+	}
+	if opts.BusyTimeout <= 0 {
+		opts.BusyTimeout = 5 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+
+	// Every pooled connection gets these settings. Write transactions
+	// begin IMMEDIATE so that two writers queue on the busy timeout
+	// instead of failing when a read lock cannot be upgraded.
+	dsn := fmt.Sprintf("%s?_busy_timeout=%d&_journal_mode=WAL&_synchronous=NORMAL"+
+		"&_foreign_keys=1&_txlock=immediate", path, opts.BusyTimeout.Milliseconds())
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
+	}
+	s := &Store{db: db, log: log}
+	if err := s.init(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func (s *Store) init(ctx context.Context) error {
+	var mode string
+	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return fmt.Errorf("reading journal mode: %w", err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		// Some file systems cannot hold a WAL; the store still works.
+		s.log.Warn("store not in WAL mode", "journal_mode", mode)
+	}
+	return s.migrate(ctx)
+}
+
+// migrate applies the missing steps of [migrations], each in its own
+// transaction together with its user_version bump, so a crash leaves the
+// database at a whole version.
+func (s *Store) migrate(ctx context.Context) error {
+	for {
+		done, err := s.migrateStep(ctx)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+func (s *Store) migrateStep(ctx context.Context) (done bool, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("beginning migration: %w", err)
+	}
+	defer tx.Rollback()
+
+	// Read the version inside the transaction: another process may have
+	// migrated while this one waited for the lock.
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return false, fmt.Errorf("reading schema version: %w", err)
+	}
+	switch {
+	case v > len(migrations):
+		return false, fmt.Errorf("schema version %d is newer than this binary's %d",
+			v, len(migrations))
+	case v == len(migrations):
+		return true, nil
+	}
+	if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+		return false, fmt.Errorf("migrating schema to version %d: %w", v+1, err)
+	}
+	// PRAGMA takes no bound parameters; v+1 is an int we computed.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
+		return false, fmt.Errorf("setting schema version %d: %w", v+1, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("committing schema version %d: %w", v+1, err)
+	}
+	s.log.Info("store schema migrated", "version", v+1)
+	return false, nil
+}
+
+// Close closes the database. Calling it again returns the first result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	return s.closeErr
+}
+
+// Register stores a new agent. In the same transaction it removes every
+// other agent with the same VMName, which it returns so that the caller can
+// release what they held (their ingress). It fails with [ErrExists] if the
+// id is taken, and changes nothing on any error.
+func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err error) {
+	if err := a.validate(); err != nil {
+		return nil, fmt.Errorf("fleet: registering agent: %w", err)
+	}
+	rec, err := encodeAgent(&a)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+	}
+	defer tx.Rollback()
+
+	replaced, err = s.registerTx(ctx, tx, a, rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("fleet: registering agent %s: committing: %w", a.ID, err)
+	}
+	return replaced, nil
+}
+
+func (s *Store) registerTx(ctx context.Context, tx *sql.Tx, a Agent, rec []any) ([]Agent, error) {
+	var n int
+	err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM agents WHERE id = ?", a.ID).Scan(&n)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+	}
+	if n > 0 {
+		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, ErrExists)
+	}
+	replaced, err := queryAgents(ctx, tx,
+		"SELECT "+agentColumns+" FROM agents WHERE vm_name = ? ORDER BY id", a.VMName)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM agents WHERE vm_name = ?", a.VMName); err != nil {
+		return nil, fmt.Errorf("fleet: registering agent %s: removing old: %w", a.ID, err)
+	}
+	if _, err := tx.ExecContext(ctx, insertAgent, rec...); err != nil {
+		return nil, fmt.Errorf("fleet: registering agent %s: inserting: %w", a.ID, err)
+	}
+	return replaced, nil
+}
+
+// Get returns the agent with the given id, or [ErrNotFound].
+func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
+	row := s.db.QueryRowContext(ctx, "SELECT "+agentColumns+" FROM agents WHERE id = ?", id)
+	a, err := scanAgent(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Agent{}, fmt.Errorf("fleet: agent %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Agent{}, fmt.Errorf("fleet: reading agent %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// List returns every agent, sorted by VMName.
+func (s *Store) List(ctx context.Context) ([]Agent, error) {
+	agents, err := queryAgents(ctx, s.db, "SELECT "+agentColumns+" FROM agents ORDER BY vm_name")
+	if err != nil {
+		return nil, fmt.Errorf("fleet: listing agents: %w", err)
+	}
+	return agents, nil
+}
+
+// Counts returns how many agents there are and how many are healthy.
+func (s *Store) Counts(ctx context.Context) (Counts, error) {
+	var c Counts
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*),
+		COUNT(*) FILTER (WHERE status = 'healthy') FROM agents`).Scan(&c.Agents, &c.Healthy)
+	if err != nil {
+		return Counts{}, fmt.Errorf("fleet: counting agents: %w", err)
+	}
+	return c, nil
+}
+
+// UpdateHealth records a good scrape at seen: the agent becomes healthy,
+// its units are replaced and its last error is cleared.
+func (s *Store) UpdateHealth(ctx context.Context, id string, seen time.Time,
+	units []agentapi.Unit) error {
+	if units == nil {
+		units = []agentapi.Unit{}
+	}
+	data, err := json.Marshal(units)
+	if err != nil {
+		return fmt.Errorf("fleet: encoding units of %s: %w", id, err)
+	}
+	return s.update(ctx, id, `UPDATE agents SET status = ?, last_seen = ?, units = ?,
+		last_error = '' WHERE id = ?`, StatusHealthy, formatTime(seen), string(data), id)
+}
+
+// SetStatus sets an agent's status and last error, leaving LastSeen alone.
+func (s *Store) SetStatus(ctx context.Context, id string, status Status, lastError string) error {
+	if !status.Valid() {
+		return fmt.Errorf("fleet: setting status of %s: invalid status %q", id, status)
+	}
+	return s.update(ctx, id, "UPDATE agents SET status = ?, last_error = ? WHERE id = ?",
+		status, lastError, id)
+}
+
+func (s *Store) update(ctx context.Context, id, query string, args ...any) error {
+	res, err := s.db.ExecContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("fleet: updating agent %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("fleet: updating agent %s: %w", id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("fleet: updating agent %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// AuthenticateAgent returns the agent with the given id if token is its
+// token, and [ErrBadToken] otherwise (including when there is no such
+// agent). The digests are compared in constant time.
+func (s *Store) AuthenticateAgent(ctx context.Context, id, token string) (Agent, error) {
+	a, err := s.Get(ctx, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Agent{}, err
+	}
+	want := a.TokenHash
+	if len(want) != sha256.Size {
+		// Unknown agent: still hash and compare, so that the answer takes
+		// about as long as for a known one.
+		want = make([]byte, sha256.Size)
+	}
+	ok := subtle.ConstantTimeCompare(HashToken(token), want) == 1
+	if !ok || err != nil || token == "" {
+		return Agent{}, fmt.Errorf("fleet: authenticating agent %s: %w", id, ErrBadToken)
+	}
+	return a, nil
+}
+
+func (a *Agent) validate() error {
+	var errs []error
+	if a.ID == "" {
+		errs = append(errs, errors.New("id is required"))
+	}
+	if !workload.ValidLabel(a.VMName) {
+		errs = append(errs, fmt.Errorf("vm_name %q is not a lowercase DNS label", a.VMName))
+	}
+	if !a.Status.Valid() {
+		errs = append(errs, fmt.Errorf("invalid status %q", a.Status))
+	}
+	if a.RegisteredAt.IsZero() {
+		errs = append(errs, errors.New("registration time is required"))
+	}
+	if len(a.TokenHash) != sha256.Size {
+		errs = append(errs, errors.New("token hash must be a SHA-256 digest"))
+	}
+	return errors.Join(errs...)
+}
