@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
+)
+
+const verifyHelp = `usage: devopsdefender verify quote [flags] FILE
+
+Verifies the Intel TDX quote in FILE (raw bytes, or base64 such as the
+runtime's quote_b64) and prints the verdict and the measurements as JSON.
+The PCK chain must lead to Intel's SGX Root CA unless -root names other
+roots. With -collateral, the platform's TCB level, the quoting enclave's
+identity and revocation are checked against saved Intel PCS responses.
+The exit status is 1 when the quote is rejected.
+
+'verify token' is not available yet.
+
+Flags:
+`
+
+// maxQuoteFile bounds the input; real quotes are under 10 KiB.
+const maxQuoteFile = 1 << 20
+
+// quoteVerdict is the JSON printed by 'verify quote'.
+type quoteVerdict struct {
+	OK         bool      `json:"ok"`
+	Error      string    `json:"error,omitempty"`
+	File       string    `json:"file"`
+	Roots      string    `json:"roots"`
+	Collateral string    `json:"collateral,omitempty"`
+	At         time.Time `json:"at"`
+
+	// Measurements are set only when the quote verified.
+	Measurements *tdx.Measurements `json:"measurements,omitempty"`
+	FMSPC        string            `json:"fmspc,omitempty"`
+	TCB          *tdx.TCB          `json:"tcb,omitempty"`
+
+	// Unverified are the measurements a rejected quote claims, for
+	// diagnosis only.
+	Unverified *tdx.Measurements `json:"unverified_measurements,omitempty"`
+}
+
+// runVerify implements 'devopsdefender verify': it prints a JSON verdict on
+// stdout and returns an error when the evidence is rejected, so that the
+// exit status tells scripts the outcome.
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usagef("expected what to verify: verify quote FILE")
+	}
+	switch args[0] {
+	case "quote":
+		return runVerifyQuote(ctx, args[1:], stdout, stderr)
+	case "token":
+		// TODO(#3): verify attestation tokens once agents publish them.
+		return usagef("verify token is not available yet")
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stderr, verifyHelp)
+		newVerifyFlags(stderr).fs.PrintDefaults()
+		return flag.ErrHelp
+	}
+	return usagef("unknown verify subcommand %q (want quote)", args[0])
+}
+
+// verifyFlags are the flags of 'verify quote'.
+type verifyFlags struct {
+	fs         *flag.FlagSet
+	at         string
+	collateral string
+	root       string
+}
+
+func newVerifyFlags(stderr io.Writer) *verifyFlags {
+	f := &verifyFlags{fs: flag.NewFlagSet("verify quote", flag.ContinueOnError)}
+	f.fs.SetOutput(stderr)
+	f.fs.StringVar(&f.at, "at", "",
+		"check validity at this RFC 3339 time instead of now, e.g. the collateral's date")
+	f.fs.StringVar(&f.collateral, "collateral", "",
+		"directory of saved Intel PCS responses (layout: see tdx.CollateralDir)")
+	f.fs.StringVar(&f.root, "root", "",
+		"PEM file of root CAs to trust instead of Intel's, e.g. a simulated fleet's root.pem")
+	f.fs.Usage = func() { fmt.Fprint(stderr, verifyHelp); f.fs.PrintDefaults() }
+	return f
+}
+
+// runVerifyQuote verifies one quote file; see verifyHelp.
+func runVerifyQuote(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newVerifyFlags(stderr)
+	files, err := parseVerifyArgs(f.fs, args)
+	if err != nil {
+		return err
+	}
+	if len(files) != 1 {
+		return usagef("expected one quote FILE, got %d arguments", len(files))
+	}
+	opts, verdict, err := f.options()
+	if err != nil {
+		return err
+	}
+	verdict.File = files[0]
+	raw, err := readQuoteFile(files[0])
+	if err != nil {
+		return err
+	}
+
+	res, verr := tdx.Verify(ctx, raw, opts)
+	if verr != nil {
+		verdict.Error = verr.Error()
+		verdict.Unverified, _ = tdx.Parse(raw)
+	} else {
+		verdict.OK = true
+		verdict.Measurements, verdict.FMSPC, verdict.TCB = &res.Measurements, res.FMSPC, res.TCB
+	}
+	if err := writeVerdict(stdout, verdict); err != nil {
+		return err
+	}
+	if verr != nil {
+		return fmt.Errorf("quote rejected: %w", verr)
+	}
+	return nil
+}
+
+// parseVerifyArgs lets flags follow the FILE argument, as in
+// 'verify quote q.bin -at ...', which the flag package alone stops at.
+func parseVerifyArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		} else if err != nil {
+			return nil, usagef("%v", err)
+		}
+		if fs.NArg() == 0 {
+			return positional, nil
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// options turns the flags into verification options and the verdict's
+// description of them.
+func (f *verifyFlags) options() (tdx.VerifyOptions, *quoteVerdict, error) {
+	var opts tdx.VerifyOptions
+	v := &quoteVerdict{Roots: "intel", At: time.Now().UTC()}
+	if f.at != "" {
+		at, err := time.Parse(time.RFC3339, f.at)
+		if err != nil {
+			return opts, nil, usagef("-at: want an RFC 3339 time like 2023-07-01T00:00:00Z: %v",
+				err)
+		}
+		v.At = at
+	}
+	opts.Now = func() time.Time { return v.At }
+	if f.root != "" {
+		pool, err := readTrustedRoots(f.root)
+		if err != nil {
+			return opts, nil, err
+		}
+		opts.Roots, v.Roots = pool, f.root
+	}
+	if f.collateral != "" {
+		if fi, err := os.Stat(f.collateral); err != nil || !fi.IsDir() {
+			return opts, nil, usagef("-collateral %s: not a directory", f.collateral)
+		}
+		opts.Collateral, v.Collateral = tdx.CollateralDir(f.collateral), f.collateral
+	}
+	return opts, v, nil
+}
+
+func readTrustedRoots(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading roots: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("reading roots: no PEM certificate in %s", path)
+	}
+	return pool, nil
+}
+
+// readQuoteFile reads a raw quote, or a base64 one. A raw quote starts with
+// its version, 0x04 0x00, which is not base64 text, so the two never mix.
+func readQuoteFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading quote: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxQuoteFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading quote: %w", err)
+	}
+	if len(data) > maxQuoteFile {
+		return nil, fmt.Errorf("reading quote: %s is larger than %d bytes", path, maxQuoteFile)
+	}
+	if decoded, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(data))); err == nil {
+		return decoded, nil
+	}
+	return data, nil
+}
+
+func writeVerdict(w io.Writer, v *quoteVerdict) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("writing verdict: %w", err)
+	}
+	return nil
+}
