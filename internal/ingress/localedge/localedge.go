@@ -74,8 +74,9 @@ func (e *Edge) URL(hostname string) string {
 }
 
 // Publish routes hostname to origin on behalf of owner (an agent or the
-// control plane) and returns the hostname's public URL. Publishing a
-// hostname that another owner holds is refused.
+// control plane) and returns the hostname's public URL. Like an upserted
+// DNS record, publishing a hostname that another owner holds moves it to
+// the new owner: the control plane decides who holds a name.
 func (e *Edge) Publish(ctx context.Context, owner, hostname, origin string) (string, error) {
 	hostname = strings.ToLower(hostname)
 	if !strings.HasSuffix(hostname, "."+e.opts.Domain) {
@@ -88,15 +89,14 @@ func (e *Edge) Publish(ctx context.Context, owner, hostname, origin string) (str
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if r, ok := e.routes[hostname]; ok && r.owner != owner {
-		return "", fmt.Errorf("localedge: hostname %q is held by %s", hostname, r.owner)
-	}
+	prev := e.routes[hostname].owner
 	e.routes[hostname] = route{owner: owner, proxy: e.newProxy(hostname, target)}
-	e.log.Info("route published", "hostname", hostname, "origin", origin, "owner", owner)
+	e.log.Info("route published", "hostname", hostname, "origin", origin, "owner", owner,
+		"previous_owner", prev)
 	return e.URL(hostname), nil
 }
 
-// Unpublish removes every route of owner.
+// Unpublish removes every route that owner still holds.
 func (e *Edge) Unpublish(ctx context.Context, owner string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

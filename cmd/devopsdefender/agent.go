@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/devopsdefender/devopsdefender/internal/agent"
+	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/runtime"
+)
+
+const agentHelp = `usage: devopsdefender agent [flags]
+
+Runs the in-VM agent: it waits for the workload runtime's socket, registers
+with the control plane, and serves /health, /api/units, /deploy, /exec,
+/logs/{app} and the VM's page. /deploy, /exec and /logs require a GitHub
+Actions OIDC token for the fleet's audience whose repository owner (or
+repository, for a repo principal) is the fleet owner, by name and numeric id.
+
+Each flag falls back to the environment variable named in its description.
+
+Flags:
+`
+
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	vmName := fs.String("vm-name", envOr("DD_VM_NAME", ""), "VM name, a DNS label (DD_VM_NAME)")
+	env := fs.String("env", envOr("DD_ENV", ""), "environment label (DD_ENV)")
+	listen := fs.String("listen", envOr("DD_LISTEN", "127.0.0.1:"+envOr("DD_PORT", "8080")),
+		"listen address (DD_LISTEN, or 127.0.0.1:DD_PORT)")
+	cpURL := fs.String("cp-url", envOr("DD_CP_URL", ""), "control plane URL (DD_CP_URL)")
+	origin := fs.String("origin", envOr("DD_ORIGIN", ""),
+		"URL the tunnel connector reaches this agent at; default http://LISTEN (DD_ORIGIN)")
+	socket := fs.String("socket", envOr("EE_SOCKET_PATH", "/var/lib/easyenclave/agent.sock"),
+		"workload runtime socket (EE_SOCKET_PATH)")
+	issuer := fs.String("oidc-issuer", envOr("DD_OIDC_ISSUER", ghoidc.GitHubIssuer),
+		"GitHub Actions OIDC issuer (DD_OIDC_ISSUER)")
+	audience := fs.String("oidc-audience", envOr("DD_OIDC_AUDIENCE", ""),
+		"audience the fleet's tokens carry (DD_OIDC_AUDIENCE)")
+	ownerKind := fs.String("owner-kind", envOr("DD_OWNER_KIND", "org"), "fleet owner kind: user, org or repo (DD_OWNER_KIND)")
+	owner := fs.String("owner", envOr("DD_OWNER", ""), "fleet owner: login, org or owner/repo (DD_OWNER)")
+	ownerID := fs.String("owner-id", envOr("DD_OWNER_ID", ""), "fleet owner's numeric GitHub id (DD_OWNER_ID)")
+	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
+	fs.Usage = func() { fmt.Fprint(stderr, agentHelp); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+
+	e, err := fleetenv.Parse(*env)
+	if err != nil {
+		return usagef("--env: %v", err)
+	}
+	if err := e.RequireReal("a non-GitHub OIDC issuer", *issuer != ghoidc.GitHubIssuer); err != nil {
+		return err
+	}
+	principal, err := ghoidc.ParsePrincipal(*ownerKind, *owner, *ownerID)
+	if err != nil {
+		return usagef("fleet owner: %v", err)
+	}
+	verifier, err := ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{Issuer: *issuer,
+		Audience: *audience, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer verifier.Close()
+	auth, err := agent.NewOIDCAuth(verifier, principal)
+	if err != nil {
+		return err
+	}
+	rt, err := runtime.NewClient(runtime.ClientOptions{SocketPath: *socket,
+		Token: envOr("EE_TOKEN", "")})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listening: %w", err)
+	}
+	if *origin == "" {
+		*origin = "http://" + ln.Addr().String()
+	}
+	a, err := agent.New(agent.Options{VMName: *vmName, Runtime: rt, Auth: auth,
+		ControlPlaneURL: *cpURL, Origin: *origin, Build: buildVersion(), Logger: log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	log.Info("agent starting", "build", buildVersion(), "env", e, "vm", *vmName,
+		"listen", ln.Addr().String(), "cp_url", *cpURL, "owner", principal.String())
+	return a.Serve(ctx, ln)
+}

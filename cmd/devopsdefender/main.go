@@ -1,0 +1,114 @@
+// Command devopsdefender is the DevOps Defender binary: the control plane,
+// the in-VM agent, the local workload runtime, the single-machine dev
+// fleet, and the client verbs, selected by the first argument or DD_MODE.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+// modeFunc runs one mode until ctx ends or the work is done.
+type modeFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
+type mode struct {
+	run     modeFunc
+	summary string
+}
+
+func modes() map[string]mode {
+	return map[string]mode{
+		"cp":         {runCP, "run the control plane (fleet registry, dashboard, collector)"},
+		"management": {runCP, "alias of cp"},
+		"agent":      {runAgent, "run the in-VM agent (deploy/exec/logs API, health)"},
+		"runtime":    {runRuntime, "run the local EasyEnclave-compatible workload runtime"},
+		"dev":        {runDev, "run a whole fleet on this machine (no TDX, no internet)"},
+		"deploy":     {runDeploy, "deploy a workload spec to an agent and wait for it"},
+		"logs":       {runLogs, "print a workload's log lines"},
+		"verify":     {runVerify, "verify attestation evidence (verify quote FILE)"},
+		"version":    {runVersion, "print the build version"},
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv("DD_MODE"), os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run selects the mode and maps its outcome to an exit code: 0 on success
+// or -h, 1 on failure, 2 on a usage error.
+func run(ctx context.Context, args []string, envMode string, stdout, stderr io.Writer) int {
+	name, rest := selectMode(args, envMode)
+	if name == "" || name == "help" || name == "-h" || name == "--help" {
+		usage(stdout)
+		if name == "" {
+			return 2
+		}
+		return 0
+	}
+	m, ok := modes()[name]
+	if !ok {
+		fmt.Fprintf(stderr, "devopsdefender: unknown mode %q\n\n", name)
+		usage(stderr)
+		return 2
+	}
+	err := m.run(ctx, rest, stdout, stderr)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, new(*usageError)):
+		fmt.Fprintf(stderr, "devopsdefender %s: %v\n", name, err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "devopsdefender: fatal: %v\n", err)
+		return 1
+	}
+}
+
+// selectMode takes the mode from the first argument when it names one,
+// else from DD_MODE, so boot specs that set only DD_MODE keep working.
+func selectMode(args []string, envMode string) (string, []string) {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return args[0], args[1:]
+	}
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") && envMode == "" {
+		return "help", nil
+	}
+	if envMode != "" {
+		return envMode, args
+	}
+	return "", args
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: devopsdefender MODE [flags]   (or DD_MODE=MODE devopsdefender)\n\n")
+	fmt.Fprintf(w, "modes:\n")
+	names := make([]string, 0)
+	for n := range modes() {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-11s %s\n", n, modes()[n].summary)
+	}
+	fmt.Fprintf(w, "\nRun 'devopsdefender MODE -h' for the flags and environment of a mode.\n")
+}
+
+// usageError is a mistake in the command line.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime/debug"
+)
+
+// build is set at link time: -ldflags "-X main.build=<commit>".
+var build = ""
+
+// buildVersion returns the link-time build id, else the VCS revision Go
+// recorded, else "dev".
+func buildVersion() string {
+	if build != "" {
+		return build
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return s.Value[:12]
+			}
+		}
+	}
+	return "dev"
+}
+
+func runVersion(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fmt.Fprintln(stdout, "devopsdefender", buildVersion())
+	return nil
+}

@@ -1,0 +1,52 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+)
+
+// tokenVerifier is the part of [ghoidc.Verifier] the agent uses.
+type tokenVerifier interface {
+	Verify(ctx context.Context, raw string) (*ghoidc.Claims, error)
+}
+
+// OIDCAuth admits GitHub Actions jobs of the fleet owner: the token must
+// verify (issuer, audience, expiry, signature) and its repository owner or
+// repository must match Owner by name and numeric id.
+type OIDCAuth struct {
+	verifier tokenVerifier
+	owner    ghoidc.Principal
+}
+
+// NewOIDCAuth returns an authenticator for owner's CI jobs.
+func NewOIDCAuth(v tokenVerifier, owner ghoidc.Principal) (*OIDCAuth, error) {
+	if v == nil {
+		return nil, errors.New("agent: a token verifier is required")
+	}
+	if owner.ID <= 0 || owner.Name == "" {
+		return nil, errors.New("agent: the fleet owner needs a name and a numeric id")
+	}
+	return &OIDCAuth{verifier: v, owner: owner}, nil
+}
+
+// Authenticate implements [Authenticator].
+func (a *OIDCAuth) Authenticate(ctx context.Context, bearer string) (Caller, error) {
+	c, err := a.verifier.Verify(ctx, bearer)
+	if err != nil {
+		return Caller{}, ghoidc.HTTPError(err)
+	}
+	// TODO(#4): also admit the agent's tenant principal.
+	if !a.owner.Matches(c) {
+		return Caller{}, httpapi.Forbidden("the token's repository is not owned by this " +
+			"fleet's owner")
+	}
+	return Caller{
+		Subject: c.Subject, Repository: c.Repository, RepositoryOwner: c.RepositoryOwner,
+		Ref: c.Ref, SHA: c.SHA, Workflow: c.Workflow, RunID: strconv.FormatInt(c.RunID, 10),
+		Actor: c.Actor,
+	}, nil
+}

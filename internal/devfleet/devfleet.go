@@ -1,0 +1,284 @@
+// Package devfleet runs a whole DevOps Defender fleet on one machine, on
+// loopback, with no TDX and no internet: a local OIDC issuer standing in
+// for GitHub Actions, the control plane with its SQLite registry, a local
+// edge standing in for Cloudflare, and N agents, each with its own local
+// workload runtime running real processes. Every piece speaks the real
+// protocol, so the production code paths run unchanged.
+package devfleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
+)
+
+// Dev fleet identity. The owner principal is what locally minted tokens
+// carry by default, so the dev CLI can deploy out of the box.
+const (
+	Audience     = "devopsdefender"
+	OwnerName    = "devopsdefender-dev"
+	OwnerID      = 1001
+	KindOwner    = ghoidc.KindOrg
+	cpHostLabel  = "app"
+	cpOwnerLabel = "control-plane"
+)
+
+// Options configures a dev fleet.
+type Options struct {
+	// StateDir holds the registry, keys and dev.json. Required.
+	StateDir string
+
+	// Listen is the edge's address. Empty means 127.0.0.1:8080; port 0
+	// picks a free port.
+	Listen string
+
+	// Agents is the number of agents. Zero means 1.
+	Agents int
+
+	// Domain is the parent domain of fleet hostnames. Empty means
+	// "localhost".
+	Domain string
+
+	// HostTools are host binaries linked into each runtime's bin dir.
+	// Nil means busybox, when the host has it.
+	HostTools []string
+
+	// Build identifies the binary on /health.
+	Build string
+
+	// Logger receives every component's events. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Fleet is a running dev fleet. Stop it by cancelling the context given to
+// [Start], or with [Fleet.Close].
+type Fleet struct {
+	opts    Options
+	log     *slog.Logger
+	secrets secrets
+	state   State
+
+	issuerURL string
+	edge      *localedge.Edge
+	cp        *cpService
+
+	// ctx is the fleet's lifetime; every component stops when it ends.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	errs   []error
+}
+
+// secrets are generated once per state dir and kept across runs.
+type secrets struct {
+	AdminToken string `json:"admin_token"`
+	MintSecret string `json:"oidc_mint_secret"`
+}
+
+// Start starts every component, waits until each agent has registered,
+// and writes dev.json. The fleet runs until ctx ends.
+func Start(ctx context.Context, opts Options) (*Fleet, error) {
+	f, err := newFleet(opts)
+	if err != nil {
+		return nil, err
+	}
+	f.ctx, f.cancel = context.WithCancel(ctx)
+	ctx = f.ctx
+	if err := f.start(ctx); err != nil {
+		f.cancel()
+		return nil, errors.Join(err, f.Wait())
+	}
+	return f, nil
+}
+
+func newFleet(opts Options) (*Fleet, error) {
+	if opts.StateDir == "" {
+		return nil, errors.New("devfleet: StateDir is required")
+	}
+	dir, err := filepath.Abs(opts.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("devfleet: resolving state dir: %w", err)
+	}
+	opts.StateDir = dir
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:8080"
+	}
+	if opts.Agents == 0 {
+		opts.Agents = 1
+	}
+	if opts.Agents < 0 || opts.Agents > 64 {
+		return nil, fmt.Errorf("devfleet: agents %d must be in 1..64", opts.Agents)
+	}
+	if opts.Domain == "" {
+		opts.Domain = "localhost"
+	}
+	if opts.HostTools == nil {
+		if _, err := exec.LookPath("busybox"); err == nil {
+			opts.HostTools = []string{"busybox"}
+		}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Fleet{opts: opts, log: log}, nil
+}
+
+// start brings the components up in dependency order.
+func (f *Fleet) start(ctx context.Context) error {
+	if err := os.MkdirAll(f.opts.StateDir, 0o700); err != nil {
+		return fmt.Errorf("devfleet: creating state dir: %w", err)
+	}
+	s, err := loadSecrets(f.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	f.secrets = s
+
+	if err := f.startIssuer(ctx); err != nil {
+		return err
+	}
+	if err := f.startEdge(ctx); err != nil {
+		return err
+	}
+	if err := f.startCP(ctx); err != nil {
+		return err
+	}
+	agents, err := f.startAgents(ctx)
+	if err != nil {
+		return err
+	}
+	return f.finish(ctx, agents)
+}
+
+// finish waits for every agent to register and writes dev.json.
+func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
+	for _, a := range agents {
+		if err := a.waitRegistered(ctx, time.Minute); err != nil {
+			return err
+		}
+	}
+	st := State{
+		CPURL:          f.cp.url,
+		EdgeURL:        f.edge.URL("localhost"),
+		DashboardURL:   f.edge.URL(cpHostLabel+"."+f.opts.Domain) + "/",
+		AdminToken:     f.secrets.AdminToken,
+		OIDCIssuer:     f.issuerURL,
+		OIDCAudience:   Audience,
+		OIDCMintSecret: f.secrets.MintSecret,
+		Owner:          Owner{Kind: string(KindOwner), Name: OwnerName, ID: OwnerID},
+	}
+	for _, a := range agents {
+		st.Agents = append(st.Agents, StateAgent{Name: a.name, URL: a.publicURL(),
+			RuntimeSocket: a.socket})
+	}
+	f.state = st
+	return writeState(f.opts.StateDir, st)
+}
+
+// State returns what dev.json holds.
+func (f *Fleet) State() State { return f.state }
+
+// Close stops every component and waits for them.
+func (f *Fleet) Close() error {
+	f.cancel()
+	return f.Wait()
+}
+
+// Wait blocks until every component has stopped and returns their errors.
+func (f *Fleet) Wait() error {
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return errors.Join(f.errs...)
+}
+
+// goService runs fn in a goroutine owned by the fleet and records its error.
+func (f *Fleet) goService(name string, fn func() error) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		if err := fn(); err != nil && !errors.Is(err, context.Canceled) {
+			f.log.Error("component stopped with an error", "component", name, "err", err)
+			f.mu.Lock()
+			f.errs = append(f.errs, fmt.Errorf("%s: %w", name, err))
+			f.mu.Unlock()
+		}
+	}()
+}
+
+func (f *Fleet) owner() ghoidc.Principal {
+	return ghoidc.Principal{Kind: KindOwner, Name: OwnerName, ID: OwnerID}
+}
+
+// loadSecrets reads secrets.json from dir, creating it on first use.
+func loadSecrets(dir string) (secrets, error) {
+	var s secrets
+	path := filepath.Join(dir, "secrets.json")
+	data, err := os.ReadFile(path)
+	if err == nil {
+		if err := json.Unmarshal(data, &s); err != nil {
+			return s, fmt.Errorf("devfleet: decoding %s: %w", path, err)
+		}
+		if s.AdminToken != "" && s.MintSecret != "" {
+			return s, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("devfleet: reading secrets: %w", err)
+	}
+	s = secrets{AdminToken: randomHex(32), MintSecret: randomHex(32)}
+	data, err = json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return s, fmt.Errorf("devfleet: encoding secrets: %w", err)
+	}
+	return s, writeFileAtomic(path, data, 0o600)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// listen opens a loopback TCP listener on addr.
+func listen(addr string) (net.Listener, string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("devfleet: listening on %s: %w", addr, err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	return ln, "http://127.0.0.1:" + port, nil
+}
+
+// PrintSummary writes the short "what now" text for a person.
+func (f *Fleet) PrintSummary(w io.Writer) {
+	st := f.state
+	fmt.Fprintf(w, "DevOps Defender dev fleet is up (state in %s)\n\n", f.opts.StateDir)
+	fmt.Fprintf(w, "  dashboard:    %s  (admin token in %s)\n", st.DashboardURL,
+		filepath.Join(f.opts.StateDir, StateFile))
+	fmt.Fprintf(w, "  control plane %s\n", st.CPURL)
+	for _, a := range st.Agents {
+		fmt.Fprintf(w, "  agent %-8s %s\n", a.Name, a.URL)
+	}
+	first := st.Agents[0].Name
+	fmt.Fprintf(w, "\nTry:\n  devopsdefender deploy --state-dir %s --agent %s examples/hello.json\n",
+		f.opts.StateDir, first)
+	fmt.Fprintf(w, "  devopsdefender logs --state-dir %s --agent %s hello\n", f.opts.StateDir, first)
+	fmt.Fprintf(w, "\nCtrl-C stops the fleet and every workload.\n")
+}

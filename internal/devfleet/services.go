@@ -1,0 +1,278 @@
+package devfleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/examples"
+	"github.com/devopsdefender/devopsdefender/internal/agent"
+	"github.com/devopsdefender/devopsdefender/internal/cp"
+	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
+	"github.com/devopsdefender/devopsdefender/internal/runtime"
+	"github.com/devopsdefender/devopsdefender/internal/runtime/server"
+	"github.com/devopsdefender/devopsdefender/internal/workload"
+)
+
+// serveHTTP serves h on ln until ctx ends, then shuts the server down.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdownCtx)
+	<-errc
+	return nil
+}
+
+// startIssuer starts the local GitHub Actions OIDC issuer.
+func (f *Fleet) startIssuer(ctx context.Context) error {
+	ln, url, err := listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	iss, err := ghoidc.NewIssuer(ghoidc.IssuerOptions{
+		URL: url, Audience: Audience, MintSecret: f.secrets.MintSecret,
+		KeyPath: filepath.Join(f.opts.StateDir, "oidc-issuer-key.pem"), Logger: f.log,
+	})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("devfleet: %w", err)
+	}
+	f.issuerURL = url
+	f.goService("oidc-issuer", func() error { return serveHTTP(ctx, ln, iss.Handler()) })
+	return nil
+}
+
+// startEdge starts the local edge on the fleet's public address.
+func (f *Fleet) startEdge(ctx context.Context) error {
+	ln, _, err := listen(f.opts.Listen)
+	if err != nil {
+		return err
+	}
+	edge, err := localedge.New(localedge.Options{Domain: f.opts.Domain,
+		Port: ln.Addr().(*net.TCPAddr).Port, Logger: f.log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	f.edge = edge
+	f.goService("edge", func() error { return serveHTTP(ctx, ln, edge) })
+	return nil
+}
+
+// cpService is the control plane, restartable on the same registry file.
+type cpService struct {
+	url    string
+	addr   string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startCP starts the control plane and publishes it as app.<domain>.
+func (f *Fleet) startCP(ctx context.Context) error {
+	ln, url, err := listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	f.cp = &cpService{url: url, addr: ln.Addr().String()}
+	if err := f.runCP(ctx, ln); err != nil {
+		return err
+	}
+	host := cpHostLabel + "." + f.opts.Domain
+	if _, err := f.edge.Publish(ctx, cpOwnerLabel, host, url); err != nil {
+		return fmt.Errorf("devfleet: publishing the control plane: %w", err)
+	}
+	return nil
+}
+
+// runCP opens the registry and serves the control plane on ln.
+func (f *Fleet) runCP(ctx context.Context, ln net.Listener) error {
+	dbPath := filepath.Join(f.opts.StateDir, "cp", "registry.db")
+	store, err := fleet.Open(ctx, dbPath, fleet.Options{Logger: f.log})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("devfleet: %w", err)
+	}
+	srv, err := cp.New(cp.Options{
+		Store: store, Env: "dev", Hostname: cpHostLabel + "." + f.opts.Domain,
+		Domain: f.opts.Domain, AdminToken: f.secrets.AdminToken, Ingress: edgeIngress{f.edge},
+		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build, Logger: f.log,
+		ScrapeInterval: time.Second,
+	})
+	if err != nil {
+		ln.Close()
+		store.Close()
+		return fmt.Errorf("devfleet: %w", err)
+	}
+	cpCtx, cancel := context.WithCancel(ctx)
+	f.cp.cancel, f.cp.done = cancel, make(chan struct{})
+	f.goService("control-plane", func() error {
+		defer close(f.cp.done)
+		defer store.Close()
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Run(cpCtx) }()
+		err := serveHTTP(cpCtx, ln, srv.Handler())
+		cancel()
+		return errors.Join(err, <-errc)
+	})
+	return nil
+}
+
+// RestartCP stops the control plane and starts a new one on the same
+// address and registry file, as a VM reboot of the control plane would.
+// The new control plane lives as long as the fleet.
+func (f *Fleet) RestartCP() error {
+	f.cp.cancel()
+	<-f.cp.done
+	ln, err := net.Listen("tcp", f.cp.addr)
+	if err != nil {
+		return fmt.Errorf("devfleet: relistening on %s: %w", f.cp.addr, err)
+	}
+	return f.runCP(f.ctx, ln)
+}
+
+// edgeIngress publishes agents on the local edge.
+type edgeIngress struct{ edge *localedge.Edge }
+
+func (e edgeIngress) Publish(ctx context.Context, agentID, hostname, origin string) (string, error) {
+	return e.edge.Publish(ctx, agentID, hostname, origin)
+}
+
+func (e edgeIngress) Unpublish(ctx context.Context, agentID string) error {
+	return e.edge.Unpublish(ctx, agentID)
+}
+
+// agentService is one agent and its runtime.
+type agentService struct {
+	name   string
+	socket string
+	agent  *agent.Agent
+	edge   *localedge.Edge
+	domain string
+}
+
+func (a *agentService) publicURL() string { return a.edge.URL(a.name + "." + a.domain) }
+
+// startAgents starts each agent with its own runtime.
+func (f *Fleet) startAgents(ctx context.Context) ([]*agentService, error) {
+	verifier, err := ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{
+		Issuer: f.issuerURL, Audience: Audience, Logger: f.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("devfleet: %w", err)
+	}
+	auth, err := agent.NewOIDCAuth(verifier, f.owner())
+	if err != nil {
+		return nil, err
+	}
+	var out []*agentService
+	for i := 1; i <= f.opts.Agents; i++ {
+		a, err := f.startAgent(ctx, fmt.Sprintf("agent-%d", i), auth)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (f *Fleet) startAgent(ctx context.Context, name string, auth agent.Authenticator) (*agentService, error) {
+	dir := filepath.Join(f.opts.StateDir, "agents", name)
+	rt, err := f.startRuntime(ctx, name, dir)
+	if err != nil {
+		return nil, err
+	}
+	ln, origin, err := listen("127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	ag, err := agent.New(agent.Options{
+		VMName: name, Runtime: rt, Auth: auth, ControlPlaneURL: f.cp.url, Origin: origin,
+		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build,
+		Logger: f.log.With("agent", name),
+	})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	f.goService(name, func() error { return ag.Serve(ctx, ln) })
+	return &agentService{name: name, socket: rt.SocketPath(), agent: ag, edge: f.edge,
+		domain: f.opts.Domain}, nil
+}
+
+// startRuntime starts the agent's local runtime with the ticker workload.
+func (f *Fleet) startRuntime(ctx context.Context, name, dir string) (*runtime.Client, error) {
+	ticker, err := workload.Parse(examples.Ticker())
+	if err != nil {
+		return nil, fmt.Errorf("devfleet: %w", err)
+	}
+	socket, err := socketPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := server.New(server.Options{
+		SocketPath: socket, DataDir: filepath.Join(dir, "runtime"),
+		HostTools: f.opts.HostTools, BootWorkloads: []workload.Spec{ticker},
+		Logger: f.log.With("runtime", name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("devfleet: %w", err)
+	}
+	f.goService(name+"-runtime", func() error { return rs.Serve(ctx) })
+	select {
+	case <-rs.Ready():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return runtime.NewClient(runtime.ClientOptions{SocketPath: socket, Token: rs.Token()})
+}
+
+// waitRegistered polls the agent until the control plane has registered it.
+func (a *agentService) waitRegistered(ctx context.Context, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		if a.agent.Registered() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("devfleet: agent %s did not register within %s", a.name, limit)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// maxSocketPath is the usable length of a unix socket path (sun_path).
+const maxSocketPath = 104
+
+// socketPath returns dir/runtime.sock, or a short path under the temp
+// directory when that would not fit in a unix socket address.
+func socketPath(dir string) (string, error) {
+	p := filepath.Join(dir, "runtime.sock")
+	if len(p) <= maxSocketPath {
+		return p, nil
+	}
+	sum := sha256.Sum256([]byte(dir))
+	short := filepath.Join(os.TempDir(), "dd-"+hex.EncodeToString(sum[:6]), "runtime.sock")
+	if len(short) > maxSocketPath {
+		return "", fmt.Errorf("devfleet: no short enough socket path for %s", dir)
+	}
+	return short, nil
+}
