@@ -47,7 +47,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ownerID := fs.String("owner-id", envOr("DD_OWNER_ID", ""), "fleet owner's numeric GitHub id (DD_OWNER_ID)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, agentHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, *level)

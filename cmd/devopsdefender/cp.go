@@ -44,7 +44,7 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"ingress provider: direct (agents are reached at their origin URL; not in production or staging) (DD_INGRESS)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, cpHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, *level)

@@ -36,7 +36,7 @@ func runDeploy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long --wait waits")
 	settle := fs.Duration("settle", time.Second, "how long a running workload must stay up")
 	fs.Usage = func() { fmt.Fprint(stderr, deployHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

@@ -21,7 +21,7 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	t.register(fs)
 	tail := fs.Int("tail", 100, "number of lines to print (0..10000)")
 	fs.Usage = func() { fmt.Fprint(stderr, logsHelp); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

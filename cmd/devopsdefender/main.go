@@ -22,19 +22,23 @@ type modeFunc func(ctx context.Context, args []string, stdout, stderr io.Writer)
 type mode struct {
 	run     modeFunc
 	summary string
+
+	// client marks a client verb: its failures are reported as the verb's
+	// errors, not with the "fatal" prefix that boot logs are searched for.
+	client bool
 }
 
 func modes() map[string]mode {
 	return map[string]mode{
-		"cp":         {runCP, "run the control plane (fleet registry, dashboard, collector)"},
-		"management": {runCP, "alias of cp"},
-		"agent":      {runAgent, "run the in-VM agent (deploy/exec/logs API, health)"},
-		"runtime":    {runRuntime, "run the local EasyEnclave-compatible workload runtime"},
-		"dev":        {runDev, "run a whole fleet on this machine (no TDX, no internet)"},
-		"deploy":     {runDeploy, "deploy a workload spec to an agent and wait for it"},
-		"logs":       {runLogs, "print a workload's log lines"},
-		"verify":     {runVerify, "verify attestation evidence (verify quote FILE)"},
-		"version":    {runVersion, "print the build version"},
+		"cp":         {runCP, "run the control plane (fleet registry, dashboard, collector)", false},
+		"management": {runCP, "alias of cp", false},
+		"agent":      {runAgent, "run the in-VM agent (deploy/exec/logs API, health)", false},
+		"runtime":    {runRuntime, "run the local EasyEnclave-compatible workload runtime", false},
+		"dev":        {runDev, "run a whole fleet on this machine (no TDX, no internet)", false},
+		"deploy":     {runDeploy, "deploy a workload spec to an agent and wait for it", true},
+		"logs":       {runLogs, "print a workload's log lines", true},
+		"verify":     {runVerify, "verify attestation evidence (verify quote FILE)", true},
+		"version":    {runVersion, "print the build version", true},
 	}
 }
 
@@ -69,6 +73,9 @@ func run(ctx context.Context, args []string, envMode string, stdout, stderr io.W
 	case errors.As(err, new(*usageError)):
 		fmt.Fprintf(stderr, "devopsdefender %s: %v\n", name, err)
 		return 2
+	case m.client:
+		fmt.Fprintf(stderr, "devopsdefender %s: %v\n", name, err)
+		return 1
 	default:
 		fmt.Fprintf(stderr, "devopsdefender: fatal: %v\n", err)
 		return 1
@@ -111,4 +118,14 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// parseFlags parses args, turning a bad flag into a usage error (exit 2).
+// The flag package has already printed the usage text by then.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return usagef("%v", err)
 }

@@ -1,0 +1,325 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/runtime"
+	"github.com/devopsdefender/devopsdefender/internal/runtime/server"
+)
+
+// fakeAuth admits the token "good", forbids "other" and refuses the rest.
+type fakeAuth struct{}
+
+func (fakeAuth) Authenticate(ctx context.Context, bearer string) (Caller, error) {
+	switch bearer {
+	case "good":
+		return Caller{Repository: "acme/app", SHA: "abc"}, nil
+	case "other":
+		return Caller{}, httpapi.Forbidden("not the fleet owner")
+	}
+	return Caller{}, httpapi.Unauthorized("invalid token")
+}
+
+// startRuntime runs a real local runtime for the test.
+func startRuntime(t *testing.T) *runtime.Client {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dd-agent-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	rs, err := server.New(server.Options{SocketPath: filepath.Join(dir, "rt.sock"),
+		DataDir: filepath.Join(dir, "data")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- rs.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("runtime: %v", err)
+		}
+	})
+	select {
+	case <-rs.Ready():
+	case err := <-errc:
+		t.Fatalf("runtime: %v", err)
+	}
+	c, err := runtime.NewClient(runtime.ClientOptions{SocketPath: rs.SocketPath(),
+		Token: rs.Token()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newTestAgent(t *testing.T, rt *runtime.Client) (*Agent, *httptest.Server) {
+	t.Helper()
+	a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(srv.Close)
+	return a, srv
+}
+
+type reply struct {
+	status int
+	body   string
+}
+
+func do(t *testing.T, method, url, token, ctype, body string) reply {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return reply{resp.StatusCode, string(b)}
+}
+
+func TestDeployRefusesBadRequests(t *testing.T) {
+	rt := startRuntime(t)
+	_, srv := newTestAgent(t, rt)
+	const js = "application/json"
+	good := `{"app_name":"ok","cmd":["/bin/sh","-c","sleep 30"]}`
+
+	tests := []struct {
+		name, token, ctype, body string
+		wantStatus               int
+		wantCode                 string
+	}{
+		{"no token", "", js, good, 401, httpapi.CodeUnauthorized},
+		{"bad token", "bad", js, good, 401, httpapi.CodeUnauthorized},
+		{"foreign owner", "other", js, good, 403, httpapi.CodeForbidden},
+		{"array body", "good", js, `[1,2]`, 400, httpapi.CodeBadRequest},
+		{"string body", "good", js, `"x"`, 400, httpapi.CodeBadRequest},
+		{"malformed", "good", js, `{"app_name":`, 400, httpapi.CodeBadRequest},
+		{"wrong type", "good", js, `{"cmd":"ls"}`, 400, httpapi.CodeBadRequest},
+		{"null cmd", "good", js, `{"cmd":null}`, 400, httpapi.CodeBadRequest},
+		{"path app name", "good", js, `{"app_name":"../x","cmd":["true"]}`, 400,
+			httpapi.CodeBadRequest},
+		{"bad expose", "good", js, `{"app_name":"x","cmd":["true"],` +
+			`"expose":{"hostname_label":"Bad_Label","port":80}}`, 400, httpapi.CodeBadRequest},
+		{"bad asset", "good", js, `{"app_name":"x","github_release":` +
+			`{"repo":"a/b","asset":"../../etc/passwd"}}`, 400, httpapi.CodeBadRequest},
+		{"content type", "good", "text/plain", good, 415, httpapi.CodeUnsupported},
+		{"oversized", "good", js, `{"app_name":"big","env":["X=` +
+			strings.Repeat("a", maxSpecBytes) + `"]}`, 413, httpapi.CodeTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := do(t, "POST", srv.URL+"/deploy", tt.token, tt.ctype, tt.body)
+			var b httpapi.Body
+			if err := json.Unmarshal([]byte(r.body), &b); err != nil || r.status != tt.wantStatus ||
+				b.Code != tt.wantCode || b.Message == "" {
+				t.Errorf("= %d %s, want %d with code %s", r.status, r.body, tt.wantStatus,
+					tt.wantCode)
+			}
+		})
+	}
+
+	deps, err := rt.List(context.Background())
+	if err != nil || len(deps) != 0 {
+		t.Errorf("runtime deployments after refused requests = %v, %v; want none", deps, err)
+	}
+}
+
+func TestDeployExecLogs(t *testing.T) {
+	rt := startRuntime(t)
+	_, srv := newTestAgent(t, rt)
+
+	r := do(t, "POST", srv.URL+"/deploy", "good", "application/json",
+		`{"app_name":"greet","cmd":["/bin/sh","-c","echo one; echo two; echo three >&2"]}`)
+	var dep agentapi.DeployResponse
+	if r.status != 200 || json.Unmarshal([]byte(r.body), &dep) != nil || dep.ID == "" ||
+		len(dep.SpecSHA256) != 64 {
+		t.Fatalf("deploy = %d %s", r.status, r.body)
+	}
+	waitStatus(t, rt, dep.ID, runtime.StatusCompleted)
+
+	tests := []struct {
+		name, url  string
+		wantStatus int
+		wantBody   string
+	}{
+		{"all lines", "/logs/greet", 200, `"lines":["one","two","three"]`},
+		{"tail", "/logs/greet?tail=1", 200, `"lines":["three"]`},
+		{"unknown app", "/logs/nope", 404, `"code":"NOT_FOUND"`},
+		{"bad tail", "/logs/greet?tail=abc", 400, `"code":"BAD_REQUEST"`},
+		{"negative tail", "/logs/greet?tail=-1", 400, `"code":"BAD_REQUEST"`},
+		{"bad name", "/logs/a%20b", 400, `"code":"BAD_REQUEST"`},
+	}
+	for _, tt := range tests {
+		r := do(t, "GET", srv.URL+tt.url, "good", "", "")
+		if r.status != tt.wantStatus || !strings.Contains(r.body, tt.wantBody) {
+			t.Errorf("%s: GET %s = %d %s, want %d containing %s", tt.name, tt.url, r.status,
+				r.body, tt.wantStatus, tt.wantBody)
+		}
+	}
+	if r := do(t, "GET", srv.URL+"/logs/greet", "", "", ""); r.status != 401 {
+		t.Errorf("logs without a token = %d, want 401", r.status)
+	}
+
+	execTests := []struct {
+		name, body string
+		wantStatus int
+		wantBody   string
+	}{
+		{"exit code", `{"cmd":["/bin/sh","-c","echo out; echo err >&2; exit 4"]}`, 200,
+			`{"exit_code":4,"stdout":"out\n","stderr":"err\n"}`},
+		{"empty cmd", `{"cmd":[]}`, 400, `"code":"BAD_REQUEST"`},
+		{"unknown field", `{"cmd":["true"],"shell":true}`, 400, `"code":"BAD_REQUEST"`},
+		{"timeout too long", `{"cmd":["true"],"timeout_secs":100000}`, 400, `BAD_REQUEST`},
+		{"timed out", `{"cmd":["sleep","5"],"timeout_secs":1}`, 502, `command timed out`},
+		{"missing program", `{"cmd":["/nonexistent/prog"]}`, 502, `spawn failed`},
+	}
+	for _, tt := range execTests {
+		r := do(t, "POST", srv.URL+"/exec", "good", "application/json", tt.body)
+		if r.status != tt.wantStatus || !strings.Contains(r.body, tt.wantBody) {
+			t.Errorf("%s: exec = %d %s, want %d containing %s", tt.name, r.status, r.body,
+				tt.wantStatus, tt.wantBody)
+		}
+	}
+}
+
+func TestRuntimeDownIsBadGateway(t *testing.T) {
+	rt, err := runtime.NewClient(runtime.ClientOptions{
+		SocketPath: filepath.Join(t.TempDir(), "absent.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, srv := newTestAgent(t, rt)
+	r := do(t, "POST", srv.URL+"/deploy", "good", "application/json",
+		`{"app_name":"x","cmd":["true"]}`)
+	if r.status != http.StatusBadGateway || !strings.Contains(r.body, `"code":"UPSTREAM"`) {
+		t.Errorf("deploy with the runtime down = %d %s, want 502 UPSTREAM", r.status, r.body)
+	}
+	if strings.Contains(r.body, "absent.sock") {
+		t.Errorf("error body leaks the socket path: %s", r.body)
+	}
+	// /health stays up and says what it knows.
+	if r := do(t, "GET", srv.URL+"/health", "", "", ""); r.status != 200 {
+		t.Errorf("health with the runtime down = %d", r.status)
+	}
+}
+
+// fakeCP is a control plane that registers agents, or refuses them.
+type fakeCP struct {
+	refuse bool
+	got    chan cpapi.RegisterRequest
+}
+
+func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var req cpapi.RegisterRequest
+	json.NewDecoder(r.Body).Decode(&req)
+	f.got <- req
+	if f.refuse {
+		httpapi.WriteJSON(w, http.StatusForbidden, httpapi.Body{Code: "FORBIDDEN", Message: "no"})
+		return
+	}
+	httpapi.WriteJSON(w, 200, cpapi.RegisterResponse{AgentID: "dd-test-agent-1",
+		Hostname: "vm-1.example", URL: "https://vm-1.example", AgentToken: "secret-agent-token"})
+}
+
+func TestRegistration(t *testing.T) {
+	rt := startRuntime(t)
+	cp := &fakeCP{got: make(chan cpapi.RegisterRequest, 1)}
+	cpSrv := httptest.NewServer(cp)
+	defer cpSrv.Close()
+
+	a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
+		ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx, ln) }()
+
+	req := <-cp.got
+	if req.VMName != "vm-1" || req.Origin != "http://127.0.0.1:1" ||
+		req.Evidence.AttestationType != "none" || req.Evidence.QuoteB64 == "" {
+		t.Errorf("register request = %+v", req)
+	}
+	for !a.Registered() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r := do(t, "GET", "http://"+ln.Addr().String()+"/health", "", "", "")
+	if !strings.Contains(r.body, `"agent_id":"dd-test-agent-1"`) ||
+		strings.Contains(r.body, "secret-agent-token") {
+		t.Errorf("health = %s; want the agent id and never the agent token", r.body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+func TestRegistrationRefusedStopsTheAgent(t *testing.T) {
+	rt := startRuntime(t)
+	cp := &fakeCP{refuse: true, got: make(chan cpapi.RegisterRequest, 10)}
+	cpSrv := httptest.NewServer(cp)
+	defer cpSrv.Close()
+	a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
+		ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Serve(context.Background(), ln)
+	var re *refusedError
+	if !errors.As(err, &re) || re.status != http.StatusForbidden {
+		t.Errorf("Serve = %v, want the refusal", err)
+	}
+}
+
+func waitStatus(t *testing.T, rt *runtime.Client, id, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		deps, err := rt.List(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range deps {
+			if d.ID == id && d.Status == want {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("deployment %s never reached %s", id, want)
+}
