@@ -270,8 +270,9 @@ func listen(addr string) (net.Listener, string, error) {
 func (f *Fleet) PrintSummary(w io.Writer) {
 	st := f.state
 	fmt.Fprintf(w, "DevOps Defender dev fleet is up (state in %s)\n\n", f.opts.StateDir)
-	fmt.Fprintf(w, "  dashboard:    %s  (admin token in %s)\n", st.DashboardURL,
-		filepath.Join(f.opts.StateDir, StateFile))
+	state := filepath.Join(f.opts.StateDir, StateFile)
+	fmt.Fprintf(w, "  dashboard:    %s\n", st.DashboardURL)
+	fmt.Fprintf(w, "                sign in with the admin token: jq -r .admin_token %s\n", state)
 	fmt.Fprintf(w, "  control plane %s\n", st.CPURL)
 	for _, a := range st.Agents {
 		fmt.Fprintf(w, "  agent %-8s %s\n", a.Name, a.URL)
