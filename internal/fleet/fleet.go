@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 // Errors callers branch on.
@@ -69,6 +70,10 @@ type Attestation struct {
 	TCBStatus string
 	// VerifiedAt is when the evidence was checked; zero if never.
 	VerifiedAt time.Time
+	// Measurements are the verified TD measurements; nil if unverified.
+	Measurements *tdx.Measurements
+	// TCBDate is the TCB date of the platform, when the appraisal had one.
+	TCBDate time.Time
 }
 
 // Agent is one registered agent.
@@ -97,6 +102,10 @@ type Agent struct {
 	TokenHash []byte
 	// LastError describes the last failed scrape; empty after a good one.
 	LastError string
+	// SigningKey (Ed25519) and NoiseKey (X25519) are the agent's public
+	// keys its evidence commits to (see package attestbind).
+	SigningKey []byte
+	NoiseKey   []byte
 }
 
 // LastHeard returns when the agent was last known to be alive: its last

@@ -3,21 +3,24 @@ package fleet
 import (
 	"context"
 	"database/sql"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 // agentColumns, insertAgent, encodeAgent and scanAgent must list the
 // columns in the same order.
 const agentColumns = `id, vm_name, hostname, url, origin, status, registered_at, last_seen,
 	att_type, att_quote_format, att_quote_b64, att_report_data_b64, att_verified,
-	att_status, att_mrtd, att_tcb_status, att_verified_at, units, token_hash, last_error`
+	att_status, att_mrtd, att_tcb_status, att_verified_at, units, token_hash, last_error,
+	signing_key, noise_key, att_measurements, att_tcb_date`
 
 const insertAgent = "INSERT INTO agents (" + agentColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func encodeAgent(a *Agent) ([]any, error) {
 	units := a.Units
@@ -29,11 +32,50 @@ func encodeAgent(a *Agent) ([]any, error) {
 		return nil, fmt.Errorf("encoding units: %w", err)
 	}
 	at := &a.Attestation
+	m, err := encodeMeasurements(at.Measurements)
+	if err != nil {
+		return nil, err
+	}
 	return []any{a.ID, a.VMName, a.Hostname, a.URL, a.Origin, string(a.Status),
 		formatTime(a.RegisteredAt), formatTime(a.LastSeen),
 		at.Type, at.QuoteFormat, at.QuoteB64, at.ReportDataB64, at.Verified,
 		at.Status, at.MRTD, at.TCBStatus, formatTime(at.VerifiedAt),
-		string(data), a.TokenHash, a.LastError}, nil
+		string(data), a.TokenHash, a.LastError,
+		base64.StdEncoding.EncodeToString(a.SigningKey),
+		base64.StdEncoding.EncodeToString(a.NoiseKey), m, formatTime(at.TCBDate)}, nil
+}
+
+// encodeMeasurements stores verified measurements as JSON ("" for none).
+func encodeMeasurements(m *tdx.Measurements) (string, error) {
+	if m == nil {
+		return "", nil
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("encoding measurements: %w", err)
+	}
+	return string(data), nil
+}
+
+// decodeRest decodes the columns added in schema v2.
+func decodeRest(a *Agent, signing, noise, meas, tcbDate string) error {
+	var err error
+	if a.SigningKey, err = decodeKey(signing); err != nil {
+		return fmt.Errorf("agent %s: signing_key: %w", a.ID, err)
+	}
+	if a.NoiseKey, err = decodeKey(noise); err != nil {
+		return fmt.Errorf("agent %s: noise_key: %w", a.ID, err)
+	}
+	if meas != "" {
+		a.Attestation.Measurements = new(tdx.Measurements)
+		if err := json.Unmarshal([]byte(meas), a.Attestation.Measurements); err != nil {
+			return fmt.Errorf("agent %s: att_measurements: %w", a.ID, err)
+		}
+	}
+	if a.Attestation.TCBDate, err = parseTime(tcbDate); err != nil {
+		return fmt.Errorf("agent %s: att_tcb_date: %w", a.ID, err)
+	}
+	return nil
 }
 
 type rowScanner interface {
@@ -45,14 +87,18 @@ func scanAgent(row rowScanner) (Agent, error) {
 		a                         Agent
 		status, units             string
 		registered, seen, checked string
+		signing, noise, meas, tcb string
 	)
 	at := &a.Attestation
 	err := row.Scan(&a.ID, &a.VMName, &a.Hostname, &a.URL, &a.Origin, &status,
 		&registered, &seen,
 		&at.Type, &at.QuoteFormat, &at.QuoteB64, &at.ReportDataB64, &at.Verified,
 		&at.Status, &at.MRTD, &at.TCBStatus, &checked,
-		&units, &a.TokenHash, &a.LastError)
+		&units, &a.TokenHash, &a.LastError, &signing, &noise, &meas, &tcb)
 	if err != nil {
+		return Agent{}, err
+	}
+	if err := decodeRest(&a, signing, noise, meas, tcb); err != nil {
 		return Agent{}, err
 	}
 	a.Status = Status(status)
@@ -105,4 +151,12 @@ func parseTime(s string) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	return time.Parse(time.RFC3339Nano, s)
+}
+
+// decodeKey decodes a stored key; "" (an agent of schema v1) is nil.
+func decodeKey(s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	return base64.StdEncoding.DecodeString(s)
 }

@@ -71,6 +71,12 @@ var migrations = []string{
 		token_hash          BLOB NOT NULL,
 		last_error          TEXT NOT NULL DEFAULT ''
 	) STRICT`,
+	// v2: the agent's public keys bound into its evidence, and the full
+	// verified measurements and TCB date.
+	`ALTER TABLE agents ADD COLUMN signing_key TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN noise_key TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN att_measurements TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN att_tcb_date TEXT NOT NULL DEFAULT '';`,
 }
 
 // Open opens (creating if needed) the store at path and brings its schema
@@ -273,6 +279,21 @@ func (s *Store) UpdateHealth(ctx context.Context, id string, seen time.Time,
 	}
 	return s.update(ctx, id, `UPDATE agents SET status = ?, last_seen = ?, units = ?,
 		last_error = '' WHERE id = ?`, StatusHealthy, formatTime(seen), string(data), id)
+}
+
+// UpdateAttestation replaces the agent's attestation record, e.g. after a
+// re-attestation or when its evidence grew too old.
+func (s *Store) UpdateAttestation(ctx context.Context, id string, at Attestation) error {
+	m, err := encodeMeasurements(at.Measurements)
+	if err != nil {
+		return fmt.Errorf("fleet: updating attestation of %s: %w", id, err)
+	}
+	return s.update(ctx, id, `UPDATE agents SET att_type = ?, att_quote_format = ?,
+		att_quote_b64 = ?, att_report_data_b64 = ?, att_verified = ?, att_status = ?,
+		att_mrtd = ?, att_tcb_status = ?, att_verified_at = ?, att_measurements = ?,
+		att_tcb_date = ? WHERE id = ?`,
+		at.Type, at.QuoteFormat, at.QuoteB64, at.ReportDataB64, at.Verified, at.Status,
+		at.MRTD, at.TCBStatus, formatTime(at.VerifiedAt), m, formatTime(at.TCBDate), id)
 }
 
 // SetStatus sets an agent's status and last error, leaving LastSeen alone.

@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -329,5 +331,40 @@ func TestConcurrentWriters(t *testing.T) {
 	list, err := s1.List(ctx)
 	if err != nil || len(list) != n {
 		t.Errorf("List = %d agents, %v; want %d (each vm_name once)", len(list), err, n)
+	}
+}
+
+func TestAttestationAndKeysRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s := openStore(t, path)
+	a := newAgent("dd-test-agent-1", "vm-1", "tok")
+	a.SigningKey = bytes.Repeat([]byte{1}, 32)
+	a.NoiseKey = bytes.Repeat([]byte{2}, 32)
+	if _, err := s.Register(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	at := Attestation{Type: "simulated", Verified: true, Status: "verified", MRTD: "ab",
+		TCBStatus: "UpToDate", VerifiedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+		TCBDate:      time.Date(2025, 11, 12, 0, 0, 0, 0, time.UTC),
+		Measurements: &tdx.Measurements{MRTD: tdx.Hex{0xab}, Debug: false}}
+	if err := s.UpdateAttestation(ctx, a.ID, at); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = openStore(t, path)
+	got, err := s.Get(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(at, got.Attestation, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("attestation after reopen (-want +got):\n%s", diff)
+	}
+	if !bytes.Equal(got.SigningKey, a.SigningKey) || !bytes.Equal(got.NoiseKey, a.NoiseKey) {
+		t.Errorf("keys after reopen = %x %x", got.SigningKey, got.NoiseKey)
+	}
+	if err := s.UpdateAttestation(ctx, "nope", at); !errors.Is(err, ErrNotFound) {
+		t.Errorf("UpdateAttestation of an unknown agent = %v, want ErrNotFound", err)
 	}
 }
