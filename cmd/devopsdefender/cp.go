@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/cp"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 )
 
 const cpHelp = `usage: devopsdefender cp [flags]
@@ -42,6 +44,9 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	adminToken := fs.String("admin-token", envOr("DD_ADMIN_TOKEN", ""), "fleet admin bearer token (DD_ADMIN_TOKEN)")
 	ingress := fs.String("ingress", envOr("DD_INGRESS", "direct"),
 		"ingress provider: direct (agents are reached at their origin URL; not in production or staging) (DD_INGRESS)")
+	attest := fs.String("attestation", envOr("DD_ATTESTATION", "direct"),
+		"how agents' evidence is appraised: direct (verify TDX quotes against Intel's root) "+
+			"or none (record it unverified; not in production or staging) (DD_ATTESTATION)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, cpHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
@@ -63,6 +68,10 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := e.RequireReal("direct ingress", true); err != nil {
 		return err
 	}
+	appraiser, err := newAppraiser(e, *attest, log)
+	if err != nil {
+		return err
+	}
 	store, err := fleet.Open(ctx, *db, fleet.Options{Logger: log})
 	if err != nil {
 		return err
@@ -71,6 +80,7 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	srv, err := cp.New(cp.Options{
 		Store: store, Env: string(e), Domain: *domain, Hostname: *hostname,
 		AdminToken: *adminToken, Ingress: directIngress{}, Build: buildVersion(), Logger: log,
+		Appraiser: appraiser, AcceptUnverified: appraiser == nil,
 	})
 	if err != nil {
 		return err
@@ -78,6 +88,21 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info("control plane starting", "build", buildVersion(), "env", e, "listen", *listen,
 		"db", *db, "hostname", *hostname, "domain", *domain)
 	return serveUntilDone(ctx, *listen, srv.Handler(), srv.Run)
+}
+
+// newAppraiser returns the appraiser for --attestation, or nil for none.
+// TODO(#3): the Trust Authority token mode.
+func newAppraiser(e fleetenv.Env, mode string, log *slog.Logger) (ita.Appraiser, error) {
+	switch mode {
+	case "direct":
+		return ita.NewDirect(ita.DirectOptions{Logger: log})
+	case "none":
+		if err := e.RequireReal("unverified attestation", true); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
+	return nil, usagef("--attestation %q: use direct or none", mode)
 }
 
 // directIngress publishes nothing: an agent is reached at its origin URL.

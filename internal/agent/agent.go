@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
@@ -72,6 +73,10 @@ type Options struct {
 	// Build is the build identifier shown on /health.
 	Build string
 
+	// ReattestInterval is how often the agent proves to the control plane
+	// again that it runs in the same TD. Zero means 10m.
+	ReattestInterval time.Duration
+
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 
@@ -84,9 +89,19 @@ type Agent struct {
 	opts    Options
 	log     *slog.Logger
 	started time.Time
+	keys    *keys
+	deploys deployResults
 
-	mu  sync.Mutex
-	reg registration // guarded by mu
+	mu       sync.Mutex
+	reg      registration // guarded by mu
+	evidence published    // guarded by mu
+}
+
+// published is the evidence the agent shows on /health.
+type published struct {
+	ev      agentapi.Evidence
+	nonce   string
+	purpose string
 }
 
 // registration is what the control plane assigned to this agent.
@@ -123,11 +138,18 @@ func New(opts Options) (*Agent, error) {
 	if opts.Build == "" {
 		opts.Build = "dev"
 	}
+	if opts.ReattestInterval == 0 {
+		opts.ReattestInterval = 10 * time.Minute
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{opts: opts, log: log.With("component", "agent", "vm", opts.VMName)}
+	k, err := newKeys()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a := &Agent{opts: opts, log: log.With("component", "agent", "vm", opts.VMName), keys: k}
 	return a, nil
 }
 
@@ -202,7 +224,10 @@ func (a *Agent) boot(ctx context.Context) error {
 		a.log.Warn("no control plane configured; running unregistered")
 		return nil
 	}
-	return a.registerLoop(ctx)
+	if err := a.registerLoop(ctx); err != nil {
+		return err
+	}
+	return a.reattestLoop(ctx)
 }
 
 // waitRuntime polls the runtime's health every 250ms until it answers.
@@ -236,3 +261,10 @@ func (a *Agent) registered() registration {
 
 // Registered reports whether the control plane has registered the agent.
 func (a *Agent) Registered() bool { return a.registered().agentID != "" }
+
+// published returns the evidence last accepted by the control plane.
+func (a *Agent) published() published {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.evidence
+}

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/attestbind"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
@@ -229,27 +232,61 @@ func TestRuntimeDownIsBadGateway(t *testing.T) {
 	}
 }
 
-// fakeCP is a control plane that registers agents, or refuses them.
+// fakeCP is a control plane that hands out one nonce and registers
+// agents whose request is signed and whose evidence binds that nonce and
+// the agent's keys, or refuses them.
 type fakeCP struct {
+	t      *testing.T
 	refuse bool
 	got    chan cpapi.RegisterRequest
 }
 
+var fakeNonce = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
+
 func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/register/nonce" {
+		httpapi.WriteJSON(w, 200, cpapi.NonceResponse{Nonce: fakeNonce})
+		return
+	}
+	body, _ := io.ReadAll(r.Body)
 	var req cpapi.RegisterRequest
-	json.NewDecoder(r.Body).Decode(&req)
+	json.Unmarshal(body, &req)
 	f.got <- req
 	if f.refuse {
 		httpapi.WriteJSON(w, http.StatusForbidden, httpapi.Body{Code: "FORBIDDEN", Message: "no"})
+		return
+	}
+	if err := f.check(body, r.Header.Get(attestbind.SignatureHeader), &req); err != nil {
+		f.t.Errorf("registration request: %v", err)
+		httpapi.WriteJSON(w, 401, httpapi.Body{Code: "UNAUTHORIZED", Message: err.Error()})
 		return
 	}
 	httpapi.WriteJSON(w, 200, cpapi.RegisterResponse{AgentID: "dd-test-agent-1",
 		Hostname: "vm-1.example", URL: "https://vm-1.example", AgentToken: "secret-agent-token"})
 }
 
+func (f *fakeCP) check(body []byte, sig string, req *cpapi.RegisterRequest) error {
+	keys, err := attestbind.DecodeKeys(req.SigningKey, req.NoiseKey)
+	if err != nil {
+		return err
+	}
+	if err := attestbind.VerifySignature(keys.Signing, body, sig); err != nil {
+		return err
+	}
+	nonce, _ := base64.StdEncoding.DecodeString(req.Nonce)
+	rd, err := attestbind.ReportData(attestbind.PurposeRegister, nonce, keys)
+	if err != nil {
+		return err
+	}
+	if req.Evidence.ReportDataB64 != base64.StdEncoding.EncodeToString(rd[:]) {
+		return errors.New("evidence does not bind the nonce and keys")
+	}
+	return nil
+}
+
 func TestRegistration(t *testing.T) {
 	rt := startRuntime(t)
-	cp := &fakeCP{got: make(chan cpapi.RegisterRequest, 1)}
+	cp := &fakeCP{t: t, got: make(chan cpapi.RegisterRequest, 1)}
 	cpSrv := httptest.NewServer(cp)
 	defer cpSrv.Close()
 
@@ -275,9 +312,15 @@ func TestRegistration(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	r := do(t, "GET", "http://"+ln.Addr().String()+"/health", "", "", "")
-	if !strings.Contains(r.body, `"agent_id":"dd-test-agent-1"`) ||
-		strings.Contains(r.body, "secret-agent-token") {
+	var h agentapi.Health
+	json.Unmarshal([]byte(r.body), &h)
+	if h.AgentID != "dd-test-agent-1" || strings.Contains(r.body, "secret-agent-token") {
 		t.Errorf("health = %s; want the agent id and never the agent token", r.body)
+	}
+	if h.Evidence == nil || h.EvidenceNonce != fakeNonce || h.SigningKey != req.SigningKey ||
+		h.EvidencePurpose != attestbind.PurposeRegister {
+		t.Errorf("health evidence = %+v nonce %q; want the registration evidence", h.Evidence,
+			h.EvidenceNonce)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -287,7 +330,7 @@ func TestRegistration(t *testing.T) {
 
 func TestRegistrationRefusedStopsTheAgent(t *testing.T) {
 	rt := startRuntime(t)
-	cp := &fakeCP{refuse: true, got: make(chan cpapi.RegisterRequest, 10)}
+	cp := &fakeCP{t: t, refuse: true, got: make(chan cpapi.RegisterRequest, 10)}
 	cpSrv := httptest.NewServer(cp)
 	defer cpSrv.Close()
 	a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
@@ -322,4 +365,38 @@ func waitStatus(t *testing.T, rt *runtime.Client, id, want string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("deployment %s never reached %s", id, want)
+}
+
+func TestDeployIdempotencyKey(t *testing.T) {
+	rt := startRuntime(t)
+	_, srv := newTestAgent(t, rt)
+	spec := `{"app_name":"once","cmd":["/bin/sh","-c","sleep 30"]}`
+	post := func(key, body string) reply {
+		req, _ := http.NewRequest("POST", srv.URL+"/deploy", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer good")
+		req.Header.Set(IdempotencyHeader, key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return reply{resp.StatusCode, string(b)}
+	}
+
+	first := post("key-0123456789", spec)
+	again := post("key-0123456789", spec)
+	if first.status != 200 || again.status != 200 || first.body != again.body {
+		t.Fatalf("repeated key: %v then %v, want the same 200 reply", first, again)
+	}
+	if r := post("key-0123456789", `{"app_name":"other","cmd":["true"]}`); r.status != 409 {
+		t.Errorf("same key, other spec = %v, want 409", r)
+	}
+	if r := post("short", spec); r.status != 400 {
+		t.Errorf("malformed key = %v, want 400", r)
+	}
+	deps, err := rt.List(context.Background())
+	if err != nil || len(deps) != 1 {
+		t.Errorf("runtime deployments = %d (%v), want exactly one", len(deps), err)
+	}
 }

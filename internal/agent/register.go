@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/attestbind"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 )
@@ -34,65 +34,128 @@ func (a *Agent) registerLoop(ctx context.Context) error {
 		}
 		wait := min(time.Duration(attempt)*time.Second, 30*time.Second)
 		a.log.Warn("registration failed; retrying", "attempt", attempt, "wait", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }
 
-// refusedError is a registration the control plane answered with a 4xx
-// other than 429.
+// reattestLoop proves the agent's TD to the control plane again every
+// ReattestInterval with a fresh nonce. When the control plane no longer
+// accepts the agent's credential (it lost or replaced the record), the
+// agent registers anew.
+func (a *Agent) reattestLoop(ctx context.Context) error {
+	for {
+		if err := sleep(ctx, a.opts.ReattestInterval); err != nil {
+			return err
+		}
+		err := a.reattest(ctx)
+		var re *refusedError
+		switch {
+		case err == nil:
+			a.log.Debug("re-attested")
+		case errors.As(err, &re) && re.status == http.StatusUnauthorized:
+			a.log.Warn("control plane refused the agent credential; registering again", "err", err)
+			if err := a.registerLoop(ctx); err != nil {
+				return err
+			}
+		default:
+			a.log.Warn("re-attestation failed", "err", err)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// refusedError is a control-plane answer with a 4xx other than 429.
 type refusedError struct {
 	status int
 	body   httpapi.Body
 }
 
 func (e *refusedError) Error() string {
-	return fmt.Sprintf("control plane refused registration: %d %s: %s",
-		e.status, e.body.Code, e.body.Message)
+	return fmt.Sprintf("control plane refused: %d %s: %s", e.status, e.body.Code, e.body.Message)
 }
 
-// register performs one registration attempt.
+// register performs one registration attempt: nonce, evidence bound to
+// the nonce and the agent's keys, signed request.
 func (a *Agent) register(ctx context.Context) error {
-	ev, err := a.evidence(ctx)
+	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeRegister)
 	if err != nil {
 		return err
 	}
-	req := cpapi.RegisterRequest{VMName: a.opts.VMName, Origin: a.opts.Origin, Evidence: ev}
+	req := cpapi.RegisterRequest{VMName: a.opts.VMName, Origin: a.opts.Origin, Nonce: nonce,
+		SigningKey: a.keys.signingB64(), NoiseKey: a.keys.noiseB64(), Evidence: ev}
 	var resp cpapi.RegisterResponse
-	if err := a.postCP(ctx, "/register", req, &resp); err != nil {
+	if err := a.postCP(ctx, "/register", "", req, &resp); err != nil {
 		return err
 	}
 
 	a.mu.Lock()
 	a.reg = registration{agentID: resp.AgentID, hostname: resp.Hostname, url: resp.URL,
 		token: resp.AgentToken}
+	a.evidence = published{ev: ev, nonce: nonce, purpose: attestbind.PurposeRegister}
 	a.mu.Unlock()
 	a.log.Info("registered", "agent_id", resp.AgentID, "hostname", resp.Hostname, "url", resp.URL)
 	return nil
 }
 
-// evidence asks the runtime to attest. The report data commits to the VM
-// name only.
-// TODO(#3): commit to a control-plane nonce and the agent's public keys.
-func (a *Agent) evidence(ctx context.Context) (agentapi.Evidence, error) {
-	rd := sha256.Sum256([]byte("devopsdefender-register-v0\x00" + a.opts.VMName))
+// reattest sends fresh evidence for the registered agent.
+func (a *Agent) reattest(ctx context.Context) error {
+	reg := a.registered()
+	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeReattest)
+	if err != nil {
+		return err
+	}
+	var out cpapi.Attestation
+	path := "/agents/" + reg.agentID + "/attest"
+	if err := a.postCP(ctx, path, reg.token, cpapi.AttestRequest{Nonce: nonce, Evidence: ev},
+		&out); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.evidence = published{ev: ev, nonce: nonce, purpose: attestbind.PurposeReattest}
+	a.mu.Unlock()
+	return nil
+}
+
+// freshEvidence gets a nonce from the control plane and has the runtime
+// attest to report data that binds it to the agent's keys.
+func (a *Agent) freshEvidence(ctx context.Context, purpose string) (string, agentapi.Evidence, error) {
+	var n cpapi.NonceResponse
+	if err := a.postCP(ctx, "/register/nonce", "", struct{}{}, &n); err != nil {
+		return "", agentapi.Evidence{}, err
+	}
+	raw, err := base64.StdEncoding.DecodeString(n.Nonce)
+	if err != nil {
+		return "", agentapi.Evidence{}, fmt.Errorf("decoding nonce: %w", err)
+	}
+	rd, err := attestbind.ReportData(purpose, raw, a.keys.public())
+	if err != nil {
+		return "", agentapi.Evidence{}, err
+	}
 	att, err := a.opts.Runtime.Attest(ctx, rd[:])
 	if err != nil {
-		return agentapi.Evidence{}, fmt.Errorf("attesting: %w", err)
+		return "", agentapi.Evidence{}, fmt.Errorf("attesting: %w", err)
 	}
-	return agentapi.Evidence{
-		AttestationType: att.AttestationType,
-		QuoteFormat:     att.QuoteFormat,
-		QuoteB64:        att.QuoteB64,
-		ReportDataB64:   base64.StdEncoding.EncodeToString(rd[:]),
+	return n.Nonce, agentapi.Evidence{
+		AttestationType: att.AttestationType, QuoteFormat: att.QuoteFormat,
+		QuoteB64: att.QuoteB64, ReportDataB64: base64.StdEncoding.EncodeToString(rd[:]),
 	}, nil
 }
 
-// postCP posts body as JSON to the control plane and decodes the reply.
-func (a *Agent) postCP(ctx context.Context, path string, body, out any) error {
+// postCP posts body as signed JSON to the control plane and decodes the
+// reply. token, when set, is sent as the agent's bearer credential.
+func (a *Agent) postCP(ctx context.Context, path, token string, body, out any) error {
 	data, err := json.Marshal(body)
 	if err != nil {
 		return fmt.Errorf("encoding request: %w", err)
@@ -103,6 +166,10 @@ func (a *Agent) postCP(ctx context.Context, path string, body, out any) error {
 		return fmt.Errorf("building request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(attestbind.SignatureHeader, attestbind.Sign(a.keys.signing, data))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := a.opts.HTTPClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("calling control plane: %w", err)

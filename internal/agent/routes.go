@@ -91,6 +91,10 @@ func (a *Agent) health(ctx context.Context) agentapi.Health {
 	if rh, err := a.opts.Runtime.Health(ctx); err == nil {
 		h.AttestationType = rh.AttestationType
 	}
+	h.SigningKey, h.NoiseKey = a.keys.signingB64(), a.keys.noiseB64()
+	if ev := a.published(); ev.nonce != "" {
+		h.Evidence, h.EvidenceNonce, h.EvidencePurpose = &ev.ev, ev.nonce, ev.purpose
+	}
 	units, err := a.units(ctx)
 	if err != nil {
 		a.log.Warn("listing workloads failed", "err", err)
@@ -110,6 +114,10 @@ func (a *Agent) handleUnits(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, units)
 }
 
+// handleDeploy validates a spec and hands it to the runtime. With an
+// Idempotency-Key, a retried request returns the first result and the
+// workload is not started twice; the same key with another spec is a
+// conflict.
 func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 	body, err := httpapi.ReadBody(w, r, maxSpecBytes)
 	if err != nil {
@@ -120,20 +128,54 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.BadRequest("%s", err.Error())
 	}
 	sum := sha256.Sum256(body)
+	specHash := hex.EncodeToString(sum[:])
+	key := r.Header.Get(IdempotencyHeader)
+	if key == "" {
+		resp, err := a.deploy(r, spec, specHash)
+		if err != nil {
+			return err
+		}
+		return httpapi.WriteJSON(w, http.StatusOK, resp)
+	}
+	if !idempotencyKeyRE.MatchString(key) {
+		return httpapi.BadRequest("%s must be 8-128 characters of [A-Za-z0-9_.:-]",
+			IdempotencyHeader)
+	}
 
+	a.deploys.mu.Lock()
+	defer a.deploys.mu.Unlock()
+	now := a.opts.Now()
+	if prev, ok := a.deploys.lookupLocked(key, now); ok {
+		if prev.specHash != specHash {
+			return &httpapi.Error{Status: http.StatusConflict, Code: httpapi.CodeConflict,
+				Message: IdempotencyHeader + " was already used for another spec"}
+		}
+		a.log.Info("deploy repeated; returning the first result", "app", spec.Name(),
+			"id", prev.resp.ID)
+		return httpapi.WriteJSON(w, http.StatusOK, prev.resp)
+	}
+	resp, err := a.deploy(r, spec, specHash)
+	if err != nil {
+		return err
+	}
+	a.deploys.storeLocked(key, deployResult{specHash: specHash, resp: resp,
+		expires: now.Add(idempotencyTTL)}, now)
+	return httpapi.WriteJSON(w, http.StatusOK, resp)
+}
+
+// deploy hands spec to the runtime and records who deployed what.
+func (a *Agent) deploy(r *http.Request, spec workload.Spec, specHash string) (agentapi.DeployResponse, error) {
 	id, err := a.opts.Runtime.Deploy(r.Context(), spec)
 	if err != nil {
-		return runtimeError("deploy", err)
+		return agentapi.DeployResponse{}, runtimeError("deploy", err)
 	}
 	c := callerOf(r)
 	// TODO(#4): record deploys in the hash-chained audit log.
-	a.log.Info("workload deployed", "app", spec.Name(), "id", id,
-		"spec_sha256", hex.EncodeToString(sum[:]), "repository", c.Repository, "ref", c.Ref,
-		"sha", c.SHA, "workflow", c.Workflow, "run_id", c.RunID, "actor", c.Actor)
-	return httpapi.WriteJSON(w, http.StatusOK, agentapi.DeployResponse{
-		ID: id, AppName: spec.Name(), Status: runtime.StatusDeploying,
-		SpecSHA256: hex.EncodeToString(sum[:]),
-	})
+	a.log.Info("workload deployed", "app", spec.Name(), "id", id, "spec_sha256", specHash,
+		"repository", c.Repository, "ref", c.Ref, "sha", c.SHA, "workflow", c.Workflow,
+		"run_id", c.RunID, "actor", c.Actor)
+	return agentapi.DeployResponse{ID: id, AppName: spec.Name(),
+		Status: runtime.StatusDeploying, SpecSHA256: specHash}, nil
 }
 
 func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {

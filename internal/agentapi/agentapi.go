@@ -28,6 +28,17 @@ type Health struct {
 	AttestationType string    `json:"attestation_type"`
 	Evidence        *Evidence `json:"evidence,omitempty"`
 
+	// SigningKey and NoiseKey are the agent's public keys (standard
+	// base64) that its evidence commits to; see package attestbind.
+	SigningKey string `json:"signing_key,omitempty"`
+	NoiseKey   string `json:"noise_key,omitempty"`
+
+	// EvidenceNonce is the nonce the published evidence commits to, and
+	// EvidencePurpose its purpose ("register" or "reattest"), so anyone
+	// can recompute the binding.
+	EvidenceNonce   string `json:"evidence_nonce,omitempty"`
+	EvidencePurpose string `json:"evidence_purpose,omitempty"`
+
 	// Deployments lists the app names known to the runtime.
 	Deployments     []string `json:"deployments"`
 	DeploymentCount int      `json:"deployment_count"`
@@ -42,6 +53,10 @@ type Evidence struct {
 	QuoteFormat     string `json:"quote_format"`
 	QuoteB64        string `json:"quote_b64"`
 	ReportDataB64   string `json:"report_data_b64"`
+
+	// ITAToken is an Intel Trust Authority token over the quote, when the
+	// agent obtained one.
+	ITAToken string `json:"ita_token,omitempty"`
 }
 
 // Unit is one workload managed on the agent.

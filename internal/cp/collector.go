@@ -72,6 +72,7 @@ func (s *Server) collect(ctx context.Context) {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
+			s.expireAttestation(ctx, &a)
 			s.scrape(ctx, a)
 		})
 	}

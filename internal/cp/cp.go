@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
 
@@ -105,6 +106,27 @@ type Options struct {
 
 	// Build identifies the binary in /health. Empty means "dev".
 	Build string
+
+	// Appraiser checks agents' attestation evidence: a Trust Authority
+	// token verifier, or a direct quote verifier. Required unless
+	// AcceptUnverified is set.
+	Appraiser ita.Appraiser
+
+	// Policy decides whether appraised measurements are acceptable. Nil
+	// accepts any evidence the Appraiser verified.
+	Policy Policy
+
+	// AcceptUnverified registers agents without checking their evidence,
+	// recording it as "unverified" everywhere. It is for hosts without
+	// TDX and MUST NOT be set in production or staging.
+	AcceptUnverified bool
+
+	// MaxEvidenceAge is how old an agent's last verified evidence may
+	// grow before the agent is marked unattested. Zero means 30m.
+	MaxEvidenceAge time.Duration
+
+	// NonceTTL is how long a registration nonce stays valid. Zero means 2m.
+	NonceTTL time.Duration
 }
 
 // Server is the control plane. Create it with [New], serve [Server.Handler]
@@ -127,6 +149,8 @@ type Server struct {
 	// is remembered while a round runs.
 	wake    chan struct{}
 	running atomic.Bool
+
+	nonces *nonces
 
 	// regMu serialises registrations, so that publishing a hostname and
 	// recording its owner happen in the same order for all callers.
@@ -151,6 +175,7 @@ func New(opts Options) (*Server, error) {
 		sessionKey: deriveSessionKey(opts.AdminToken, opts.Hostname),
 		cookie:     newCookieConfig(opts.Hostname),
 		wake:       make(chan struct{}, 1),
+		nonces:     newNonces(opts.NonceTTL, opts.Now),
 	}
 	s.handler = s.routes()
 	return s, nil
@@ -177,6 +202,9 @@ func (o *Options) validate() error {
 	if o.Ingress == nil {
 		errs = append(errs, errors.New("Ingress is required"))
 	}
+	if o.Appraiser == nil && !o.AcceptUnverified {
+		errs = append(errs, errors.New("Appraiser is required unless AcceptUnverified is set"))
+	}
 	if o.ScrapeInterval < 0 || o.ScrapeTimeout < 0 || o.StaleAfter < 0 ||
 		o.DeadAfter < 0 || o.ScrapeConcurrency < 0 {
 		errs = append(errs, errors.New("durations and concurrency must not be negative"))
@@ -200,6 +228,8 @@ func (o *Options) setDefaults() {
 	setDefault(&o.ScrapeTimeout, 3*time.Second)
 	setDefault(&o.StaleAfter, 30*time.Second)
 	setDefault(&o.DeadAfter, 15*time.Minute)
+	setDefault(&o.MaxEvidenceAge, 30*time.Minute)
+	setDefault(&o.NonceTTL, 2*time.Minute)
 	if o.DeadAfter < o.StaleAfter {
 		o.DeadAfter = o.StaleAfter
 	}

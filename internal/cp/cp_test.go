@@ -31,8 +31,8 @@ func registerBody(vm, origin, evType string) string {
 
 func (e *testEnv) register(t *testing.T, vm string) cpapi.RegisterResponse {
 	t.Helper()
-	rec := e.do("POST", "/register", registerBody(vm, "http://127.0.0.1:9101", "simulated"),
-		map[string]string{"Content-Type": "application/json"})
+	body, h := newTestAgent(t).registration(t, e, vm)
+	rec := e.do("POST", "/register", body, h)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("register %s: %d %s", vm, rec.Code, rec.Body)
 	}
@@ -98,9 +98,12 @@ func TestHealth(t *testing.T) {
 }
 
 func TestRegisterStoresUnverified(t *testing.T) {
-	e := newTestEnv(t, nil)
-	rec := e.do("POST", "/register", validRegister,
-		map[string]string{"Content-Type": "application/json"})
+	e := newTestEnv(t, func(o *Options) { o.Appraiser, o.AcceptUnverified = nil, true })
+	agent := newTestAgent(t)
+	body, h := agent.registration(t, e, "web")
+	var sent cpapi.RegisterRequest
+	json.Unmarshal([]byte(body), &sent)
+	rec := e.do("POST", "/register", body, h)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
@@ -127,8 +130,8 @@ func TestRegisterStoresUnverified(t *testing.T) {
 		!a.RegisteredAt.Equal(t0) {
 		t.Errorf("stored %+v", a)
 	}
-	wantAtt := fleet.Attestation{Type: "simulated", QuoteFormat: "sim", QuoteB64: "cXVvdGU=",
-		ReportDataB64: "cmQ=", Verified: false, Status: "unverified"}
+	wantAtt := fleet.Attestation{Type: "simulated", QuoteFormat: "fake",
+		QuoteB64: sent.Evidence.QuoteB64, Verified: false, Status: "unverified"}
 	if diff := cmp.Diff(wantAtt, a.Attestation); diff != "" {
 		t.Errorf("attestation (-want +got):\n%s", diff)
 	}
@@ -195,6 +198,10 @@ func TestRegisterRejectsBadInput(t *testing.T) {
 	}
 }
 
+func signedRegister(t *testing.T, e *testEnv) (string, map[string]string) {
+	return newTestAgent(t).registration(t, e, "web")
+}
+
 func assertEmpty(t *testing.T, e *testEnv) {
 	t.Helper()
 	list, err := e.store.List(context.Background())
@@ -212,7 +219,8 @@ func assertEmpty(t *testing.T, e *testEnv) {
 func TestRegisterIngressFailure(t *testing.T) {
 	e := newTestEnv(t, nil)
 	e.ingress.err = errIngressDown
-	rec := e.do("POST", "/register", validRegister, nil)
+	body, h := signedRegister(t, e)
+	rec := e.do("POST", "/register", body, h)
 	if rec.Code != http.StatusBadGateway {
 		t.Fatalf("status %d, want 502", rec.Code)
 	}
@@ -225,7 +233,8 @@ func TestRegisterIngressFailure(t *testing.T) {
 func TestRegisterRefusesBadIngressURL(t *testing.T) {
 	e := newTestEnv(t, nil)
 	e.ingress.setURL("web.localhost", "not a url")
-	if rec := e.do("POST", "/register", validRegister, nil); rec.Code != http.StatusBadGateway {
+	body, h := signedRegister(t, e)
+	if rec := e.do("POST", "/register", body, h); rec.Code != http.StatusBadGateway {
 		t.Fatalf("status %d, want 502", rec.Code)
 	}
 	assertEmpty(t, e)
@@ -260,7 +269,7 @@ func TestRegisterReplacesSameVMName(t *testing.T) {
 }
 
 func TestAPIAgentsAuth(t *testing.T) {
-	e := newTestEnv(t, nil)
+	e := newTestEnv(t, func(o *Options) { o.Appraiser, o.AcceptUnverified = nil, true })
 	e.register(t, "web")
 	e.register(t, "alpha")
 
@@ -387,7 +396,7 @@ func TestPagesRequireAdmin(t *testing.T) {
 }
 
 func TestFleetPageShowsUnverified(t *testing.T) {
-	e := newTestEnv(t, nil)
+	e := newTestEnv(t, func(o *Options) { o.Appraiser, o.AcceptUnverified = nil, true })
 	e.register(t, "web")
 	rec := e.do("GET", "/", "", admin())
 	body := rec.Body.String()

@@ -3,6 +3,10 @@ package cp
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -13,7 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/attestbind"
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/ita"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 const testAdminToken = "admin-token-0123456789abcdef0123456789"
@@ -143,6 +152,7 @@ func newTestEnvAt(t *testing.T, dbPath string, mutate func(*Options)) *testEnv {
 		Logger:     slog.New(slog.NewTextHandler(env.logs, nil)),
 		StaleAfter: 30 * time.Second,
 		DeadAfter:  5 * time.Minute,
+		Appraiser:  fakeAppraiser{},
 	}
 	if mutate != nil {
 		mutate(&opts)
@@ -188,4 +198,101 @@ func serve(e *testEnv, r *http.Request) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	e.srv.Handler().ServeHTTP(rec, r)
 	return rec
+}
+
+// fakeAppraiser accepts a "quote" that is the text "fakequote:" followed by
+// the 64 report-data bytes it commits to, and reports a fixed MRTD.
+type fakeAppraiser struct{}
+
+var fakeMRTD = bytes.Repeat([]byte{0xaa}, 48)
+
+func fakeQuote(rd [64]byte) string {
+	return base64.StdEncoding.EncodeToString(append([]byte("fakequote:"), rd[:]...))
+}
+
+func (fakeAppraiser) Appraise(_ context.Context, ev ita.Evidence) (*ita.Appraisal, error) {
+	raw := ev.Quote
+	if !bytes.HasPrefix(raw, []byte("fakequote:")) {
+		return nil, &ita.EvidenceError{Reason: ita.ReasonQuote, Err: errors.New("not a quote")}
+	}
+	var rd tdx.ReportData
+	copy(rd[:], raw[len("fakequote:"):])
+	a := &ita.Appraisal{Type: "simulated", TCB: &tdx.TCB{Status: "UpToDate"},
+		Measurements: tdx.Measurements{MRTD: fakeMRTD, ReportData: rd}}
+	return a, a.CheckBinding(ev.ReportData)
+}
+
+// fakePolicy refuses TDs whose MRTD is not fakeMRTD.
+type fakePolicy struct{ want []byte }
+
+func (p fakePolicy) Check(a *ita.Appraisal, _ time.Time) error {
+	if !bytes.Equal(a.Measurements.MRTD, p.want) {
+		return errors.New("mrtd: not in the allowlist")
+	}
+	return nil
+}
+
+// testAgent holds an agent's keys and builds its signed requests.
+type testAgent struct {
+	keys attestbind.Keys
+	priv ed25519.PrivateKey
+}
+
+func newTestAgent(t *testing.T) *testAgent {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noise := make([]byte, 32)
+	rand.Read(noise)
+	return &testAgent{keys: attestbind.Keys{Signing: pub, Noise: noise}, priv: priv}
+}
+
+// nonce asks the control plane for a registration nonce.
+func (e *testEnv) nonce(t *testing.T) string {
+	t.Helper()
+	rec := e.do("POST", "/register/nonce", "", nil)
+	var n cpapi.NonceResponse
+	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &n) != nil {
+		t.Fatalf("nonce: %d %s", rec.Code, rec.Body)
+	}
+	return n.Nonce
+}
+
+// evidence returns fake evidence bound to purpose, nonce and the keys.
+func (a *testAgent) evidence(t *testing.T, purpose, nonce string) agentapi.Evidence {
+	t.Helper()
+	raw, _ := base64.StdEncoding.DecodeString(nonce)
+	rd, err := attestbind.ReportData(purpose, raw, a.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return agentapi.Evidence{AttestationType: "simulated", QuoteFormat: "fake",
+		QuoteB64: fakeQuote(rd)}
+}
+
+// registration returns a signed registration body for vm with a fresh
+// nonce, and its headers.
+func (a *testAgent) registration(t *testing.T, e *testEnv, vm string) (string, map[string]string) {
+	t.Helper()
+	n := e.nonce(t)
+	return a.sign(cpapi.RegisterRequest{VMName: vm, Origin: "http://127.0.0.1:9101", Nonce: n,
+		SigningKey: base64.StdEncoding.EncodeToString(a.keys.Signing),
+		NoiseKey:   base64.StdEncoding.EncodeToString(a.keys.Noise),
+		Evidence:   a.evidence(t, attestbind.PurposeRegister, n)})
+}
+
+// sign encodes v and returns it with its signature header.
+func (a *testAgent) sign(v any) (string, map[string]string) {
+	body, _ := json.Marshal(v)
+	return string(body), map[string]string{"Content-Type": "application/json",
+		attestbind.SignatureHeader: attestbind.Sign(a.priv, body)}
+}
+
+// request builds a registration request for vm with the agent's keys.
+func (a *testAgent) request(vm, nonce string, ev agentapi.Evidence) cpapi.RegisterRequest {
+	return cpapi.RegisterRequest{VMName: vm, Origin: "http://127.0.0.1:9101", Nonce: nonce,
+		SigningKey: base64.StdEncoding.EncodeToString(a.keys.Signing),
+		NoiseKey:   base64.StdEncoding.EncodeToString(a.keys.Noise), Evidence: ev}
 }

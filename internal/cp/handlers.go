@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/attestbind"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/dashboard"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
@@ -50,24 +52,47 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 }
 
 // register records an agent, publishes its hostname and hands it a token.
-//
-// TODO(#3): verify evidence, bind to a nonce. Until then anyone who can
-// reach /register can claim any vm_name (replacing its agent) and point
-// its hostname at any origin; the evidence is stored as "unverified" and
-// shown as such everywhere.
+// The checks run cheapest first: body shape, keys, the request signature,
+// the single-use nonce (consumed even if a later check fails, so a
+// captured request cannot be replayed), then the evidence and the policy.
+// Nothing is created unless every check passes.
 func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
+	body, err := httpapi.ReadBody(w, r, maxRegisterBody)
+	if err != nil {
+		return err
+	}
 	var req cpapi.RegisterRequest
-	if err := httpapi.DecodeBody(w, r, maxRegisterBody, &req); err != nil {
+	if err := httpapi.Unmarshal(body, &req); err != nil {
 		return err
 	}
 	if err := s.validateRegister(&req); err != nil {
 		return err
 	}
+	keys, err := attestbind.DecodeKeys(req.SigningKey, req.NoiseKey)
+	if err != nil {
+		return httpapi.BadRequest("%s", err.Error())
+	}
+	if err := attestbind.VerifySignature(keys.Signing, body,
+		r.Header.Get(attestbind.SignatureHeader)); err != nil {
+		return httpapi.Unauthorized("request signature refused")
+	}
+	nonce, ok := s.nonces.consume(req.Nonce)
+	if !ok {
+		return httpapi.Unauthorized("nonce unknown, used or expired")
+	}
 	ctx := r.Context()
+	at, err := s.appraise(ctx, attestbind.PurposeRegister, nonce, keys, req.Evidence)
+	if err != nil {
+		s.log.WarnContext(ctx, "registration refused", "vm_name", req.VMName, "err", err)
+		s.record(ctx, audit.Event{Actor: audit.Anonymous(r.RemoteAddr),
+			Action: audit.ActionRegistration, Outcome: audit.OutcomeDenied,
+			Details: map[string]any{"vm_name": req.VMName, "reason": publicMessage(err)}})
+		return err
+	}
 
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	a, token, err := s.newAgent(ctx, &req)
+	a, token, err := s.newAgent(ctx, &req, keys, at)
 	if err != nil {
 		return err
 	}
@@ -79,11 +104,20 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		s.unpublish(ctx, a.ID)
 		return fmt.Errorf("storing registration of %s: %w", a.ID, err)
 	}
+	replacedIDs := []string{}
 	for _, old := range replaced {
 		s.unpublish(ctx, old.ID)
+		replacedIDs = append(replacedIDs, old.ID)
 	}
+	s.record(ctx, audit.Event{Actor: audit.Agent(a.ID), Action: audit.ActionRegistration,
+		Target: a.ID, Outcome: audit.OutcomeOK, Details: map[string]any{
+			"vm_name": a.VMName, "hostname": a.Hostname, "attestation_type": a.Attestation.Type,
+			"attestation_status": a.Attestation.Status, "mrtd": a.Attestation.MRTD,
+			"replaced": replacedIDs}})
 	s.log.InfoContext(ctx, "agent registered", "agent_id", a.ID, "vm_name", a.VMName,
-		"url", a.URL, "attestation_type", a.Attestation.Type, "replaced", len(replaced))
+		"url", a.URL, "attestation_type", a.Attestation.Type,
+		"attestation_status", a.Attestation.Status, "mrtd", a.Attestation.MRTD,
+		"replaced", len(replaced))
 	s.Wake()
 	return httpapi.WriteJSON(w, http.StatusOK, cpapi.RegisterResponse{
 		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token})
@@ -137,14 +171,13 @@ func (s *Server) agentHostname(vmName string) string {
 }
 
 // newAgent builds the record of a registration and its fresh token.
-func (s *Server) newAgent(ctx context.Context,
-	req *cpapi.RegisterRequest) (fleet.Agent, string, error) {
+func (s *Server) newAgent(ctx context.Context, req *cpapi.RegisterRequest,
+	keys attestbind.Keys, at fleet.Attestation) (fleet.Agent, string, error) {
 	id, err := s.newAgentID(ctx)
 	if err != nil {
 		return fleet.Agent{}, "", err
 	}
 	token := newSecret("dd_agent_")
-	ev := req.Evidence
 	return fleet.Agent{
 		ID:           id,
 		VMName:       req.VMName,
@@ -152,15 +185,10 @@ func (s *Server) newAgent(ctx context.Context,
 		Origin:       req.Origin,
 		Status:       fleet.StatusRegistering,
 		RegisteredAt: s.opts.Now(),
-		Attestation: fleet.Attestation{
-			Type:          ev.AttestationType,
-			QuoteFormat:   ev.QuoteFormat,
-			QuoteB64:      ev.QuoteB64,
-			ReportDataB64: ev.ReportDataB64,
-			Verified:      false,
-			Status:        attestationUnverified,
-		},
-		TokenHash: fleet.HashToken(token),
+		Attestation:  at,
+		TokenHash:    fleet.HashToken(token),
+		SigningKey:   keys.Signing,
+		NoiseKey:     keys.Noise,
 	}, token, nil
 }
 
@@ -244,16 +272,9 @@ func apiAgent(a *fleet.Agent) cpapi.Agent {
 		Status:       string(a.Status),
 		RegisteredAt: apiTime(a.RegisteredAt),
 		LastSeen:     apiTime(a.LastSeen),
-		Attestation: cpapi.Attestation{
-			Type:       a.Attestation.Type,
-			Verified:   a.Attestation.Verified,
-			Status:     a.Attestation.Status,
-			MRTD:       a.Attestation.MRTD,
-			TCBStatus:  a.Attestation.TCBStatus,
-			VerifiedAt: apiTime(a.Attestation.VerifiedAt),
-		},
-		Units:     units,
-		UnitCount: len(units),
+		Attestation:  apiAttestation(&a.Attestation),
+		Units:        units,
+		UnitCount:    len(units),
 	}
 }
 
@@ -316,7 +337,10 @@ func pageAgent(a *fleet.Agent) dashboard.Agent {
 			Verified:   a.Attestation.Verified,
 			Status:     a.Attestation.Status,
 			MRTD:       a.Attestation.MRTD,
+			RTMR:       apiAttestation(&a.Attestation).RTMR,
+			Debug:      a.Attestation.Measurements != nil && a.Attestation.Measurements.Debug,
 			TCBStatus:  a.Attestation.TCBStatus,
+			TCBDate:    a.Attestation.TCBDate,
 			VerifiedAt: a.Attestation.VerifiedAt,
 		},
 		Units: a.Units,

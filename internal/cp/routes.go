@@ -22,8 +22,11 @@ func (s *Server) routes() http.Handler {
 		mux.Handle(pattern, httpapi.Handle(s.log, h))
 	}
 	handle("GET /health", s.health)
+	handle("POST /register/nonce", s.issueNonce)
 	handle("POST /register", s.register)
+	handle("POST /agents/{id}/attest", s.reattest)
 	handle("GET /api/agents", s.requireAdminBearer(s.listAgents))
+	handle("GET /api/audit", s.requireAdminBearer(s.listAudit))
 	handle("GET /{$}", s.requireAdminPage(s.fleetPage))
 	handle("GET /agent/{id}", s.requireAdminPage(s.agentPage))
 	handle("GET /login", s.loginForm)

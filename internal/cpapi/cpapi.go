@@ -7,7 +7,15 @@ import "github.com/devopsdefender/devopsdefender/internal/agentapi"
 // Service is the value of the control plane's /health "service" field.
 const Service = "cp"
 
-// RegisterRequest is the body of POST /register, sent by an agent.
+// NonceResponse is the body of POST /register/nonce: a fresh, single-use
+// nonce that the agent's evidence must commit to (see package attestbind).
+type NonceResponse struct {
+	Nonce     string `json:"nonce"` // standard base64 of 32 bytes
+	ExpiresAt string `json:"expires_at"`
+}
+
+// RegisterRequest is the body of POST /register, sent by an agent. The
+// body is signed with the agent's signing key (attestbind.SignatureHeader).
 type RegisterRequest struct {
 	// VMName is the agent's VM name; a new registration under the same
 	// name replaces the old record.
@@ -17,7 +25,24 @@ type RegisterRequest struct {
 	// reaches it (in production "http://localhost:8080" inside the VM).
 	Origin string `json:"origin"`
 
+	// Nonce is the value POST /register/nonce handed out.
+	Nonce string `json:"nonce"`
+
+	// SigningKey (Ed25519) and NoiseKey (X25519) are the agent's public
+	// keys, standard base64. The evidence commits to both.
+	SigningKey string `json:"signing_key"`
+	NoiseKey   string `json:"noise_key"`
+
 	// Evidence is what the agent's runtime returned for "attest".
+	Evidence agentapi.Evidence `json:"evidence"`
+}
+
+// AttestRequest is the body of POST /agents/{id}/attest: fresh evidence
+// of a registered agent, committing to a new nonce and the agent's
+// registered keys. It is signed like a registration and authenticated
+// with the agent's token.
+type AttestRequest struct {
+	Nonce    string            `json:"nonce"`
 	Evidence agentapi.Evidence `json:"evidence"`
 }
 
@@ -55,9 +80,12 @@ type Attestation struct {
 	// Status says how the evidence was judged, e.g. "unverified".
 	Status string `json:"status"`
 
-	MRTD       string `json:"mrtd,omitempty"`
-	TCBStatus  string `json:"tcb_status,omitempty"`
-	VerifiedAt string `json:"verified_at,omitempty"`
+	MRTD       string   `json:"mrtd,omitempty"`
+	RTMR       []string `json:"rtmr,omitempty"`
+	TCBStatus  string   `json:"tcb_status,omitempty"`
+	TCBDate    string   `json:"tcb_date,omitempty"`
+	Debug      bool     `json:"debug,omitempty"`
+	VerifiedAt string   `json:"verified_at,omitempty"`
 }
 
 // Agent is one element of GET /api/agents.

@@ -52,10 +52,16 @@ type Attestation struct {
 	Type string
 	// Verified is true only when the control plane checked the evidence;
 	// otherwise the page labels it "unverified".
-	Verified   bool
-	Status     string
-	MRTD       string
+	Verified bool
+	// Status is "verified", "unattested" (the last verified evidence is
+	// too old) or "unverified".
+	Status string
+	MRTD   string
+	// RTMR holds RTMR0-3 in hex; empty when unverified.
+	RTMR       []string
+	Debug      bool
 	TCBStatus  string
+	TCBDate    time.Time
 	VerifiedAt time.Time
 }
 

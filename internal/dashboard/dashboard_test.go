@@ -45,6 +45,14 @@ func sampleAgents() []Agent {
 			LastError:   "GET /health: connection refused",
 			Attestation: Attestation{Type: "none", Status: "unverified"},
 		},
+		{
+			ID: "dd-dev-agent-12345678", VMName: "zeta", Hostname: "zeta.localhost",
+			URL: "http://zeta.localhost:8443", Origin: "http://127.0.0.1:9103",
+			Status: "healthy", RegisteredAt: now.Add(-48 * time.Hour), LastSeen: now,
+			Attestation: Attestation{Type: "simulated", Verified: true, Status: "unattested",
+				MRTD: "ab12", RTMR: []string{"00", "01", "02", "03"}, TCBStatus: "UpToDate",
+				VerifiedAt: now.Add(-47 * time.Hour)},
+		},
 	}
 }
 
@@ -71,6 +79,10 @@ func TestGolden(t *testing.T) {
 		{"agent_verified", func(w io.Writer) error {
 			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
 				Agent: verified})
+		}},
+		{"agent_simulated_unattested", func(w io.Writer) error {
+			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
+				Agent: agents[2]})
 		}},
 		{"vm", func(w io.Writer) error {
 			return RenderVM(w, VMPage{VMName: "web", Hostname: "web.localhost",

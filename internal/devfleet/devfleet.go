@@ -25,6 +25,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 // Dev fleet identity. The owner principal is what locally minted tokens
@@ -74,6 +75,7 @@ type Fleet struct {
 	state   State
 
 	issuerURL string
+	sim       *tdx.Simulator
 	edge      *localedge.Edge
 	cp        *cpService
 
@@ -151,6 +153,9 @@ func (f *Fleet) start(ctx context.Context) error {
 	}
 	f.secrets = s
 
+	if err := f.startSimulator(); err != nil {
+		return err
+	}
 	if err := f.startIssuer(ctx); err != nil {
 		return err
 	}
@@ -190,6 +195,19 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 	}
 	f.state = st
 	return writeState(f.opts.StateDir, st)
+}
+
+// startSimulator loads or creates the simulated TD shared by every agent
+// of the fleet. Its PCK chain lives in the state dir, so the control
+// plane's trust in its root survives restarts.
+func (f *Fleet) startSimulator() error {
+	sim, err := tdx.NewSimulator(tdx.SimulatorOptions{
+		Dir: filepath.Join(f.opts.StateDir, "simulated-td"), Logger: f.log})
+	if err != nil {
+		return fmt.Errorf("devfleet: %w", err)
+	}
+	f.sim = sim
+	return nil
 }
 
 // State returns what dev.json holds.

@@ -1,7 +1,10 @@
 package devfleet
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/examples"
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/attestbind"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
@@ -146,8 +150,10 @@ func TestDevFleetEndToEnd(t *testing.T) {
 		if len(agents) != 1 || agents[0].VMName != "agent-1" {
 			t.Fatalf("agents after restart = %+v, want agent-1", agents)
 		}
-		if agents[0].Attestation.Verified {
-			t.Errorf("attestation = %+v, want unverified", agents[0].Attestation)
+		at := agents[0].Attestation
+		if !at.Verified || at.Status != "verified" || at.Type != "simulated" ||
+			len(at.MRTD) != 96 || len(at.RTMR) != 4 || at.TCBStatus == "" || at.VerifiedAt == "" {
+			t.Errorf("attestation = %+v, want verified simulated evidence", at)
 		}
 		resp, err := http.Get(st.CPURL + "/api/agents")
 		if err != nil {
@@ -158,6 +164,71 @@ func TestDevFleetEndToEnd(t *testing.T) {
 			t.Errorf("/api/agents without a token = %d, want 401", resp.StatusCode)
 		}
 	})
+}
+
+// TestPublishedEvidenceCannotRegister takes what any reader of an agent's
+// /health sees and tries to register with it.
+func TestPublishedEvidenceCannotRegister(t *testing.T) {
+	f, _ := startFleet(t)
+	st := f.State()
+	c := &agentapi.Client{BaseURL: st.Agents[0].URL, HTTP: localedge.HTTPClient()}
+	h, err := c.Health(context.Background())
+	if err != nil || h.Evidence == nil || h.EvidenceNonce == "" {
+		t.Fatalf("health = %+v, %v; want published evidence", h, err)
+	}
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	ownKeys := base64.StdEncoding.EncodeToString(pub)
+
+	tests := []struct {
+		name       string
+		nonce      func() string
+		signingKey string
+		sign       bool
+	}{
+		// The published request is a replay: its nonce was used.
+		{"replayed nonce", func() string { return h.EvidenceNonce }, h.SigningKey, false},
+		// A fresh nonce, the agent's keys: no signature can be made.
+		{"fresh nonce, agent keys", func() string { return nonce(t, st) }, h.SigningKey, true},
+		// A fresh nonce and the attacker's keys: the quote binds others.
+		{"fresh nonce, own keys", func() string { return nonce(t, st) }, ownKeys, true},
+	}
+	for _, tt := range tests {
+		req := cpapi.RegisterRequest{VMName: "intruder", Origin: "http://127.0.0.1:1",
+			Nonce: tt.nonce(), SigningKey: tt.signingKey, NoiseKey: h.NoiseKey, Evidence: *h.Evidence}
+		body, _ := json.Marshal(req)
+		r, _ := http.NewRequest(http.MethodPost, st.CPURL+"/register", bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		if tt.sign {
+			r.Header.Set(attestbind.SignatureHeader, attestbind.Sign(priv, body))
+		}
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s: register = %d, want 401", tt.name, resp.StatusCode)
+		}
+	}
+	var agents []cpapi.Agent
+	getJSON(t, st.CPURL+"/api/agents", st.AdminToken, &agents)
+	if len(agents) != 1 {
+		t.Errorf("fleet has %d agents after the attempts, want 1", len(agents))
+	}
+}
+
+func nonce(t *testing.T, st State) string {
+	t.Helper()
+	resp, err := http.Post(st.CPURL+"/register/nonce", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var n cpapi.NonceResponse
+	if err := json.NewDecoder(resp.Body).Decode(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n.Nonce
 }
 
 func TestDevFleetStopsEveryProcess(t *testing.T) {

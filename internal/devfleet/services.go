@@ -3,6 +3,7 @@ package devfleet
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/runtime/server"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
@@ -109,9 +111,18 @@ func (f *Fleet) runCP(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return fmt.Errorf("devfleet: %w", err)
 	}
+	roots := x509.NewCertPool()
+	roots.AddCert(f.sim.Root())
+	appraiser, err := ita.NewDirect(ita.DirectOptions{SimulatedRoots: roots, Logger: f.log})
+	if err != nil {
+		ln.Close()
+		store.Close()
+		return fmt.Errorf("devfleet: %w", err)
+	}
 	srv, err := cp.New(cp.Options{
 		Store: store, Env: "dev", Hostname: cpHostLabel + "." + f.opts.Domain,
-		Domain: f.opts.Domain, AdminToken: f.secrets.AdminToken, Ingress: edgeIngress{f.edge},
+		Appraiser: appraiser,
+		Domain:    f.opts.Domain, AdminToken: f.secrets.AdminToken, Ingress: edgeIngress{f.edge},
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build, Logger: f.log,
 		ScrapeInterval: time.Second,
 	})
@@ -229,6 +240,7 @@ func (f *Fleet) startRuntime(ctx context.Context, name, dir string) (*runtime.Cl
 	rs, err := server.New(server.Options{
 		SocketPath: socket, DataDir: filepath.Join(dir, "runtime"),
 		HostTools: f.opts.HostTools, BootWorkloads: []workload.Spec{ticker},
+		Attester: server.ProviderAttester(f.sim), AttestationType: f.sim.Type(),
 		Logger: f.log.With("runtime", name),
 	})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
@@ -30,14 +31,19 @@ type Options struct {
 	// BusyTimeout is how long a statement waits for a lock that another
 	// connection holds before it fails. Zero means 5s.
 	BusyTimeout time.Duration
+
+	// Now is the clock of audit events recorded without a time. Nil means
+	// time.Now.
+	Now func() time.Time
 }
 
 // Store is the agent registry kept in one SQLite file. It is safe for
 // concurrent use; several processes may open the same file, because
 // SQLite's locking (WAL mode plus a busy timeout) serialises writers.
 type Store struct {
-	db  *sql.DB
-	log *slog.Logger
+	db    *sql.DB
+	log   *slog.Logger
+	audit *audit.Log
 
 	closeOnce sync.Once
 	closeErr  error
@@ -115,8 +121,25 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
 	}
+	if s.audit, err = openAudit(ctx, db, log, opts.Now); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
+	}
 	return s, nil
 }
+
+// openAudit prepares the audit log that shares the registry's database,
+// so that a registration and its record live and are backed up together.
+func openAudit(ctx context.Context, db *sql.DB, log *slog.Logger,
+	now func() time.Time) (*audit.Log, error) {
+	if err := audit.Migrate(ctx, db); err != nil {
+		return nil, err
+	}
+	return audit.Open(ctx, db, audit.Options{Logger: log, Now: now})
+}
+
+// Audit returns the fleet's audit log.
+func (s *Store) Audit() *audit.Log { return s.audit }
 
 func (s *Store) init(ctx context.Context) error {
 	var mode string

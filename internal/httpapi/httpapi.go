@@ -5,6 +5,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -161,7 +162,13 @@ func DecodeBody(w http.ResponseWriter, r *http.Request, max int64, v any) error 
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	return Unmarshal(data, v)
+}
+
+// Unmarshal decodes a JSON object into v, refusing unknown fields, and
+// reports a mistake as a 400.
+func Unmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return BadRequest("invalid body: %s", err.Error())
