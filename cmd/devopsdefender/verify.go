@@ -11,21 +11,38 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 const verifyHelp = `usage: devopsdefender verify quote [flags] FILE
+       devopsdefender verify token [flags] TOKEN
 
-Verifies the Intel TDX quote in FILE (raw bytes, or base64 such as the
-runtime's quote_b64) and prints the verdict and the measurements as JSON.
-The PCK chain must lead to Intel's SGX Root CA unless -root names other
-roots. With -collateral, the platform's TCB level, the quoting enclave's
-identity and revocation are checked against saved Intel PCS responses.
-The exit status is 1 when the quote is rejected.
+'verify quote' verifies the Intel TDX quote in FILE (raw bytes, or base64
+such as the runtime's quote_b64) and prints the verdict and the
+measurements as JSON. The PCK chain must lead to Intel's SGX Root CA unless
+-root names other roots. With -collateral, the platform's TCB level, the
+quoting enclave's identity and revocation are checked against saved Intel
+PCS responses. The exit status is 1 when the quote is rejected.
 
-'verify token' is not available yet.
+'verify token' is described by 'devopsdefender verify token -h'.
+
+Flags of 'verify quote':
+`
+
+const verifyTokenHelp = `usage: devopsdefender verify token [flags] TOKEN
+
+Verifies a Trust Authority attestation token and prints the verdict and
+the appraisal (measurements, TCB status and date, attester type) as JSON.
+TOKEN is the JWT itself, @FILE for a file holding it, or - for stdin. The
+signature is checked against the issuer's published keys (-jwks), then the
+issuer, expiry and the TDX claims. The defaults are Intel Trust Authority's;
+point both at a local trust authority for a dev fleet. With -report-data,
+the token must also commit to those 64 bytes. The exit status is 1 when the
+token is rejected.
 
 Flags:
 `
@@ -57,20 +74,19 @@ type quoteVerdict struct {
 // exit status tells scripts the outcome.
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usagef("expected what to verify: verify quote FILE")
+		return usagef("expected what to verify: verify quote FILE or verify token TOKEN")
 	}
 	switch args[0] {
 	case "quote":
 		return runVerifyQuote(ctx, args[1:], stdout, stderr)
 	case "token":
-		// TODO(#3): verify attestation tokens once agents publish them.
-		return usagef("verify token is not available yet")
+		return runVerifyToken(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stderr, verifyHelp)
 		newVerifyFlags(stderr).fs.PrintDefaults()
 		return flag.ErrHelp
 	}
-	return usagef("unknown verify subcommand %q (want quote)", args[0])
+	return usagef("unknown verify subcommand %q (want quote or token)", args[0])
 }
 
 // verifyFlags are the flags of 'verify quote'.
@@ -212,11 +228,118 @@ func readQuoteFile(path string) ([]byte, error) {
 	return data, nil
 }
 
-func writeVerdict(w io.Writer, v *quoteVerdict) error {
+func writeVerdict(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(v); err != nil {
 		return fmt.Errorf("writing verdict: %w", err)
 	}
 	return nil
+}
+
+// maxTokenInput bounds a token read from a file or stdin.
+const maxTokenInput = 1 << 20
+
+// tokenVerdict is the JSON printed by 'verify token'.
+type tokenVerdict struct {
+	OK     bool      `json:"ok"`
+	Error  string    `json:"error,omitempty"`
+	Issuer string    `json:"issuer"`
+	JWKS   string    `json:"jwks"`
+	At     time.Time `json:"at"`
+	// Appraisal is set only when the token verified.
+	Appraisal *ita.Appraisal `json:"appraisal,omitempty"`
+}
+
+// tokenFlags are the flags of 'verify token'.
+type tokenFlags struct {
+	fs         *flag.FlagSet
+	jwks       string
+	issuer     string
+	reportData string
+}
+
+func newTokenFlags(stderr io.Writer) *tokenFlags {
+	f := &tokenFlags{fs: flag.NewFlagSet("verify token", flag.ContinueOnError)}
+	f.fs.SetOutput(stderr)
+	f.fs.StringVar(&f.jwks, "jwks", ita.DefaultJWKSURL,
+		"URL of the issuer's JWKS (https, or http to a loopback host)")
+	f.fs.StringVar(&f.issuer, "issuer", ita.IntelIssuer, "issuer the token must carry")
+	f.fs.StringVar(&f.reportData, "report-data", "",
+		"128 hex digits the token's quote must commit to (optional)")
+	f.fs.Usage = func() { fmt.Fprint(stderr, verifyTokenHelp); f.fs.PrintDefaults() }
+	return f
+}
+
+// runVerifyToken verifies one token; see verifyTokenHelp.
+func runVerifyToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newTokenFlags(stderr)
+	tokens, err := parseVerifyArgs(f.fs, args)
+	if err != nil {
+		return err
+	}
+	if len(tokens) != 1 {
+		return usagef("expected one TOKEN, got %d arguments", len(tokens))
+	}
+	var want *tdx.ReportData
+	if f.reportData != "" {
+		want = new(tdx.ReportData)
+		if err := want.UnmarshalText([]byte(f.reportData)); err != nil {
+			return usagef("-report-data: want 128 hex digits: %v", err)
+		}
+	}
+	v, err := ita.NewVerifier(ctx, ita.VerifierOptions{JWKSURL: f.jwks, Issuer: f.issuer})
+	if err != nil {
+		return usagef("%v", err)
+	}
+	defer v.Close()
+	token, err := readToken(tokens[0], os.Stdin)
+	if err != nil {
+		return err
+	}
+
+	verdict := &tokenVerdict{Issuer: f.issuer, JWKS: f.jwks, At: time.Now().UTC()}
+	a, verr := v.Verify(ctx, token)
+	if verr == nil && want != nil {
+		verr = a.CheckBinding(*want)
+	}
+	if verr != nil {
+		verdict.Error = verr.Error()
+	} else {
+		verdict.OK, verdict.Appraisal = true, a
+	}
+	if err := writeVerdict(stdout, verdict); err != nil {
+		return err
+	}
+	if verr != nil {
+		return fmt.Errorf("token rejected: %w", verr)
+	}
+	return nil
+}
+
+// readToken returns the token named by arg: the JWT itself, @FILE, or -
+// for stdin.
+func readToken(arg string, stdin io.Reader) (string, error) {
+	var r io.Reader
+	switch {
+	case arg == "-":
+		r = stdin
+	case strings.HasPrefix(arg, "@"):
+		f, err := os.Open(arg[1:])
+		if err != nil {
+			return "", fmt.Errorf("reading token: %w", err)
+		}
+		defer f.Close()
+		r = f
+	default:
+		return arg, nil
+	}
+	data, err := io.ReadAll(io.LimitReader(r, maxTokenInput+1))
+	if err != nil {
+		return "", fmt.Errorf("reading token: %w", err)
+	}
+	if len(data) > maxTokenInput {
+		return "", fmt.Errorf("reading token: larger than %d bytes", maxTokenInput)
+	}
+	return strings.TrimSpace(string(data)), nil
 }

@@ -3,15 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -117,7 +122,10 @@ func TestVerifyQuoteSimulatedRoot(t *testing.T) {
 func TestVerifyUsage(t *testing.T) {
 	tests := map[string][]string{
 		"nothing":         nil,
-		"token":           {"token", "x.jwt"},
+		"token, none":     {"token"},
+		"token, two":      {"token", "a.b.c", "d.e.f"},
+		"token, bad jwks": {"token", "-jwks", "http://keys.example/certs", "a.b.c"},
+		"token, bad rd":   {"token", "-report-data", "abcd", "a.b.c"},
 		"unknown":         {"nonce"},
 		"no file":         {"quote"},
 		"two files":       {"quote", realQuote, realQuote},
@@ -141,6 +149,10 @@ func TestVerifyUsage(t *testing.T) {
 }
 
 func TestVerifyHelp(t *testing.T) {
+	if err := runVerify(context.Background(), []string{"token", "-h"}, io.Discard,
+		io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("token -h: error = %v, want flag.ErrHelp", err)
+	}
 	for _, args := range [][]string{{"-h"}, {"quote", "-h"}} {
 		var stdout, stderr bytes.Buffer
 		err := runVerify(context.Background(), args, &stdout, &stderr)
@@ -152,6 +164,97 @@ func TestVerifyHelp(t *testing.T) {
 				t.Errorf("%v: help does not mention %q:\n%s", args, want, stderr.String())
 			}
 		}
+	}
+}
+
+// localAuthority runs a local trust authority trusting sim on httptest.
+func localAuthority(t *testing.T, sim *tdx.Simulator) *ita.Authority {
+	t.Helper()
+	var h http.Handler = http.NotFoundHandler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(sim.Root())
+	auth, err := ita.NewAuthority(ita.AuthorityOptions{
+		URL: srv.URL, APIKey: "verify-test-api-key", SimulatedRoots: roots,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h = auth.Handler()
+	return auth
+}
+
+// tokenCmd runs 'verify token' with args and decodes the printed verdict.
+func tokenCmd(t *testing.T, args ...string) (*tokenVerdict, error) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	err := runVerify(context.Background(), append([]string{"token"}, args...), &stdout, &stderr)
+	if stdout.Len() == 0 {
+		return nil, err
+	}
+	var v tokenVerdict
+	if jerr := json.Unmarshal(stdout.Bytes(), &v); jerr != nil {
+		t.Fatalf("stdout is not a JSON verdict: %v\n%s", jerr, stdout.String())
+	}
+	return &v, err
+}
+
+func TestVerifyToken(t *testing.T) {
+	sim, err := tdx.NewSimulator(tdx.SimulatorOptions{MRTD: bytes.Repeat([]byte{0xab}, 48)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := localAuthority(t, sim)
+	client, err := ita.NewClient(ita.ClientOptions{BaseURL: auth.URL(),
+		APIKey: "verify-test-api-key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := tdx.ReportData{1, 2, 3}
+	token, _, err := client.Token(context.Background(), sim, rd[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "token.jwt")
+	writeTestFile(t, file, []byte(token+"\n"))
+	rdHex := strings.Repeat("0", 128)
+
+	ok := map[string][]string{
+		"literal":     {"-jwks", auth.JWKSURL(), "-issuer", auth.URL(), token},
+		"file, after": {"@" + file, "--jwks", auth.JWKSURL(), "--issuer", auth.URL()},
+		"report data": {"-jwks", auth.JWKSURL(), "-issuer", auth.URL(),
+			"-report-data", "010203" + rdHex[6:], token},
+	}
+	for name, args := range ok {
+		t.Run(name, func(t *testing.T) {
+			v, err := tokenCmd(t, args...)
+			if err != nil {
+				t.Fatalf("verify token: %v", err)
+			}
+			a := v.Appraisal
+			if !v.OK || a == nil || a.Type != tdx.TypeSimulated || a.TCB == nil ||
+				a.Measurements.MRTD[0] != 0xab || a.Issuer != auth.URL() {
+				t.Errorf("verdict = %+v, want a simulated appraisal of the local issuer", v)
+			}
+		})
+	}
+
+	bad := map[string][]string{
+		"wrong issuer": {"-jwks", auth.JWKSURL(), "-issuer", "https://other.example", token},
+		"report data": {"-jwks", auth.JWKSURL(), "-issuer", auth.URL(), "-report-data", rdHex,
+			token},
+		"tampered": {"-jwks", auth.JWKSURL(), "-issuer", auth.URL(), token[:len(token)-4] + "AAAA"},
+	}
+	for name, args := range bad {
+		t.Run(name, func(t *testing.T) {
+			v, err := tokenCmd(t, args...)
+			if err == nil || v == nil || v.OK || v.Error == "" || v.Appraisal != nil {
+				t.Errorf("verdict = %+v, error = %v; want a rejection", v, err)
+			}
+		})
 	}
 }
 
