@@ -12,41 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/devopsdefender/devopsdefender/internal/fleet"
 )
-
-func TestMigrateSharesTheFleetDatabase(t *testing.T) {
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "registry.db")
-	store, err := fleet.Open(ctx, path, fleet.Options{})
-	if err != nil {
-		t.Fatalf("fleet.Open: %v", err)
-	}
-	store.Close()
-
-	db := openDB(t, path)
-	if _, err := Open(ctx, db, Options{}); !errors.Is(err, ErrNoLog) {
-		t.Fatalf("Open before Migrate: error = %v, want ErrNoLog", err)
-	}
-	for i := range 2 {
-		if err := Migrate(ctx, db); err != nil {
-			t.Fatalf("Migrate #%d: %v", i+1, err)
-		}
-	}
-	l, err := Open(ctx, db, Options{})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	mustAppend(t, l, deployEvent("dd-dev-agent-0001", "abc"))
-
-	// The fleet's own schema version (PRAGMA user_version) is untouched.
-	store, err = fleet.Open(ctx, path, fleet.Options{})
-	if err != nil {
-		t.Fatalf("fleet.Open after the audit migration: %v", err)
-	}
-	store.Close()
-}
 
 func TestMigrateConcurrently(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "cp.db")

@@ -16,6 +16,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 // Attestation statuses recorded for an agent.
@@ -28,9 +29,10 @@ const (
 )
 
 // Policy decides whether appraised measurements are acceptable. Its error
-// says which field failed and what was expected.
+// says which field failed and what was expected. [policy.Policy]
+// implements it.
 type Policy interface {
-	Check(a *ita.Appraisal, now time.Time) error
+	Check(m *tdx.Measurements, tcb *tdx.TCB) error
 }
 
 // appraise runs the appraiser and the policy over evidence bound to nonce
@@ -56,7 +58,7 @@ func (s *Server) appraise(ctx context.Context, purpose string, nonce []byte,
 		return fleet.Attestation{}, appraisalError(err)
 	}
 	if s.opts.Policy != nil {
-		if err := s.opts.Policy.Check(a, s.opts.Now()); err != nil {
+		if err := s.opts.Policy.Check(&a.Measurements, a.TCB); err != nil {
 			he := httpapi.Forbidden("measurement policy refused the TD: " + err.Error())
 			he.Err = err
 			return fleet.Attestation{}, he
@@ -114,16 +116,10 @@ func verified(ev agentapi.Evidence, a *ita.Appraisal, now time.Time) fleet.Attes
 // registered keys. The agent token only admits its own agent.
 func (s *Server) reattest(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
+	a := agentOf(ctx)
 	body, err := httpapi.ReadBody(w, r, maxRegisterBody)
 	if err != nil {
 		return err
-	}
-	a, err := s.store.AuthenticateAgent(ctx, r.PathValue("id"), httpapi.BearerToken(r))
-	if errors.Is(err, fleet.ErrBadToken) {
-		return httpapi.Unauthorized("agent credential refused")
-	}
-	if err != nil {
-		return fmt.Errorf("authenticating agent: %w", err)
 	}
 	var req cpapi.AttestRequest
 	if err := httpapi.Unmarshal(body, &req); err != nil {

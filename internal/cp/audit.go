@@ -2,9 +2,12 @@ package cp
 
 import (
 	"context"
+	"errors"
 	"net/http"
 
 	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 )
 
 // record appends an event to the fleet's audit log. A failure to record
@@ -18,6 +21,31 @@ func (s *Server) record(ctx context.Context, ev audit.Event) {
 		s.log.ErrorContext(ctx, "audit append failed", "action", ev.Action, "target", ev.Target,
 			"err", err)
 	}
+}
+
+// maxAuditBody bounds one batch of forwarded agent audit entries.
+const maxAuditBody = 4 << 20
+
+// importAudit serves POST /agents/{id}/audit: an agent forwards the audit
+// entries it recorded (deploys, execs), which join the fleet's log under
+// the agent's id. A repeated batch adds nothing.
+func (s *Server) importAudit(w http.ResponseWriter, r *http.Request) error {
+	var req cpapi.AuditBatch
+	if err := httpapi.DecodeBody(w, r, maxAuditBody, &req); err != nil {
+		return err
+	}
+	a := agentOf(r.Context())
+	added, err := s.store.Audit().Import(r.Context(), a.ID, req.Entries)
+	switch {
+	case errors.Is(err, audit.ErrInvalid):
+		return httpapi.BadRequest("invalid audit entries: %s", err.Error())
+	case errors.Is(err, audit.ErrOriginGap), errors.Is(err, audit.ErrOriginConflict):
+		return &httpapi.Error{Status: http.StatusConflict, Code: httpapi.CodeConflict,
+			Message: "audit entries do not follow on from those received", Err: err}
+	case err != nil:
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, cpapi.AuditAck{Added: added})
 }
 
 // listAudit serves GET /api/audit to the fleet admin.

@@ -18,7 +18,6 @@ package cp
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -32,7 +31,9 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
+	"github.com/devopsdefender/devopsdefender/internal/websession"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
 
@@ -46,6 +47,12 @@ type Ingress interface {
 	// Unpublish removes the routes agentID still holds; a hostname that
 	// has since moved to another agent stays routed to that agent.
 	Unpublish(ctx context.Context, agentID string) error
+}
+
+// TokenVerifier verifies a GitHub Actions OIDC token; [ghoidc.Verifier]
+// implements it.
+type TokenVerifier interface {
+	Verify(ctx context.Context, raw string) (*ghoidc.Claims, error)
 }
 
 // MinAdminTokenLen is the shortest admin token [New] accepts.
@@ -68,9 +75,22 @@ type Options struct {
 	// vm_name "web" gets the hostname "web.<Domain>". Required.
 	Domain string
 
-	// AdminToken authenticates the fleet administrator. Required, at least
-	// [MinAdminTokenLen] characters. It is never logged.
+	// AdminToken authenticates the fleet administrator's API calls as a
+	// bearer token. Required, at least [MinAdminTokenLen] characters. It
+	// is never logged.
 	AdminToken string
+
+	// Owner is the fleet owner principal: its CI jobs are the fleet's CI.
+	// Required when CIVerifier is set.
+	Owner ghoidc.Principal
+
+	// CIVerifier verifies GitHub Actions OIDC tokens. Nil admits no CI
+	// job.
+	CIVerifier TokenVerifier
+
+	// Sessions signs people in with GitHub and holds their sessions. Nil
+	// means pages are reachable only with the admin bearer token.
+	Sessions *websession.Service
 
 	// Ingress publishes agent hostnames. Required.
 	Ingress Ingress
@@ -141,9 +161,7 @@ type Server struct {
 
 	// adminHash is the SHA-256 of the admin token; tokens are compared by
 	// digest so that the comparison does not leak the length.
-	adminHash  [sha256.Size]byte
-	sessionKey []byte
-	cookie     cookieConfig
+	adminHash [sha256.Size]byte
 
 	// wake asks the collector for an immediate round; one pending request
 	// is remembered while a round runs.
@@ -166,16 +184,14 @@ func New(opts Options) (*Server, error) {
 
 	log := slog.New(requestIDHandler{opts.Logger.Handler()}).With("component", "cp")
 	s := &Server{
-		opts:       opts,
-		log:        log,
-		store:      opts.Store,
-		client:     opts.HTTPClient,
-		started:    opts.Now(),
-		adminHash:  sha256.Sum256([]byte(opts.AdminToken)),
-		sessionKey: deriveSessionKey(opts.AdminToken, opts.Hostname),
-		cookie:     newCookieConfig(opts.Hostname),
-		wake:       make(chan struct{}, 1),
-		nonces:     newNonces(opts.NonceTTL, opts.Now),
+		opts:      opts,
+		log:       log,
+		store:     opts.Store,
+		client:    opts.HTTPClient,
+		started:   opts.Now(),
+		adminHash: sha256.Sum256([]byte(opts.AdminToken)),
+		wake:      make(chan struct{}, 1),
+		nonces:    newNonces(opts.NonceTTL, opts.Now),
 	}
 	s.handler = s.routes()
 	return s, nil
@@ -201,6 +217,9 @@ func (o *Options) validate() error {
 	}
 	if o.Ingress == nil {
 		errs = append(errs, errors.New("Ingress is required"))
+	}
+	if o.CIVerifier != nil && o.Owner.ID <= 0 {
+		errs = append(errs, errors.New("Owner is required with a CIVerifier"))
 	}
 	if o.Appraiser == nil && !o.AcceptUnverified {
 		errs = append(errs, errors.New("Appraiser is required unless AcceptUnverified is set"))
@@ -280,10 +299,4 @@ func (s *Server) Wake() {
 	case s.wake <- struct{}{}:
 	default:
 	}
-}
-
-func deriveSessionKey(adminToken, hostname string) []byte {
-	m := hmac.New(sha256.New, []byte(adminToken))
-	m.Write([]byte("devopsdefender cp admin session key v1\x00" + hostname))
-	return m.Sum(nil)
 }

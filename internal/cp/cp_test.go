@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -374,10 +373,10 @@ func TestPagesRequireAdmin(t *testing.T) {
 	browser := map[string]string{"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 	wrongBearer := map[string]string{"Authorization": "Bearer nope", "Accept": "text/html"}
 	for _, path := range []string{"/", "/agent/" + resp.AgentID} {
-		if rec := e.do("GET", path, "", browser); rec.Code != http.StatusSeeOther ||
-			rec.Header().Get("Location") != "/login" {
-			t.Errorf("browser GET %s = %d to %q, want 303 to /login", path, rec.Code,
-				rec.Header().Get("Location"))
+		// Without GitHub sign-in configured there is nowhere to send a
+		// browser: it gets the 401 too.
+		if rec := e.do("GET", path, "", browser); rec.Code != http.StatusUnauthorized {
+			t.Errorf("browser GET %s = %d, want 401", path, rec.Code)
 		}
 		if rec := e.do("GET", path, "", nil); rec.Code != 401 {
 			t.Errorf("API client GET %s = %d, want 401", path, rec.Code)
@@ -410,74 +409,10 @@ func TestFleetPageShowsUnverified(t *testing.T) {
 	}
 }
 
-func TestLoginFlow(t *testing.T) {
-	e := newTestEnv(t, nil)
-	if rec := e.do("GET", "/login", "", nil); rec.Code != 200 ||
-		!strings.Contains(rec.Body.String(), `<form method="post" action="/login"`) {
-		t.Fatalf("GET /login = %d:\n%s", rec.Code, rec.Body)
-	}
-	form := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
-
-	rec := e.do("POST", "/login", "token=wrong", form)
-	if rec.Code != 401 || len(rec.Result().Cookies()) != 0 {
-		t.Fatalf("wrong token: %d, cookies %v", rec.Code, rec.Result().Cookies())
-	}
-
-	rec = e.do("POST", "/login", "token="+url.QueryEscape(testAdminToken), form)
-	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/" {
-		t.Fatalf("right token: %d to %q", rec.Code, rec.Header().Get("Location"))
-	}
-	cookies := rec.Result().Cookies()
-	if len(cookies) != 1 {
-		t.Fatalf("cookies %v", cookies)
-	}
-	c := cookies[0]
-	if c.Name != "dd_admin" || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode ||
-		c.Domain != "" || c.Path != "/" || strings.Contains(c.Value, testAdminToken) {
-		t.Errorf("cookie %+v", c)
-	}
-
-	withCookie := func(v string) int {
-		r := httpRequest("GET", "/", map[string]string{"Accept": "text/html"})
-		r.AddCookie(&http.Cookie{Name: "dd_admin", Value: v})
-		return serve(e, r).Code
-	}
-	if got := withCookie(c.Value); got != 200 {
-		t.Errorf("GET / with session = %d, want 200", got)
-	}
-	if got := withCookie(c.Value + "x"); got != http.StatusSeeOther {
-		t.Errorf("GET / with tampered session = %d, want 303", got)
-	}
-	if got := withCookie(testAdminToken); got != http.StatusSeeOther {
-		t.Errorf("GET / with the raw token as cookie = %d, want 303", got)
-	}
-	e.clock.Advance(sessionTTL)
-	if got := withCookie(c.Value); got != http.StatusSeeOther {
-		t.Errorf("GET / with expired session = %d, want 303", got)
-	}
-
-	rec = e.do("POST", "/logout", "", nil)
-	if rec.Code != http.StatusSeeOther || rec.Result().Cookies()[0].MaxAge >= 0 {
-		t.Errorf("logout: %d %v", rec.Code, rec.Result().Cookies())
-	}
-}
-
-func TestSecureCookieOffLoopback(t *testing.T) {
-	e := newTestEnv(t, func(o *Options) { o.Hostname = "app.example.com"; o.Domain = "example.com" })
-	rec := e.do("POST", "/login", "token="+url.QueryEscape(testAdminToken),
-		map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
-	c := rec.Result().Cookies()
-	if len(c) != 1 || c[0].Name != "__Host-dd_admin" || !c[0].Secure {
-		t.Errorf("cookies %+v, want a Secure __Host- cookie", c)
-	}
-}
-
 func TestLogsCarryNoSecrets(t *testing.T) {
 	e := newTestEnv(t, nil)
 	resp := e.register(t, "web")
 	e.do("GET", "/api/agents", "", admin())
-	e.do("POST", "/login", "token="+url.QueryEscape(testAdminToken),
-		map[string]string{"Content-Type": "application/x-www-form-urlencoded"})
 	e.do("GET", "/", "", admin())
 	logs := e.logs.String()
 	if !strings.Contains(logs, "http request") || !strings.Contains(logs, "request_id=") {

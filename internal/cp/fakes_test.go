@@ -225,8 +225,8 @@ func (fakeAppraiser) Appraise(_ context.Context, ev ita.Evidence) (*ita.Appraisa
 // fakePolicy refuses TDs whose MRTD is not fakeMRTD.
 type fakePolicy struct{ want []byte }
 
-func (p fakePolicy) Check(a *ita.Appraisal, _ time.Time) error {
-	if !bytes.Equal(a.Measurements.MRTD, p.want) {
+func (p fakePolicy) Check(m *tdx.Measurements, _ *tdx.TCB) error {
+	if !bytes.Equal(m.MRTD, p.want) {
 		return errors.New("mrtd: not in the allowlist")
 	}
 	return nil

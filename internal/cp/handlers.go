@@ -246,7 +246,7 @@ func (s *Server) unpublish(ctx context.Context, agentID string) {
 }
 
 func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) error {
-	agents, err := s.store.List(r.Context())
+	agents, err := s.visibleAgents(r.Context())
 	if err != nil {
 		return err
 	}
@@ -255,6 +255,23 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) error {
 		out = append(out, apiAgent(&agents[i]))
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// visibleAgents lists the agents the caller may see: every agent for the
+// fleet's admins and CI, a tenant's own agents for a tenant.
+func (s *Server) visibleAgents(ctx context.Context) ([]fleet.Agent, error) {
+	agents, err := s.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := callerOf(ctx)
+	visible := agents[:0]
+	for _, a := range agents {
+		if c.sees(&a) {
+			visible = append(visible, a)
+		}
+	}
+	return visible, nil
 }
 
 // apiAgent converts a record for GET /api/agents. Times are RFC 3339 UTC
@@ -286,7 +303,7 @@ func apiTime(t time.Time) string {
 }
 
 func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) error {
-	agents, err := s.store.List(r.Context())
+	agents, err := s.visibleAgents(r.Context())
 	if err != nil {
 		return err
 	}
@@ -302,7 +319,9 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) agentPage(w http.ResponseWriter, r *http.Request) error {
 	a, err := s.store.Get(r.Context(), r.PathValue("id"))
-	if errors.Is(err, fleet.ErrNotFound) {
+	if errors.Is(err, fleet.ErrNotFound) || (err == nil && !callerOf(r.Context()).sees(&a)) {
+		// The same answer for a hidden agent as for a missing one, so that
+		// a tenant cannot probe for ids.
 		return httpapi.NotFound("no such agent")
 	}
 	if err != nil {

@@ -16,22 +16,41 @@ import (
 // codeMethodNotAllowed is the error code of a 405 reply.
 const codeMethodNotAllowed = "METHOD_NOT_ALLOWED"
 
+// Route is one entry of the control plane's route table.
+type Route struct {
+	Pattern string
+	Rule    rule
+	handler httpapi.HandlerFunc
+}
+
+// Routes returns the route table: every route with its authorization
+// rule. The README's matrix and the authorization tests walk it.
+func (s *Server) Routes() []Route {
+	return []Route{
+		{"GET /health", ruleAnyone, s.health},
+		{"POST /register/nonce", ruleAttested, s.issueNonce},
+		{"POST /register", ruleAttested, s.register},
+		{"POST /agents/{id}/attest", ruleAgent, s.reattest},
+		{"GET /agents/{id}/config", ruleAgent, s.agentConfig},
+		{"POST /agents/{id}/audit", ruleAgent, s.importAudit},
+		{"GET /api/agents", ruleViewer, s.listAgents},
+		{"POST /api/agents/{id}/tenant", ruleAdminCI, s.setTenant},
+		{"GET /api/audit", ruleAdmin, s.listAudit},
+		{"GET /{$}", rulePage, s.fleetPage},
+		{"GET /agent/{id}", rulePage, s.agentPage},
+	}
+}
+
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, h httpapi.HandlerFunc) {
-		mux.Handle(pattern, httpapi.Handle(s.log, h))
+	for _, rt := range s.Routes() {
+		mux.Handle(rt.Pattern, httpapi.Handle(s.log, s.authorize(rt.Rule, rt.handler)))
 	}
-	handle("GET /health", s.health)
-	handle("POST /register/nonce", s.issueNonce)
-	handle("POST /register", s.register)
-	handle("POST /agents/{id}/attest", s.reattest)
-	handle("GET /api/agents", s.requireAdminBearer(s.listAgents))
-	handle("GET /api/audit", s.requireAdminBearer(s.listAudit))
-	handle("GET /{$}", s.requireAdminPage(s.fleetPage))
-	handle("GET /agent/{id}", s.requireAdminPage(s.agentPage))
-	handle("GET /login", s.loginForm)
-	handle("POST /login", s.login)
-	handle("POST /logout", s.logout)
+	// The sign-in routes are public by nature: GitHub's OAuth flow, the
+	// device flow, and sign-out, which ends the caller's own session.
+	if s.opts.Sessions != nil {
+		s.opts.Sessions.Mount(mux)
+	}
 	mux.Handle("GET "+dashboard.AssetPrefix, dashboard.Assets())
 	return s.accessLog(s.jsonRouteErrors(mux))
 }

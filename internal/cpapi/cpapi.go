@@ -2,7 +2,15 @@
 // other components speak: agent registration and the agent listing.
 package cpapi
 
-import "github.com/devopsdefender/devopsdefender/internal/agentapi"
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
+)
 
 // Service is the value of the control plane's /health "service" field.
 const Service = "cp"
@@ -100,4 +108,74 @@ type Agent struct {
 	Attestation  Attestation     `json:"attestation"`
 	Units        []agentapi.Unit `json:"units"`
 	UnitCount    int             `json:"unit_count"`
+	Tenant       *Principal      `json:"tenant"`
+}
+
+// Principal is a GitHub principal: a user, an org or a repository, by name
+// and numeric id.
+type Principal struct {
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	ID   ID     `json:"id"`
+}
+
+// ID is a numeric GitHub id, sent as a JSON number.
+type ID int64
+
+// String returns the id in decimal.
+func (i ID) String() string { return strconv.FormatInt(int64(i), 10) }
+
+// TenantRequest is the body of POST /api/agents/{id}/tenant. Tenant null
+// clears the agent's tenant; the field must be present either way.
+type TenantRequest struct {
+	Tenant *Principal `json:"tenant"`
+	// Set records that "tenant" was present in the body.
+	Set bool `json:"-"`
+}
+
+// UnmarshalJSON notes whether "tenant" was given, so that clearing is
+// always explicit.
+func (t *TenantRequest) UnmarshalJSON(data []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	v, ok := raw["tenant"]
+	for k := range raw {
+		if k != "tenant" {
+			return fmt.Errorf("unknown field %q", k)
+		}
+	}
+	t.Set = ok
+	if !ok || string(v) == "null" {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(v))
+	dec.DisallowUnknownFields()
+	return dec.Decode(&t.Tenant)
+}
+
+// TenantResponse is the body of a successful tenant change.
+type TenantResponse struct {
+	AgentID  string     `json:"agent_id"`
+	Tenant   *Principal `json:"tenant"`
+	Previous *Principal `json:"previous"`
+}
+
+// AgentConfig is the body of GET /agents/{id}/config, which an agent reads
+// with its credential.
+type AgentConfig struct {
+	AgentID string     `json:"agent_id"`
+	Tenant  *Principal `json:"tenant"`
+}
+
+// AuditBatch is the body of POST /agents/{id}/audit: entries of the
+// agent's own audit chain, oldest first.
+type AuditBatch struct {
+	Entries []audit.Entry `json:"entries"`
+}
+
+// AuditAck answers an AuditBatch.
+type AuditAck struct {
+	Added int `json:"added"`
 }

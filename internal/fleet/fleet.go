@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -106,6 +107,10 @@ type Agent struct {
 	// keys its evidence commits to (see package attestbind).
 	SigningKey []byte
 	NoiseKey   []byte
+	// Tenant is the principal a fleet admin assigned the agent to; nil
+	// when the fleet owner alone controls it. The tenant's CI may deploy
+	// to the agent and the tenant's people may see it.
+	Tenant *ghoidc.Principal
 }
 
 // LastHeard returns when the agent was last known to be alive: its last

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -17,10 +18,10 @@ import (
 const agentColumns = `id, vm_name, hostname, url, origin, status, registered_at, last_seen,
 	att_type, att_quote_format, att_quote_b64, att_report_data_b64, att_verified,
 	att_status, att_mrtd, att_tcb_status, att_verified_at, units, token_hash, last_error,
-	signing_key, noise_key, att_measurements, att_tcb_date`
+	signing_key, noise_key, att_measurements, att_tcb_date, tenant_kind, tenant_name, tenant_id`
 
 const insertAgent = "INSERT INTO agents (" + agentColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func encodeAgent(a *Agent) ([]any, error) {
 	units := a.Units
@@ -36,13 +37,19 @@ func encodeAgent(a *Agent) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	var tk, tn string
+	var tid int64
+	if p := a.Tenant; p != nil {
+		tk, tn, tid = string(p.Kind), p.Name, p.ID
+	}
 	return []any{a.ID, a.VMName, a.Hostname, a.URL, a.Origin, string(a.Status),
 		formatTime(a.RegisteredAt), formatTime(a.LastSeen),
 		at.Type, at.QuoteFormat, at.QuoteB64, at.ReportDataB64, at.Verified,
 		at.Status, at.MRTD, at.TCBStatus, formatTime(at.VerifiedAt),
 		string(data), a.TokenHash, a.LastError,
 		base64.StdEncoding.EncodeToString(a.SigningKey),
-		base64.StdEncoding.EncodeToString(a.NoiseKey), m, formatTime(at.TCBDate)}, nil
+		base64.StdEncoding.EncodeToString(a.NoiseKey), m, formatTime(at.TCBDate),
+		tk, tn, tid}, nil
 }
 
 // encodeMeasurements stores verified measurements as JSON ("" for none).
@@ -88,18 +95,25 @@ func scanAgent(row rowScanner) (Agent, error) {
 		status, units             string
 		registered, seen, checked string
 		signing, noise, meas, tcb string
+		tenantKind, tenantName    string
+		tenantID                  int64
 	)
 	at := &a.Attestation
 	err := row.Scan(&a.ID, &a.VMName, &a.Hostname, &a.URL, &a.Origin, &status,
 		&registered, &seen,
 		&at.Type, &at.QuoteFormat, &at.QuoteB64, &at.ReportDataB64, &at.Verified,
 		&at.Status, &at.MRTD, &at.TCBStatus, &checked,
-		&units, &a.TokenHash, &a.LastError, &signing, &noise, &meas, &tcb)
+		&units, &a.TokenHash, &a.LastError, &signing, &noise, &meas, &tcb,
+		&tenantKind, &tenantName, &tenantID)
 	if err != nil {
 		return Agent{}, err
 	}
 	if err := decodeRest(&a, signing, noise, meas, tcb); err != nil {
 		return Agent{}, err
+	}
+	if tenantKind != "" {
+		a.Tenant = &ghoidc.Principal{Kind: ghoidc.Kind(tenantKind), Name: tenantName,
+			ID: tenantID}
 	}
 	a.Status = Status(status)
 	if a.RegisteredAt, err = parseTime(registered); err != nil {

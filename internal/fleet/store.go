@@ -18,6 +18,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
@@ -83,6 +84,10 @@ var migrations = []string{
 	ALTER TABLE agents ADD COLUMN noise_key TEXT NOT NULL DEFAULT '';
 	ALTER TABLE agents ADD COLUMN att_measurements TEXT NOT NULL DEFAULT '';
 	ALTER TABLE agents ADD COLUMN att_tcb_date TEXT NOT NULL DEFAULT '';`,
+	// v3: the tenant principal an admin assigned the agent to.
+	`ALTER TABLE agents ADD COLUMN tenant_kind TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN tenant_name TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN tenant_id INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // Open opens (creating if needed) the store at path and brings its schema
@@ -247,6 +252,14 @@ func (s *Store) registerTx(ctx context.Context, tx *sql.Tx, a Agent, rec []any) 
 	if err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
 	}
+	// The tenant belongs to the VM, not to one registration of it: a VM
+	// that registers again (after a reboot) stays with its tenant.
+	if a.Tenant == nil && len(replaced) > 0 && replaced[0].Tenant != nil {
+		a.Tenant = replaced[0].Tenant
+		if rec, err = encodeAgent(&a); err != nil {
+			return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+		}
+	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM agents WHERE vm_name = ?", a.VMName); err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: removing old: %w", a.ID, err)
 	}
@@ -318,6 +331,28 @@ func (s *Store) UpdateAttestation(ctx context.Context, id string, at Attestation
 		at.Type, at.QuoteFormat, at.QuoteB64, at.ReportDataB64, at.Verified, at.Status,
 		at.MRTD, at.TCBStatus, formatTime(at.VerifiedAt), m, formatTime(at.TCBDate), id)
 }
+
+// SetTenant assigns the agent to tenant, or clears its tenant when tenant
+// is nil. It returns the previous tenant.
+func (s *Store) SetTenant(ctx context.Context, id string,
+	tenant *ghoidc.Principal) (prev *ghoidc.Principal, err error) {
+	a, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var kind, name string
+	var pid int64
+	if tenant != nil {
+		kind, name, pid = string(tenant.Kind), tenant.Name, tenant.ID
+	}
+	err = s.update(ctx, id, `UPDATE agents SET tenant_kind = ?, tenant_name = ?, tenant_id = ?
+		WHERE id = ?`, kind, name, pid, id)
+	return a.Tenant, err
+}
+
+// DB returns the store's database, which the audit log and the session
+// tables share.
+func (s *Store) DB() *sql.DB { return s.db }
 
 // SetStatus sets an agent's status and last error, leaving LastSeen alone.
 func (s *Store) SetStatus(ctx context.Context, id string, status Status, lastError string) error {

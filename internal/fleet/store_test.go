@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -366,5 +368,76 @@ func TestAttestationAndKeysRoundTrip(t *testing.T) {
 	}
 	if err := s.UpdateAttestation(ctx, "nope", at); !errors.Is(err, ErrNotFound) {
 		t.Errorf("UpdateAttestation of an unknown agent = %v, want ErrNotFound", err)
+	}
+}
+
+func TestTenantPersists(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s := openStore(t, path)
+	a := newAgent("dd-test-agent-1", "vm-1", "tok")
+	if _, err := s.Register(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	acme := &ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "acme", ID: 7}
+	prev, err := s.SetTenant(ctx, a.ID, acme)
+	if err != nil || prev != nil {
+		t.Fatalf("SetTenant = %v, %v; want no previous tenant", prev, err)
+	}
+	s.Close()
+
+	s = openStore(t, path)
+	got, err := s.Get(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(acme, got.Tenant); diff != "" {
+		t.Errorf("tenant after reopen (-want +got):\n%s", diff)
+	}
+	prev, err = s.SetTenant(ctx, a.ID, nil)
+	if err != nil || prev == nil || *prev != *acme {
+		t.Errorf("clearing = %v, %v; want the previous tenant", prev, err)
+	}
+	if got, _ := s.Get(ctx, a.ID); got.Tenant != nil {
+		t.Errorf("tenant after clearing = %v", got.Tenant)
+	}
+	// A new registration of the same VM keeps the VM's tenant.
+	if _, err := s.SetTenant(ctx, a.ID, acme); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Register(ctx, newAgent("dd-test-agent-2", "vm-1", "tok2")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Get(ctx, "dd-test-agent-2"); got.Tenant == nil || *got.Tenant != *acme {
+		t.Errorf("tenant after re-registration = %v, want %v", got.Tenant, acme)
+	}
+	if _, err := s.SetTenant(ctx, "nope", acme); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetTenant of an unknown agent = %v", err)
+	}
+}
+
+// TestAuditSharesTheDatabase checks that the audit log lives in the
+// registry's file and survives a reopen, and that its migration leaves the
+// registry's schema version alone.
+func TestAuditSharesTheDatabase(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s := openStore(t, path)
+	ev := audit.Event{Actor: audit.System("test"), Action: audit.ActionRegistration,
+		Target: "dd-test-agent-1", Outcome: audit.OutcomeOK}
+	if _, err := s.Audit().Append(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = openStore(t, path)
+	head, err := s.Audit().Verify(ctx)
+	if err != nil || head.Seq != 1 {
+		t.Errorf("audit after reopen: head %+v, %v; want one verified entry", head, err)
+	}
+	var v int
+	if err := s.DB().QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil ||
+		v != len(migrations) {
+		t.Errorf("user_version = %d, %v; want %d", v, err, len(migrations))
 	}
 }

@@ -1,0 +1,341 @@
+package cp
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/websession"
+)
+
+// matrixEnv is a control plane served over HTTP with GitHub sign-in (the
+// local provider) and CI tokens from a local issuer, holding two agents:
+// A (no tenant) and B (tenant dev-tenant).
+type matrixEnv struct {
+	*testEnv
+	appURL string
+	issuer *ghoidc.Issuer
+	a, b   string // agent ids
+	aToken string // agent A's credential
+}
+
+var (
+	testOwner  = ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "acme", ID: 4242}
+	tenantUser = ghoidc.Principal{Kind: ghoidc.KindUser, Name: websession.DevTenantLogin,
+		ID: websession.DevTenantID}
+)
+
+// loopbackClient dials every host at 127.0.0.1, so "app.localhost:PORT"
+// and "github.localhost:PORT" reach the test servers, and keeps cookies.
+func loopbackClient(t *testing.T) *http.Client {
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &net.Dialer{}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		_, port, _ := net.SplitHostPort(addr)
+		return d.DialContext(ctx, network, "127.0.0.1:"+port)
+	}
+	return &http.Client{Transport: &http.Transport{DialContext: dial}, Jar: jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func portOf(l net.Listener) string { return strconv.Itoa(l.Addr().(*net.TCPAddr).Port) }
+
+func newMatrixEnv(t *testing.T) *matrixEnv {
+	t.Helper()
+	ctx := context.Background()
+	provider, err := websession.NewLocalProvider(websession.LocalProviderOptions{
+		Env: fleetenv.Dev, ClientID: "cid", ClientSecret: "csecret-0123456789",
+		Users: websession.DevUsers(testOwner)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gh := httptest.NewServer(provider)
+	t.Cleanup(gh.Close)
+	ghURL := "http://github.localhost:" + portOf(gh.Listener)
+
+	iss := httptest.NewUnstartedServer(nil)
+	issuer, err := ghoidc.NewIssuer(ghoidc.IssuerOptions{URL: "http://127.0.0.1:" +
+		portOf(iss.Listener), Audience: "fleet", MintSecret: "mint-secret-0123456789"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss.Config.Handler = issuer.Handler()
+	iss.Start()
+	t.Cleanup(iss.Close)
+	verifier, err := ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{Issuer: issuer.URL(),
+		Audience: "fleet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { verifier.Close() })
+
+	app := httptest.NewUnstartedServer(nil)
+	appURL := "http://app.localhost:" + portOf(app.Listener)
+	e := newTestEnv(t, func(o *Options) {
+		o.Owner, o.CIVerifier = testOwner, verifier
+		o.Sessions, err = websession.New(ctx, websession.Options{DB: o.Store.DB(),
+			Env: fleetenv.Dev, PublicURL: appURL, Owner: testOwner,
+			TenantAgents: TenantsOf(o.Store), HTTPClient: loopbackClient(t),
+			GitHub: websession.GitHub{ClientID: "cid", ClientSecret: "csecret-0123456789",
+				WebURL: ghURL, APIURL: ghURL, Local: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	app.Config.Handler = e.srv.Handler()
+	app.Start()
+	t.Cleanup(app.Close)
+
+	m := &matrixEnv{testEnv: e, appURL: appURL, issuer: issuer}
+	ra, rb := e.register(t, "alpha"), e.register(t, "beta")
+	m.a, m.b, m.aToken = ra.AgentID, rb.AgentID, ra.AgentToken
+	if _, err := e.store.SetTenant(ctx, m.b, &tenantUser); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// login signs a browser in as login through the local provider.
+func (m *matrixEnv) login(t *testing.T, login string) *http.Client {
+	t.Helper()
+	c := loopbackClient(t)
+	resp, err := c.Get(m.appURL + websession.StartPath + "?return_to=/")
+	if err != nil || resp.StatusCode != http.StatusFound {
+		t.Fatalf("start: %v %v", resp, err)
+	}
+	authorize, _ := url.Parse(resp.Header.Get("Location"))
+	form := url.Values{"login": {login}}
+	for k, v := range authorize.Query() {
+		form.Set(k, v[0])
+	}
+	ghBase := authorize.Scheme + "://" + authorize.Host
+	req, _ := http.NewRequest("POST", ghBase+"/login/oauth/authorize",
+		strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", ghBase)
+	resp, err = c.Do(req)
+	if err != nil || resp.StatusCode != http.StatusFound {
+		t.Fatalf("provider: %v %v", resp, err)
+	}
+	resp, err = c.Get(resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("callback: %v %v", resp, err)
+	}
+	return c
+}
+
+func (m *matrixEnv) ciToken(t *testing.T, owner string, id int64) string {
+	t.Helper()
+	tok, err := m.issuer.Mint(context.Background(), ghoidc.MintRequest{
+		RepositoryOwner: owner, RepositoryOwnerID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// TestAuthorizationMatrix walks every route of the route table against
+// every kind of caller, allowed and refused. Refused requests get a JSON
+// 401 or 403 (pages send anonymous browsers to sign in) and change
+// nothing.
+func TestAuthorizationMatrix(t *testing.T) {
+	m := newMatrixEnv(t)
+	type callerSpec struct {
+		client *http.Client
+		bearer string
+	}
+	anon := loopbackClient(t)
+	callers := map[string]callerSpec{
+		"anyone":        {anon, ""},
+		"admin token":   {anon, testAdminToken},
+		"admin session": {m.login(t, websession.DevAdminLogin), ""},
+		"tenant":        {m.login(t, websession.DevTenantLogin), ""},
+		"fleet CI":      {anon, m.ciToken(t, testOwner.Name, testOwner.ID)},
+		"tenant CI":     {anon, m.ciToken(t, tenantUser.Name, tenantUser.ID)},
+		"foreign CI":    {anon, m.ciToken(t, "mallory", 666)},
+		"agent A":       {anon, m.aToken},
+	}
+	order := []string{"anyone", "admin token", "admin session", "tenant", "fleet CI",
+		"tenant CI", "foreign CI", "agent A"}
+	setB := `{"tenant":{"kind":"user","name":"dev-tenant","id":2002}}`
+
+	tests := []struct {
+		method, path, body string
+		want               []int // one per caller, in order
+	}{
+		{"GET", "/health", "", []int{200, 200, 200, 200, 200, 200, 200, 200}},
+		{"POST", "/register/nonce", "", []int{200, 200, 200, 200, 200, 200, 200, 200}},
+		{"POST", "/register", "{}", []int{400, 400, 400, 400, 400, 400, 400, 400}},
+		{"POST", "/agents/" + m.a + "/attest", "{}", []int{401, 401, 401, 401, 401, 401, 401, 401}},
+		{"GET", "/agents/" + m.a + "/config", "", []int{401, 401, 401, 401, 401, 401, 401, 200}},
+		{"GET", "/agents/" + m.b + "/config", "", []int{401, 401, 401, 401, 401, 401, 401, 401}},
+		{"POST", "/agents/" + m.a + "/audit", `{"entries":[]}`,
+			[]int{401, 401, 401, 401, 401, 401, 401, 200}},
+		{"GET", "/api/agents", "", []int{401, 200, 200, 200, 200, 200, 403, 401}},
+		{"POST", "/api/agents/" + m.b + "/tenant", setB,
+			[]int{401, 200, 200, 403, 200, 403, 403, 401}},
+		{"GET", "/api/audit", "", []int{401, 200, 200, 403, 403, 403, 403, 401}},
+		{"GET", "/", "", []int{303, 200, 200, 200, 403, 403, 403, 401}},
+		{"GET", "/agent/" + m.a, "", []int{303, 200, 200, 404, 403, 403, 403, 401}},
+		{"GET", "/agent/" + m.b, "", []int{303, 200, 200, 200, 403, 403, 403, 401}},
+	}
+	covered := map[string]bool{}
+	for _, tt := range tests {
+		pattern := tt.method + " " + tt.path
+		for i, name := range order {
+			c := callers[name]
+			headBefore, _ := m.store.Audit().Head(context.Background())
+			req, _ := http.NewRequest(tt.method, m.appURL+tt.path, strings.NewReader(tt.body))
+			req.Header.Set("Accept", "text/html, application/json")
+			if tt.body != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			if c.bearer != "" {
+				req.Header.Set("Authorization", "Bearer "+c.bearer)
+			}
+			resp, err := c.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var body map[string]any
+			isJSON := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json")
+			if isJSON && resp.StatusCode >= 400 {
+				json.NewDecoder(resp.Body).Decode(&body)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.want[i] {
+				t.Errorf("%s as %s = %d, want %d", pattern, name, resp.StatusCode, tt.want[i])
+				continue
+			}
+			if resp.StatusCode == 401 || resp.StatusCode == 403 {
+				if body["code"] == nil || body["message"] == nil {
+					t.Errorf("%s as %s: refusal without a JSON {code, message}", pattern, name)
+				}
+				headAfter, _ := m.store.Audit().Head(context.Background())
+				if headAfter != headBefore {
+					t.Errorf("%s as %s: a refused request changed the audit log", pattern, name)
+				}
+			}
+			if resp.StatusCode == 303 && !strings.HasPrefix(resp.Header.Get("Location"),
+				websession.LoginPath) {
+				t.Errorf("%s as %s: redirected to %q, want the sign-in page", pattern, name,
+					resp.Header.Get("Location"))
+			}
+		}
+		covered[tt.method+" "+routeOf(tt.path, m)] = true
+	}
+	for _, rt := range m.srv.Routes() {
+		if !covered[rt.Pattern] {
+			t.Errorf("route %s (%s) is not in the matrix", rt.Pattern, rt.Rule.Name)
+		}
+	}
+	if b, _ := m.store.Get(context.Background(), m.b); b.Tenant == nil || *b.Tenant != tenantUser {
+		t.Errorf("agent B's tenant = %v after the walk, want %v", b.Tenant, tenantUser)
+	}
+}
+
+// routeOf maps a concrete path back to its route pattern.
+func routeOf(path string, m *matrixEnv) string {
+	for _, id := range []string{m.a, m.b} {
+		path = strings.Replace(path, id, "{id}", 1)
+	}
+	if path == "/" {
+		return "/{$}"
+	}
+	return path
+}
+
+func TestTenantSeesOnlyItsAgents(t *testing.T) {
+	m := newMatrixEnv(t)
+	c := m.login(t, websession.DevTenantLogin)
+	req, _ := http.NewRequest("GET", m.appURL+"/api/agents", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var agents []struct {
+		AgentID string `json:"agent_id"`
+	}
+	json.NewDecoder(resp.Body).Decode(&agents)
+	resp.Body.Close()
+	if len(agents) != 1 || agents[0].AgentID != m.b {
+		t.Errorf("tenant lists %+v, want only agent B", agents)
+	}
+
+	// After sign-out the old cookie is refused.
+	cookies := c.Jar.Cookies(mustURL(m.appURL))
+	out, _ := http.NewRequest("POST", m.appURL+websession.LogoutPath, nil)
+	if resp, err := c.Do(out); err != nil || resp.StatusCode >= 400 {
+		t.Fatalf("logout: %v %v", resp, err)
+	}
+	replay, _ := http.NewRequest("GET", m.appURL+"/api/agents", nil)
+	for _, ck := range cookies {
+		replay.AddCookie(ck)
+	}
+	resp, err = loopbackClient(t).Do(replay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("old cookie after logout = %d, want 401", resp.StatusCode)
+	}
+}
+
+func TestTenantChangesAreAudited(t *testing.T) {
+	m := newMatrixEnv(t)
+	client := loopbackClient(t)
+	do := func(body string) int {
+		req, _ := http.NewRequest("POST", m.appURL+"/api/agents/"+m.a+"/tenant",
+			strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testAdminToken)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	bad := []string{`{}`, `{"tenant":{"kind":"user","name":"x","id":0}}`,
+		`{"tenant":{"kind":"team","name":"x","id":1}}`, `{"tenant":null,"x":1}`,
+		`{"tenant":{"kind":"org","name":"acme","id":4242}}`}
+	for _, b := range bad {
+		if code := do(b); code != 400 {
+			t.Errorf("tenant body %s = %d, want 400", b, code)
+		}
+	}
+	if code := do(`{"tenant":{"kind":"org","name":"globex","id":9}}`); code != 200 {
+		t.Fatalf("set = %d", code)
+	}
+	if code := do(`{"tenant":null}`); code != 200 {
+		t.Fatalf("clear = %d", code)
+	}
+	rec := m.do("GET", "/api/audit?agent="+m.a, "", admin())
+	for _, want := range []string{`"action":"tenant_set"`, `"action":"tenant_cleared"`,
+		`"tenant":"org:globex(9)"`, `"previous":"org:globex(9)"`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("audit lacks %s:\n%s", want, rec.Body)
+		}
+	}
+}
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
