@@ -72,10 +72,6 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer verifier.Close()
-	auth, err := agent.NewOIDCAuth(verifier, principal)
-	if err != nil {
-		return err
-	}
 	rt, err := runtime.NewClient(runtime.ClientOptions{SocketPath: *socket,
 		Token: envOr("EE_TOKEN", "")})
 	if err != nil {
@@ -89,7 +85,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *origin == "" {
 		*origin = "http://" + ln.Addr().String()
 	}
-	a, err := agent.New(agent.Options{VMName: *vmName, Runtime: rt, Auth: auth,
+	a, err := agent.New(agent.Options{VMName: *vmName, Runtime: rt, Verifier: verifier,
+		Owner:           principal,
 		ControlPlaneURL: *cpURL, Origin: *origin, Build: buildVersion(), Logger: log})
 	if err != nil {
 		ln.Close()

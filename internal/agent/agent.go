@@ -19,12 +19,17 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
 
 // Caller is the verified identity of a CI job calling the agent.
 type Caller struct {
+	// Principal is the fleet owner or tenant principal the job acts for,
+	// e.g. "org:acme(42)".
+	Principal       string
 	Subject         string
 	Repository      string
 	RepositoryOwner string
@@ -51,7 +56,13 @@ type Options struct {
 	// Runtime is the workload runtime client. Required.
 	Runtime *runtime.Client
 
-	// Auth authorizes callers of /deploy, /exec and /logs. Required.
+	// Verifier verifies GitHub Actions OIDC tokens, and Owner is the fleet
+	// owner principal: the owner's CI jobs, and the tenant's, may use
+	// /deploy, /exec and /logs. Required unless Auth is set.
+	Verifier tokenVerifier
+	Owner    ghoidc.Principal
+
+	// Auth, when set, replaces the OIDC check of Verifier and Owner.
 	Auth Authenticator
 
 	// ControlPlaneURL is the control plane's base URL. Empty means the
@@ -77,6 +88,15 @@ type Options struct {
 	// again that it runs in the same TD. Zero means 10m.
 	ReattestInterval time.Duration
 
+	// SyncInterval is how often the agent reads its configuration (its
+	// tenant) from the control plane and forwards its audit entries. Zero
+	// means 15s.
+	SyncInterval time.Duration
+
+	// Audit records deploys and execs; the agent forwards its entries to
+	// the control plane. Nil records nothing. The caller closes it.
+	Audit *audit.Forwarder
+
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 
@@ -86,15 +106,17 @@ type Options struct {
 
 // Agent serves one VM. Create it with [New] and run it with [Agent.Serve].
 type Agent struct {
-	opts    Options
-	log     *slog.Logger
-	started time.Time
-	keys    *keys
-	deploys deployResults
+	opts      Options
+	log       *slog.Logger
+	started   time.Time
+	keys      *keys
+	deploys   deployResults
+	integrity integrity
 
 	mu       sync.Mutex
-	reg      registration // guarded by mu
-	evidence published    // guarded by mu
+	reg      registration      // guarded by mu
+	evidence published         // guarded by mu
+	tenant   *ghoidc.Principal // guarded by mu
 }
 
 // published is the evidence the agent shows on /health.
@@ -120,8 +142,8 @@ func New(opts Options) (*Agent, error) {
 	if opts.Runtime == nil {
 		return nil, errors.New("agent: Runtime is required")
 	}
-	if opts.Auth == nil {
-		return nil, errors.New("agent: Auth is required")
+	if opts.Auth == nil && opts.Verifier == nil {
+		return nil, errors.New("agent: a Verifier and Owner, or Auth, are required")
 	}
 	if err := checkURLs(opts); err != nil {
 		return nil, err
@@ -141,6 +163,9 @@ func New(opts Options) (*Agent, error) {
 	if opts.ReattestInterval == 0 {
 		opts.ReattestInterval = 10 * time.Minute
 	}
+	if opts.SyncInterval == 0 {
+		opts.SyncInterval = 15 * time.Second
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -150,6 +175,11 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a := &Agent{opts: opts, log: log.With("component", "agent", "vm", opts.VMName), keys: k}
+	if a.opts.Auth == nil {
+		if a.opts.Auth, err = NewOIDCAuth(opts.Verifier, opts.Owner, a.Tenant); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -227,6 +257,9 @@ func (a *Agent) boot(ctx context.Context) error {
 	if err := a.registerLoop(ctx); err != nil {
 		return err
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { a.syncLoop(ctx) })
 	return a.reattestLoop(ctx)
 }
 
@@ -267,4 +300,12 @@ func (a *Agent) published() published {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.evidence
+}
+
+// Tenant returns the principal the control plane assigned the agent to,
+// or nil.
+func (a *Agent) Tenant() *ghoidc.Principal {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.tenant
 }

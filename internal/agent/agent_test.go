@@ -244,8 +244,21 @@ type fakeCP struct {
 var fakeNonce = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
 
 func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/register/nonce" {
+	switch r.URL.Path {
+	case "/register/nonce":
 		httpapi.WriteJSON(w, 200, cpapi.NonceResponse{Nonce: fakeNonce})
+		return
+	case "/register":
+	case "/agents/dd-test-agent-1/config":
+		if r.Header.Get("Authorization") != "Bearer secret-agent-token" {
+			httpapi.WriteJSON(w, 401, httpapi.Body{Code: "UNAUTHORIZED", Message: "no"})
+			return
+		}
+		httpapi.WriteJSON(w, 200, cpapi.AgentConfig{AgentID: "dd-test-agent-1",
+			Tenant: &cpapi.Principal{Kind: "org", Name: "globex", ID: 9}})
+		return
+	default:
+		httpapi.WriteJSON(w, 404, httpapi.Body{Code: "NOT_FOUND", Message: r.URL.Path})
 		return
 	}
 	body, _ := io.ReadAll(r.Body)
@@ -308,12 +321,16 @@ func TestRegistration(t *testing.T) {
 		req.Evidence.AttestationType != "none" || req.Evidence.QuoteB64 == "" {
 		t.Errorf("register request = %+v", req)
 	}
-	for !a.Registered() {
+	for !a.Registered() || a.Tenant() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 	r := do(t, "GET", "http://"+ln.Addr().String()+"/health", "", "", "")
 	var h agentapi.Health
 	json.Unmarshal([]byte(r.body), &h)
+	if h.Tenant != "org:globex(9)" || h.IntegrityState != "controlled" {
+		t.Errorf("health tenant %q integrity %q %v; want the tenant from the control plane",
+			h.Tenant, h.IntegrityState, h.IntegrityReasons)
+	}
 	if h.AgentID != "dd-test-agent-1" || strings.Contains(r.body, "secret-agent-token") {
 		t.Errorf("health = %s; want the agent id and never the agent token", r.body)
 	}

@@ -96,7 +96,7 @@ func (a *Agent) register(ctx context.Context) error {
 	req := cpapi.RegisterRequest{VMName: a.opts.VMName, Origin: a.opts.Origin, Nonce: nonce,
 		SigningKey: a.keys.signingB64(), NoiseKey: a.keys.noiseB64(), Evidence: ev}
 	var resp cpapi.RegisterResponse
-	if err := a.postCP(ctx, "/register", "", req, &resp); err != nil {
+	if err := a.callCP(ctx, http.MethodPost, "/register", "", req, &resp); err != nil {
 		return err
 	}
 
@@ -118,8 +118,8 @@ func (a *Agent) reattest(ctx context.Context) error {
 	}
 	var out cpapi.Attestation
 	path := "/agents/" + reg.agentID + "/attest"
-	if err := a.postCP(ctx, path, reg.token, cpapi.AttestRequest{Nonce: nonce, Evidence: ev},
-		&out); err != nil {
+	if err := a.callCP(ctx, http.MethodPost, path, reg.token,
+		cpapi.AttestRequest{Nonce: nonce, Evidence: ev}, &out); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -132,7 +132,7 @@ func (a *Agent) reattest(ctx context.Context) error {
 // attest to report data that binds it to the agent's keys.
 func (a *Agent) freshEvidence(ctx context.Context, purpose string) (string, agentapi.Evidence, error) {
 	var n cpapi.NonceResponse
-	if err := a.postCP(ctx, "/register/nonce", "", struct{}{}, &n); err != nil {
+	if err := a.callCP(ctx, http.MethodPost, "/register/nonce", "", struct{}{}, &n); err != nil {
 		return "", agentapi.Evidence{}, err
 	}
 	raw, err := base64.StdEncoding.DecodeString(n.Nonce)
@@ -153,20 +153,28 @@ func (a *Agent) freshEvidence(ctx context.Context, purpose string) (string, agen
 	}, nil
 }
 
-// postCP posts body as signed JSON to the control plane and decodes the
-// reply. token, when set, is sent as the agent's bearer credential.
-func (a *Agent) postCP(ctx context.Context, path, token string, body, out any) error {
-	data, err := json.Marshal(body)
-	if err != nil {
-		return fmt.Errorf("encoding request: %w", err)
+// callCP sends body (nil for none) as signed JSON to the control plane and
+// decodes the reply. token, when set, is sent as the agent's bearer
+// credential.
+func (a *Agent) callCP(ctx context.Context, method, path, token string, body, out any) error {
+	var rd io.Reader
+	var data []byte
+	if body != nil {
+		var err error
+		if data, err = json.Marshal(body); err != nil {
+			return fmt.Errorf("encoding request: %w", err)
+		}
+		rd = bytes.NewReader(data)
 	}
 	u := strings.TrimRight(a.opts.ControlPlaneURL, "/") + path
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(data))
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return fmt.Errorf("building request: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(attestbind.SignatureHeader, attestbind.Sign(a.keys.signing, data))
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(attestbind.SignatureHeader, attestbind.Sign(a.keys.signing, data))
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/dashboard"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
@@ -92,6 +93,12 @@ func (a *Agent) health(ctx context.Context) agentapi.Health {
 		h.AttestationType = rh.AttestationType
 	}
 	h.SigningKey, h.NoiseKey = a.keys.signingB64(), a.keys.noiseB64()
+	h.Tenant = principalString(a.Tenant())
+	h.IntegrityReasons = a.integrity.reasons()
+	h.IntegrityState = "clean"
+	if len(h.IntegrityReasons) > 0 {
+		h.IntegrityState = "controlled"
+	}
 	if ev := a.published(); ev.nonce != "" {
 		h.Evidence, h.EvidenceNonce, h.EvidencePurpose = &ev.ev, ev.nonce, ev.purpose
 	}
@@ -170,10 +177,15 @@ func (a *Agent) deploy(r *http.Request, spec workload.Spec, specHash string) (ag
 		return agentapi.DeployResponse{}, runtimeError("deploy", err)
 	}
 	c := callerOf(r)
-	// TODO(#4): record deploys in the hash-chained audit log.
+	a.integrity.add(reasonWorkloadDeployed)
 	a.log.Info("workload deployed", "app", spec.Name(), "id", id, "spec_sha256", specHash,
 		"repository", c.Repository, "ref", c.Ref, "sha", c.SHA, "workflow", c.Workflow,
 		"run_id", c.RunID, "actor", c.Actor)
+	a.record(r.Context(), audit.Event{Actor: audit.CI(c.Principal, c.Repository, c.SHA),
+		Action: audit.ActionDeploy, Target: a.registered().agentID, Outcome: audit.OutcomeOK,
+		Details: map[string]any{"app": spec.Name(), "id": id, "spec_sha256": specHash,
+			"repository": c.Repository, "ref": c.Ref, "sha": c.SHA, "workflow": c.Workflow,
+			"run_id": c.RunID, "actor": c.Actor}})
 	return agentapi.DeployResponse{ID: id, AppName: spec.Name(),
 		Status: runtime.StatusDeploying, SpecSHA256: specHash}, nil
 }
@@ -196,8 +208,14 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 		return runtimeError("exec", err)
 	}
 	c := callerOf(r)
+	a.integrity.add(reasonExec)
 	a.log.Info("command executed", "argv0", req.Cmd[0], "exit_code", res.ExitCode,
 		"repository", c.Repository, "sha", c.SHA, "run_id", c.RunID)
+	a.record(r.Context(), audit.Event{Actor: audit.CI(c.Principal, c.Repository, c.SHA),
+		Action: audit.ActionExec, Target: a.registered().agentID, Outcome: audit.OutcomeOK,
+		Details: map[string]any{"argv0": req.Cmd[0], "exit_code": res.ExitCode,
+			"repository": c.Repository, "ref": c.Ref, "sha": c.SHA, "workflow": c.Workflow,
+			"run_id": c.RunID}})
 	return httpapi.WriteJSON(w, http.StatusOK, agentapi.ExecResponse(res))
 }
 

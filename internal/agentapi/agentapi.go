@@ -23,6 +23,16 @@ type Health struct {
 	// registration.
 	Registered bool `json:"registered"`
 
+	// Tenant is the principal the fleet admin assigned the agent to, e.g.
+	// "org:acme(42)"; empty when only the fleet owner controls it.
+	Tenant string `json:"tenant,omitempty"`
+
+	// IntegrityState is "clean" when nothing but the fleet's own boot
+	// workloads ran, and "controlled" once a tenant was assigned or a
+	// workload was deployed or a command run; IntegrityReasons says which.
+	IntegrityState   string   `json:"integrity_state"`
+	IntegrityReasons []string `json:"integrity_reasons"`
+
 	// AttestationType is the runtime's evidence type: "tdx",
 	// "simulated" or "none".
 	AttestationType string    `json:"attestation_type"`

@@ -188,13 +188,9 @@ func (f *Fleet) startAgents(ctx context.Context) ([]*agentService, error) {
 	if err != nil {
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
-	auth, err := agent.NewOIDCAuth(verifier, f.owner())
-	if err != nil {
-		return nil, err
-	}
 	var out []*agentService
 	for i := 1; i <= f.opts.Agents; i++ {
-		a, err := f.startAgent(ctx, fmt.Sprintf("agent-%d", i), auth)
+		a, err := f.startAgent(ctx, fmt.Sprintf("agent-%d", i), verifier)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +199,8 @@ func (f *Fleet) startAgents(ctx context.Context) ([]*agentService, error) {
 	return out, nil
 }
 
-func (f *Fleet) startAgent(ctx context.Context, name string, auth agent.Authenticator) (*agentService, error) {
+func (f *Fleet) startAgent(ctx context.Context, name string,
+	verifier *ghoidc.Verifier) (*agentService, error) {
 	dir := filepath.Join(f.opts.StateDir, "agents", name)
 	rt, err := f.startRuntime(ctx, name, dir)
 	if err != nil {
@@ -214,7 +211,8 @@ func (f *Fleet) startAgent(ctx context.Context, name string, auth agent.Authenti
 		return nil, err
 	}
 	ag, err := agent.New(agent.Options{
-		VMName: name, Runtime: rt, Auth: auth, ControlPlaneURL: f.cp.url, Origin: origin,
+		VMName: name, Runtime: rt, Verifier: verifier, Owner: f.owner(),
+		ControlPlaneURL: f.cp.url, Origin: origin,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build,
 		Logger: f.log.With("agent", name),
 	})
