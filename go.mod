@@ -3,6 +3,7 @@ module github.com/devopsdefender/devopsdefender
 go 1.26.8
 
 require (
+	github.com/cloudflare/cloudflare-go/v6 v6.10.0
 	github.com/coreos/go-oidc/v3 v3.21.0
 	github.com/creack/pty v1.1.24
 	github.com/go-jose/go-jose/v4 v4.1.9
@@ -16,7 +17,6 @@ require (
 )
 
 require (
-	github.com/cloudflare/cloudflare-go/v6 v6.10.0 // indirect
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/google/logger v1.1.1 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
