@@ -7,7 +7,9 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/websession"
 )
 
 // record appends an event to the fleet's audit log. A failure to record
@@ -51,4 +53,17 @@ func (s *Server) importAudit(w http.ResponseWriter, r *http.Request) error {
 // listAudit serves GET /api/audit to the fleet admin.
 func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
 	return s.store.Audit().ServeList(w, r)
+}
+
+// SessionEvents returns a websession OnEvent hook that records sign-ins,
+// sign-outs and device pairings in the fleet's audit log.
+func SessionEvents(store *fleet.Store) func(context.Context, websession.Event) {
+	return func(ctx context.Context, e websession.Event) {
+		actor := audit.User(e.Login, e.UserID)
+		if e.Login == "" {
+			actor = audit.Anonymous("")
+		}
+		store.Audit().Append(ctx, audit.Event{Actor: actor, Action: audit.Action(e.Action),
+			Outcome: audit.Outcome(e.Outcome), Details: e.Details})
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/websession"
+	"github.com/devopsdefender/devopsdefender/internal/websession/websessiontest"
 )
 
 // matrixEnv is a control plane served over HTTP with GitHub sign-in (the
@@ -111,27 +112,8 @@ func newMatrixEnv(t *testing.T) *matrixEnv {
 func (m *matrixEnv) login(t *testing.T, login string) *http.Client {
 	t.Helper()
 	c := loopbackClient(t)
-	resp, err := c.Get(m.appURL + websession.StartPath + "?return_to=/")
-	if err != nil || resp.StatusCode != http.StatusFound {
-		t.Fatalf("start: %v %v", resp, err)
-	}
-	authorize, _ := url.Parse(resp.Header.Get("Location"))
-	form := url.Values{"login": {login}}
-	for k, v := range authorize.Query() {
-		form.Set(k, v[0])
-	}
-	ghBase := authorize.Scheme + "://" + authorize.Host
-	req, _ := http.NewRequest("POST", ghBase+"/login/oauth/authorize",
-		strings.NewReader(form.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Origin", ghBase)
-	resp, err = c.Do(req)
-	if err != nil || resp.StatusCode != http.StatusFound {
-		t.Fatalf("provider: %v %v", resp, err)
-	}
-	resp, err = c.Get(resp.Header.Get("Location"))
-	if err != nil || resp.StatusCode != http.StatusSeeOther {
-		t.Fatalf("callback: %v %v", resp, err)
+	if err := websessiontest.SignIn(c, m.appURL, login); err != nil {
+		t.Fatal(err)
 	}
 	return c
 }

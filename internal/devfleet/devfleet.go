@@ -7,6 +7,7 @@
 package devfleet
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -31,12 +32,16 @@ import (
 // Dev fleet identity. The owner principal is what locally minted tokens
 // carry by default, so the dev CLI can deploy out of the box.
 const (
-	Audience     = "devopsdefender"
-	OwnerName    = "devopsdefender-dev"
-	OwnerID      = 1001
-	KindOwner    = ghoidc.KindOrg
-	cpHostLabel  = "app"
-	cpOwnerLabel = "control-plane"
+	Audience  = "devopsdefender"
+	OwnerName = "devopsdefender-dev"
+	OwnerID   = 1001
+	KindOwner = ghoidc.KindOrg
+
+	// oauthClientID names the control plane's OAuth app at the local
+	// GitHub.
+	oauthClientID = "devopsdefender-dev"
+	cpHostLabel   = "app"
+	cpOwnerLabel  = "control-plane"
 )
 
 // Options configures a dev fleet.
@@ -75,6 +80,8 @@ type Fleet struct {
 	state   State
 
 	issuerURL string
+	verifier  *ghoidc.Verifier
+	githubURL string
 	sim       *tdx.Simulator
 	edge      *localedge.Edge
 	cp        *cpService
@@ -89,8 +96,9 @@ type Fleet struct {
 
 // secrets are generated once per state dir and kept across runs.
 type secrets struct {
-	AdminToken string `json:"admin_token"`
-	MintSecret string `json:"oidc_mint_secret"`
+	AdminToken  string `json:"admin_token"`
+	MintSecret  string `json:"oidc_mint_secret"`
+	OAuthSecret string `json:"oauth_client_secret"`
 }
 
 // Start starts every component, waits until each agent has registered,
@@ -160,6 +168,9 @@ func (f *Fleet) start(ctx context.Context) error {
 		return err
 	}
 	if err := f.startEdge(ctx); err != nil {
+		return err
+	}
+	if err := f.startGitHub(ctx); err != nil {
 		return err
 	}
 	if err := f.startCP(ctx); err != nil {
@@ -254,13 +265,14 @@ func loadSecrets(dir string) (secrets, error) {
 		if err := json.Unmarshal(data, &s); err != nil {
 			return s, fmt.Errorf("devfleet: decoding %s: %w", path, err)
 		}
-		if s.AdminToken != "" && s.MintSecret != "" {
+		if s.AdminToken != "" && s.MintSecret != "" && s.OAuthSecret != "" {
 			return s, nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return s, fmt.Errorf("devfleet: reading secrets: %w", err)
 	}
-	s = secrets{AdminToken: randomHex(32), MintSecret: randomHex(32)}
+	s = secrets{AdminToken: cmp.Or(s.AdminToken, randomHex(32)),
+		MintSecret: cmp.Or(s.MintSecret, randomHex(32)), OAuthSecret: randomHex(32)}
 	data, err = json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return s, fmt.Errorf("devfleet: encoding secrets: %w", err)

@@ -15,13 +15,16 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/examples"
 	"github.com/devopsdefender/devopsdefender/internal/agent"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/cp"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/runtime/server"
+	"github.com/devopsdefender/devopsdefender/internal/websession"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
 
@@ -58,6 +61,11 @@ func (f *Fleet) startIssuer(ctx context.Context) error {
 	}
 	f.issuerURL = url
 	f.goService("oidc-issuer", func() error { return serveHTTP(ctx, ln, iss.Handler()) })
+	f.verifier, err = ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{
+		Issuer: f.issuerURL, Audience: Audience, Logger: f.log})
+	if err != nil {
+		return fmt.Errorf("devfleet: %w", err)
+	}
 	return nil
 }
 
@@ -111,21 +119,7 @@ func (f *Fleet) runCP(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return fmt.Errorf("devfleet: %w", err)
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(f.sim.Root())
-	appraiser, err := ita.NewDirect(ita.DirectOptions{SimulatedRoots: roots, Logger: f.log})
-	if err != nil {
-		ln.Close()
-		store.Close()
-		return fmt.Errorf("devfleet: %w", err)
-	}
-	srv, err := cp.New(cp.Options{
-		Store: store, Env: "dev", Hostname: cpHostLabel + "." + f.opts.Domain,
-		Appraiser: appraiser,
-		Domain:    f.opts.Domain, AdminToken: f.secrets.AdminToken, Ingress: edgeIngress{f.edge},
-		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build, Logger: f.log,
-		ScrapeInterval: time.Second,
-	})
+	srv, err := f.newCP(ctx, store)
 	if err != nil {
 		ln.Close()
 		store.Close()
@@ -142,6 +136,63 @@ func (f *Fleet) runCP(ctx context.Context, ln net.Listener) error {
 		cancel()
 		return errors.Join(err, <-errc)
 	})
+	return nil
+}
+
+// newCP builds the control plane: it appraises the simulated TD's quotes,
+// admits the fleet owner's CI through the local issuer, and signs people
+// in through the local GitHub.
+func (f *Fleet) newCP(ctx context.Context, store *fleet.Store) (*cp.Server, error) {
+	roots := x509.NewCertPool()
+	roots.AddCert(f.sim.Root())
+	appraiser, err := ita.NewDirect(ita.DirectOptions{SimulatedRoots: roots, Logger: f.log})
+	if err != nil {
+		return nil, err
+	}
+	sessions, err := websession.New(ctx, websession.Options{
+		DB: store.DB(), Env: fleetenv.Dev, PublicURL: f.dashboardOrigin(), Owner: f.owner(),
+		TenantAgents: cp.TenantsOf(store), HTTPClient: localedge.HTTPClient(),
+		GitHub: websession.GitHub{ClientID: oauthClientID, ClientSecret: f.secrets.OAuthSecret,
+			WebURL: f.githubURL, APIURL: f.githubURL, Local: true},
+		OnEvent: cp.SessionEvents(store), Logger: f.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cp.New(cp.Options{
+		Store: store, Env: "dev", Hostname: cpHostLabel + "." + f.opts.Domain,
+		Domain: f.opts.Domain, AdminToken: f.secrets.AdminToken, Ingress: edgeIngress{f.edge},
+		Appraiser: appraiser, Owner: f.owner(), CIVerifier: f.verifier, Sessions: sessions,
+		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build, Logger: f.log,
+		ScrapeInterval: time.Second,
+	})
+}
+
+// dashboardOrigin is the control plane's origin as browsers reach it.
+func (f *Fleet) dashboardOrigin() string {
+	return f.edge.URL(cpHostLabel + "." + f.opts.Domain)
+}
+
+// startGitHub serves the local stand-in for github.com's OAuth and API at
+// github.<domain> on the edge.
+func (f *Fleet) startGitHub(ctx context.Context) error {
+	ln, url, err := listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	provider, err := websession.NewLocalProvider(websession.LocalProviderOptions{
+		Env: fleetenv.Dev, ClientID: oauthClientID, ClientSecret: f.secrets.OAuthSecret,
+		Users: websession.DevUsers(f.owner()), Logger: f.log})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("devfleet: %w", err)
+	}
+	f.goService("local-github", func() error { return serveHTTP(ctx, ln, provider) })
+	host := "github." + f.opts.Domain
+	if _, err := f.edge.Publish(ctx, "local-github", host, url); err != nil {
+		return fmt.Errorf("devfleet: publishing the local GitHub: %w", err)
+	}
+	f.githubURL = f.edge.URL(host)
 	return nil
 }
 
@@ -182,15 +233,9 @@ func (a *agentService) publicURL() string { return a.edge.URL(a.name + "." + a.d
 
 // startAgents starts each agent with its own runtime.
 func (f *Fleet) startAgents(ctx context.Context) ([]*agentService, error) {
-	verifier, err := ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{
-		Issuer: f.issuerURL, Audience: Audience, Logger: f.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("devfleet: %w", err)
-	}
 	var out []*agentService
 	for i := 1; i <= f.opts.Agents; i++ {
-		a, err := f.startAgent(ctx, fmt.Sprintf("agent-%d", i), verifier)
+		a, err := f.startAgent(ctx, fmt.Sprintf("agent-%d", i), f.verifier)
 		if err != nil {
 			return nil, err
 		}
@@ -210,17 +255,27 @@ func (f *Fleet) startAgent(ctx context.Context, name string,
 	if err != nil {
 		return nil, err
 	}
+	fwd, err := audit.OpenForwarder(audit.ForwarderOptions{
+		Path: filepath.Join(dir, "audit.jsonl"), Logger: f.log})
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("devfleet: %w", err)
+	}
 	ag, err := agent.New(agent.Options{
-		VMName: name, Runtime: rt, Verifier: verifier, Owner: f.owner(),
-		ControlPlaneURL: f.cp.url, Origin: origin,
+		VMName: name, Runtime: rt, Verifier: verifier, Owner: f.owner(), Audit: fwd,
+		ControlPlaneURL: f.cp.url, Origin: origin, SyncInterval: 2 * time.Second,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build,
 		Logger: f.log.With("agent", name),
 	})
 	if err != nil {
 		ln.Close()
+		fwd.Close()
 		return nil, err
 	}
-	f.goService(name, func() error { return ag.Serve(ctx, ln) })
+	f.goService(name, func() error {
+		defer fwd.Close()
+		return ag.Serve(ctx, ln)
+	})
 	return &agentService{name: name, socket: rt.SocketPath(), agent: ag, edge: f.edge,
 		domain: f.opts.Domain}, nil
 }
