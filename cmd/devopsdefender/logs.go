@@ -11,6 +11,7 @@ const logsHelp = `usage: devopsdefender logs [flags] APP
 
 Prints the last log lines of the workload APP from an agent's GET /logs/{app}.
 
+` + targetHelp + `
 Flags:
 `
 
