@@ -21,10 +21,17 @@ examples/ticker.json. When ready it writes STATE-DIR/dev.json (URLs, the
 admin token, the OIDC issuer) for the client verbs. Running it again on the
 same state dir keeps the registry. Ctrl-C stops everything.
 
+  devopsdefender dev token --state-dir DIR [flags]
+prints a GitHub-Actions-style OIDC token from the running fleet's local
+issuer, for trying the rules with curl ('dev token -h' for its flags).
+
 Flags:
 `
 
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runDevToken(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", "./.devopsdefender/dev", "state directory")

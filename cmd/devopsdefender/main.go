@@ -37,7 +37,8 @@ func modes() map[string]mode {
 		"dev":        {runDev, "run a whole fleet on this machine (no TDX, no internet)", false},
 		"deploy":     {runDeploy, "deploy a workload spec to an agent and wait for it", true},
 		"logs":       {runLogs, "print a workload's log lines", true},
-		"verify":     {runVerify, "verify attestation evidence (verify quote FILE)", true},
+		"verify":     {runVerify, "verify attestation evidence (verify quote FILE, verify token TOKEN)", true},
+		"audit":      {runAudit, "check the audit log's hash chain (audit verify --db PATH)", true},
 		"version":    {runVersion, "print the build version", true},
 	}
 }

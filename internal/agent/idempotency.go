@@ -11,7 +11,7 @@ import (
 // IdempotencyHeader names the request header that makes a deploy safe to
 // retry: a repeated key returns the first result instead of deploying
 // again.
-const IdempotencyHeader = "Idempotency-Key"
+const IdempotencyHeader = agentapi.IdempotencyHeader
 
 const (
 	idempotencyTTL = 15 * time.Minute
@@ -28,9 +28,13 @@ type deployResults struct {
 	results map[string]deployResult
 }
 
+// deployResult is the outcome of a keyed deploy: its reply, or its error.
+// A failure is remembered too: the runtime may have started the workload
+// before the failure reached us, so a retry must not try again.
 type deployResult struct {
 	specHash string
 	resp     agentapi.DeployResponse
+	err      error
 	expires  time.Time
 }
 

@@ -159,14 +159,17 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 		}
 		a.log.Info("deploy repeated; returning the first result", "app", spec.Name(),
 			"id", prev.resp.ID)
+		if prev.err != nil {
+			return prev.err
+		}
 		return httpapi.WriteJSON(w, http.StatusOK, prev.resp)
 	}
 	resp, err := a.deploy(r, spec, specHash)
+	a.deploys.storeLocked(key, deployResult{specHash: specHash, resp: resp, err: err,
+		expires: now.Add(idempotencyTTL)}, now)
 	if err != nil {
 		return err
 	}
-	a.deploys.storeLocked(key, deployResult{specHash: specHash, resp: resp,
-		expires: now.Add(idempotencyTTL)}, now)
 	return httpapi.WriteJSON(w, http.StatusOK, resp)
 }
 

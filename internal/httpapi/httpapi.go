@@ -88,6 +88,9 @@ type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
 // message; any other error is logged and sent as a generic 500, so internal
 // details never reach the client.
 func Handle(log *slog.Logger, h HandlerFunc) http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := h(w, r); err != nil {
 			WriteError(log, w, r, err)
