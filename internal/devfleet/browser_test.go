@@ -1,0 +1,86 @@
+package devfleet
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// TestDashboardInABrowser signs in to the dev fleet's dashboard with a real
+// Chromium, the way a person does: the fleet page sends the browser to
+// sign in, the local GitHub's page offers the dev users, and the fleet
+// admin lands on a fleet page that lists the agent as verified.
+func TestDashboardInABrowser(t *testing.T) {
+	chromium := findChromium()
+	if chromium == "" {
+		t.Skip("no chromium on the PATH (apt-get install chromium)")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f, err := Start(ctx, Options{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	defer func() { cancel(); f.Wait() }()
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium),
+		chromedp.Flag("no-sandbox", true), chromedp.Flag("headless", true))
+	alloc, stopAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer stopAlloc()
+	browser, stopBrowser := chromedp.NewContext(alloc)
+	defer stopBrowser()
+	browser, stopTimeout := context.WithTimeout(browser, 60*time.Second)
+	defer stopTimeout()
+
+	// The fleet page sends a browser without a session to sign in.
+	err = chromedp.Do(browser, chromedp.Navigate(f.State().DashboardURL),
+		chromedp.WaitVisible(chromedp.CSS("a.button")))
+	if err != nil {
+		t.Fatalf("opening the dashboard: %v", err)
+	}
+	signIn, err := chromedp.Run(browser, chromedp.Text(chromedp.CSS("body")))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Sign in with the local GitHub as the fleet admin.
+	err = chromedp.Do(browser, chromedp.Click(chromedp.CSS("a.button")),
+		chromedp.WaitVisible(chromedp.CSS(`button[value="dev-admin"]`)),
+		chromedp.Click(chromedp.CSS(`button[value="dev-admin"]`)),
+		chromedp.WaitVisible(chromedp.CSS("table.fleet")))
+	if err != nil {
+		t.Fatalf("signing in: %v", err)
+	}
+	location, err := chromedp.Run(browser, chromedp.Location())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := chromedp.Run(browser, chromedp.Text(chromedp.CSS("body")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(signIn, "Sign in with GitHub") {
+		t.Errorf("sign-in page text = %q", signIn)
+	}
+	if !strings.HasPrefix(location, f.State().DashboardURL) {
+		t.Errorf("after sign-in the browser is at %q, want the dashboard", location)
+	}
+	for _, want := range []string{"agent-1", "simulated", "verified", "ticker"} {
+		if !strings.Contains(fleet, want) {
+			t.Errorf("fleet page lacks %q:\n%s", want, fleet)
+		}
+	}
+}
+
+func findChromium() string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return ""
+}
