@@ -25,6 +25,7 @@ Runs a local stand-in for the EasyEnclave workload runtime: it serves
 EasyEnclave's unix-socket protocol (health, list, logs, deploy, stop, exec,
 attach, attest) and runs workloads as real processes, each in its own
 process group. Without configfs-tsm it never claims TDX: attest answers with
+quotes of a simulated TD (--attest=simulated, attestation_type "simulated"),
 a documented local blob (attestation_type "none"), or fails with
 --attest=refuse.
 
@@ -63,6 +64,7 @@ type runtimeFlags struct {
 	hostTools                      stringList
 	githubAPI, localAssets         string
 	rewrite, attest, shell         string
+	simDir                         string
 	logLevel                       string
 }
 
@@ -93,7 +95,11 @@ func (f *runtimeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.rewrite, "rewrite-data-prefix", "auto", "rewrite /var/lib/easyenclave to the "+
 		"data dir: auto (unless the data dir is that path), on or off")
 	fs.StringVar(&f.attest, "attest", "auto", "attest backend: auto (configfs-tsm when present, "+
-		"else local), local (a blob that is not a quote) or refuse")
+		"else local), simulated (quotes of a simulated TD, see --simulator-dir), local (a blob "+
+		"that is not a quote) or refuse")
+	fs.StringVar(&f.simDir, "simulator-dir", "", "with --attest=simulated: directory keeping "+
+		"the simulated TD's PCK chain and root.pem, which verifiers must trust; empty keeps a "+
+		"fresh chain in memory")
 	fs.StringVar(&f.shell, "shell", server.DefaultShell, "program attach runs without a cmd")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -196,11 +202,17 @@ func (f *runtimeFlags) attester(opts *server.Options) error {
 			return err
 		}
 		opts.Attester, opts.AttestationType = server.ProviderAttester(p), p.Type()
+	case "simulated":
+		sim, err := tdx.NewSimulator(tdx.SimulatorOptions{Dir: f.simDir})
+		if err != nil {
+			return err
+		}
+		opts.Attester, opts.AttestationType = server.ProviderAttester(sim), sim.Type()
 	case "local":
 	case "refuse":
 		opts.RefuseAttest = true
 	default:
-		return usagef("--attest must be auto, local or refuse, not %q", f.attest)
+		return usagef("--attest must be auto, simulated, local or refuse, not %q", f.attest)
 	}
 	return nil
 }

@@ -99,3 +99,27 @@ func TestRuntimeRejectsBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestRuntimeSimulatedAttestation(t *testing.T) {
+	dir := t.TempDir()
+	fs := flag.NewFlagSet("runtime", flag.ContinueOnError)
+	var f runtimeFlags
+	f.register(fs)
+	if err := fs.Parse([]string{"--attest=simulated", "--simulator-dir", dir}); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := f.options(fs, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.Attester == nil || opts.AttestationType != "simulated" {
+		t.Fatalf("attester %v type %q, want the simulated TD", opts.Attester, opts.AttestationType)
+	}
+	quote, typ, _, err := opts.Attester.Attest(context.Background(), [64]byte{1})
+	if err != nil || typ != "simulated" || len(quote) < 1000 {
+		t.Errorf("Attest = %d bytes, %q, %v; want a simulated quote", len(quote), typ, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "root.pem")); err != nil {
+		t.Errorf("the simulator's root is not kept in --simulator-dir: %v", err)
+	}
+}
