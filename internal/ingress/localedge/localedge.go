@@ -3,6 +3,13 @@
 // Host header to the origin published for that hostname, the way a tunnel's
 // ingress rules route a public hostname to a service behind cloudflared.
 //
+// [Provider] is the stand-in for the Cloudflare account and zone: an
+// [ingress.Provider] whose tunnels and records route on the edge, so the
+// control plane's registration, expose, reaping and fencing code runs
+// unchanged in the dev fleet. [Connector] is the stand-in for cloudflared:
+// it holds a tunnel with the tunnel token and maps the tunnel's
+// "http://localhost:PORT" services to origins on this machine.
+//
 // Hostnames live under a domain that defaults to "localhost", whose
 // subdomains browsers resolve to loopback. Go's resolver does not, so
 // [Dialer] maps them to 127.0.0.1 for the fleet's own HTTP clients.
@@ -41,8 +48,13 @@ type Edge struct {
 	opts Options
 	log  *slog.Logger
 
-	mu     sync.RWMutex
-	routes map[string]route // hostname -> route
+	// transport reaches origins; "localhost" and its subdomains dial
+	// loopback, as in [HTTPClient].
+	transport http.RoundTripper
+
+	mu       sync.RWMutex
+	routes   map[string]route // hostname -> route
+	provider *Provider        // tunnel records, consulted after routes
 }
 
 type route struct {
@@ -62,7 +74,8 @@ func New(opts Options) (*Edge, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Edge{opts: opts, log: log.With("component", "localedge"), routes: map[string]route{}}, nil
+	return &Edge{opts: opts, log: log.With("component", "localedge"),
+		transport: HTTPClient().Transport, routes: map[string]route{}}, nil
 }
 
 // Domain returns the parent domain of routed hostnames.
@@ -122,6 +135,7 @@ func (e *Edge) Routes() map[string]string {
 
 func (e *Edge) newProxy(hostname string, target *url.URL) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
+		Transport: e.transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.SetXForwarded()
@@ -135,8 +149,10 @@ func (e *Edge) newProxy(hostname string, target *url.URL) *httputil.ReverseProxy
 	}
 }
 
-// ServeHTTP routes r by its Host header: an unknown hostname gets 404 and
-// an unreachable origin 502, as Cloudflare's catch-all rule and edge do.
+// ServeHTTP routes r by its Host header: a published route first, then
+// the record of a tunnel of the edge's [Provider]. An unknown hostname
+// gets 404 and an unreachable origin 502, as Cloudflare's catch-all rule
+// and edge do.
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	host := strings.ToLower(r.Host)
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -144,12 +160,16 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e.mu.RLock()
 	rt, ok := e.routes[host]
+	p := e.provider
 	e.mu.RUnlock()
-	if !ok {
-		httpapi.WriteError(e.log, w, r, httpapi.NotFound("no route for host "+host))
+	if ok {
+		rt.proxy.ServeHTTP(w, r)
 		return
 	}
-	rt.proxy.ServeHTTP(w, r)
+	if p != nil && p.serve(w, r, host) {
+		return
+	}
+	httpapi.WriteError(e.log, w, r, httpapi.NotFound("no route for host "+host))
 }
 
 // Dialer dials like net.Dialer but resolves "localhost" and every
