@@ -15,6 +15,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -111,6 +112,12 @@ type Agent struct {
 	// when the fleet owner alone controls it. The tenant's CI may deploy
 	// to the agent and the tenant's people may see it.
 	Tenant *ghoidc.Principal
+	// TunnelID is the agent's tunnel at the ingress provider; empty for
+	// an agent registered before tunnels (schema v3).
+	TunnelID string
+	// Claims are the hostnames the agent's workloads expose, in the
+	// order the agent sent them.
+	Claims []ingress.Claim
 }
 
 // LastHeard returns when the agent was last known to be alive: its last

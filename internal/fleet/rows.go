@@ -10,6 +10,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -18,10 +19,12 @@ import (
 const agentColumns = `id, vm_name, hostname, url, origin, status, registered_at, last_seen,
 	att_type, att_quote_format, att_quote_b64, att_report_data_b64, att_verified,
 	att_status, att_mrtd, att_tcb_status, att_verified_at, units, token_hash, last_error,
-	signing_key, noise_key, att_measurements, att_tcb_date, tenant_kind, tenant_name, tenant_id`
+	signing_key, noise_key, att_measurements, att_tcb_date, tenant_kind, tenant_name, tenant_id,
+	tunnel_id, ingress_claims`
 
 const insertAgent = "INSERT INTO agents (" + agentColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+		?, ?)`
 
 func encodeAgent(a *Agent) ([]any, error) {
 	units := a.Units
@@ -42,6 +45,10 @@ func encodeAgent(a *Agent) ([]any, error) {
 	if p := a.Tenant; p != nil {
 		tk, tn, tid = string(p.Kind), p.Name, p.ID
 	}
+	claims, err := encodeClaims(a.Claims)
+	if err != nil {
+		return nil, err
+	}
 	return []any{a.ID, a.VMName, a.Hostname, a.URL, a.Origin, string(a.Status),
 		formatTime(a.RegisteredAt), formatTime(a.LastSeen),
 		at.Type, at.QuoteFormat, at.QuoteB64, at.ReportDataB64, at.Verified,
@@ -49,7 +56,19 @@ func encodeAgent(a *Agent) ([]any, error) {
 		string(data), a.TokenHash, a.LastError,
 		base64.StdEncoding.EncodeToString(a.SigningKey),
 		base64.StdEncoding.EncodeToString(a.NoiseKey), m, formatTime(at.TCBDate),
-		tk, tn, tid}, nil
+		tk, tn, tid, a.TunnelID, claims}, nil
+}
+
+// encodeClaims stores hostname claims as a JSON array ("[]" for none).
+func encodeClaims(claims []ingress.Claim) (string, error) {
+	if claims == nil {
+		claims = []ingress.Claim{}
+	}
+	data, err := json.Marshal(claims)
+	if err != nil {
+		return "", fmt.Errorf("encoding claims: %w", err)
+	}
+	return string(data), nil
 }
 
 // encodeMeasurements stores verified measurements as JSON ("" for none).
@@ -85,6 +104,15 @@ func decodeRest(a *Agent, signing, noise, meas, tcbDate string) error {
 	return nil
 }
 
+// decodeClaims reads stored claims; none is nil.
+func decodeClaims(s string) ([]ingress.Claim, error) {
+	var claims []ingress.Claim
+	if err := json.Unmarshal([]byte(s), &claims); err != nil || len(claims) == 0 {
+		return nil, err
+	}
+	return claims, nil
+}
+
 type rowScanner interface {
 	Scan(dest ...any) error
 }
@@ -97,6 +125,7 @@ func scanAgent(row rowScanner) (Agent, error) {
 		signing, noise, meas, tcb string
 		tenantKind, tenantName    string
 		tenantID                  int64
+		claims                    string
 	)
 	at := &a.Attestation
 	err := row.Scan(&a.ID, &a.VMName, &a.Hostname, &a.URL, &a.Origin, &status,
@@ -104,7 +133,7 @@ func scanAgent(row rowScanner) (Agent, error) {
 		&at.Type, &at.QuoteFormat, &at.QuoteB64, &at.ReportDataB64, &at.Verified,
 		&at.Status, &at.MRTD, &at.TCBStatus, &checked,
 		&units, &a.TokenHash, &a.LastError, &signing, &noise, &meas, &tcb,
-		&tenantKind, &tenantName, &tenantID)
+		&tenantKind, &tenantName, &tenantID, &a.TunnelID, &claims)
 	if err != nil {
 		return Agent{}, err
 	}
@@ -127,6 +156,9 @@ func scanAgent(row rowScanner) (Agent, error) {
 	}
 	if err := json.Unmarshal([]byte(units), &a.Units); err != nil {
 		return Agent{}, fmt.Errorf("agent %s: units: %w", a.ID, err)
+	}
+	if a.Claims, err = decodeClaims(claims); err != nil {
+		return Agent{}, fmt.Errorf("agent %s: ingress_claims: %w", a.ID, err)
 	}
 	return a, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
@@ -88,6 +89,10 @@ var migrations = []string{
 	`ALTER TABLE agents ADD COLUMN tenant_kind TEXT NOT NULL DEFAULT '';
 	ALTER TABLE agents ADD COLUMN tenant_name TEXT NOT NULL DEFAULT '';
 	ALTER TABLE agents ADD COLUMN tenant_id INTEGER NOT NULL DEFAULT 0;`,
+	// v4: the agent's tunnel at the ingress provider, and the hostname
+	// claims (expose) its workloads made, as JSON.
+	`ALTER TABLE agents ADD COLUMN tunnel_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE agents ADD COLUMN ingress_claims TEXT NOT NULL DEFAULT '[]';`,
 }
 
 // Open opens (creating if needed) the store at path and brings its schema
@@ -348,6 +353,15 @@ func (s *Store) SetTenant(ctx context.Context, id string,
 	err = s.update(ctx, id, `UPDATE agents SET tenant_kind = ?, tenant_name = ?, tenant_id = ?
 		WHERE id = ?`, kind, name, pid, id)
 	return a.Tenant, err
+}
+
+// SetClaims replaces the hostname claims of the agent's workloads.
+func (s *Store) SetClaims(ctx context.Context, id string, claims []ingress.Claim) error {
+	data, err := encodeClaims(claims)
+	if err != nil {
+		return fmt.Errorf("fleet: encoding claims of %s: %w", id, err)
+	}
+	return s.update(ctx, id, "UPDATE agents SET ingress_claims = ? WHERE id = ?", data, id)
 }
 
 // DB returns the store's database, which the audit log and the session

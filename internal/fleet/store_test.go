@@ -16,6 +16,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -439,5 +440,36 @@ func TestAuditSharesTheDatabase(t *testing.T) {
 	if err := s.DB().QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil ||
 		v != len(migrations) {
 		t.Errorf("user_version = %d, %v; want %d", v, err, len(migrations))
+	}
+}
+
+func TestTunnelAndClaimsPersist(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s := openStore(t, path)
+	a := newAgent("dd-dev-agent-0000000a", "alpha", "tok-a")
+	a.TunnelID = "5f0c2a9e-0000-4000-8000-000000000001"
+	if _, err := s.Register(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	claims := []ingress.Claim{{App: "oracle", Label: "oracle", Port: 8082},
+		{App: "web", Label: "www", Port: 9000}}
+	if err := s.SetClaims(ctx, a.ID, claims); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetClaims(ctx, "nope", claims); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetClaims of an unknown agent: %v, want ErrNotFound", err)
+	}
+	s.Close()
+
+	got, err := openStore(t, path).Get(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.TunnelID != a.TunnelID {
+		t.Errorf("tunnel id = %q, want %q", got.TunnelID, a.TunnelID)
+	}
+	if diff := cmp.Diff(claims, got.Claims); diff != "" {
+		t.Errorf("claims (-want +got):\n%s", diff)
 	}
 }
