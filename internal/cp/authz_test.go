@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/websession"
@@ -247,13 +248,16 @@ func TestTenantSeesOnlyItsAgents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var agents []struct {
-		AgentID string `json:"agent_id"`
-	}
+	var agents []cpapi.Agent
 	json.NewDecoder(resp.Body).Decode(&agents)
 	resp.Body.Close()
 	if len(agents) != 1 || agents[0].AgentID != m.b {
-		t.Errorf("tenant lists %+v, want only agent B", agents)
+		t.Fatalf("tenant lists %+v, want only agent B", agents)
+	}
+	want := &cpapi.Principal{Kind: "user", Name: websession.DevTenantLogin,
+		ID: websession.DevTenantID}
+	if got := agents[0].Tenant; got == nil || *got != *want {
+		t.Errorf("listed tenant = %+v, want %+v", got, want)
 	}
 
 	// After sign-out the old cookie is refused.

@@ -292,6 +292,7 @@ func apiAgent(a *fleet.Agent) cpapi.Agent {
 		Attestation:  apiAttestation(&a.Attestation),
 		Units:        units,
 		UnitCount:    len(units),
+		Tenant:       apiPrincipal(a.Tenant),
 	}
 }
 
