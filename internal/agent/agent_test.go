@@ -417,3 +417,19 @@ func TestDeployIdempotencyKey(t *testing.T) {
 		t.Errorf("runtime deployments = %d (%v), want exactly one", len(deps), err)
 	}
 }
+
+func TestPublicSourceHidesArguments(t *testing.T) {
+	tests := map[string]string{
+		"/bin/sh -c echo $SECRET=hunter2":       "sh",
+		"busybox httpd -p 8080":                 "busybox",
+		"devopsdefender/dd@v1.2.3":              "devopsdefender/dd@v1.2.3",
+		"mgoltzsche/podman-static@latest":       "mgoltzsche/podman-static@latest",
+		"curl -H Authorization:x https://a/b@c": "curl",
+		"":                                      ".",
+	}
+	for in, want := range tests {
+		if got := publicSource(in); got != want {
+			t.Errorf("publicSource(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"path"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -18,7 +20,7 @@ func (a *Agent) units(ctx context.Context) ([]agentapi.Unit, error) {
 	for _, d := range deps {
 		units = append(units, agentapi.Unit{
 			ID: d.ID, AppName: d.AppName, Kind: unitKind(d.AppName), Status: d.Status,
-			Source: d.Source, StartedAt: d.StartedAt, FinishedAt: d.FinishedAt,
+			Source: publicSource(d.Source), StartedAt: d.StartedAt, FinishedAt: d.FinishedAt,
 			ErrorMessage: d.ErrorMessage, ExitCode: d.ExitCode, PID: d.PID,
 		})
 	}
@@ -47,4 +49,22 @@ func unitKind(app string) string {
 	default:
 		return "workload"
 	}
+}
+
+// releaseRefRE matches a release source as the runtime reports it,
+// "owner/repo@tag".
+var releaseRefRE = regexp.MustCompile(`^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+@[^\s]+$`)
+
+// publicSource shortens a deployment's source for the public /health and
+// /api/units: a release reference stays, but of a command line only the
+// program's name is shown, because arguments may carry secrets.
+func publicSource(src string) string {
+	if releaseRefRE.MatchString(src) {
+		return src
+	}
+	prog, _, _ := strings.Cut(strings.TrimSpace(src), " ")
+	if prog == "" {
+		return ""
+	}
+	return path.Base(prog)
 }
