@@ -425,7 +425,7 @@ func TestPublicSourceHidesArguments(t *testing.T) {
 		"devopsdefender/dd@v1.2.3":              "devopsdefender/dd@v1.2.3",
 		"mgoltzsche/podman-static@latest":       "mgoltzsche/podman-static@latest",
 		"curl -H Authorization:x https://a/b@c": "curl",
-		"":                                      ".",
+		"":                                      "",
 	}
 	for in, want := range tests {
 		if got := publicSource(in); got != want {
