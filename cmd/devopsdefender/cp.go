@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -9,24 +10,38 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/devopsdefender/devopsdefender/internal/cloudflared"
 	"github.com/devopsdefender/devopsdefender/internal/cp"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
+	"github.com/devopsdefender/devopsdefender/internal/ingress/cloudflare"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
 )
 
 const cpHelp = `usage: devopsdefender cp [flags]
 
 Runs the control plane: the fleet registry (a SQLite file), agent
-registration, the fleet dashboard and API, and the collector that scrapes
-every agent's /health.
+registration, the fleet dashboard and API, the collector that scrapes
+every agent's /health and reaps orphan tunnels, and the control plane's
+own Cloudflare tunnel. A new control plane takes its hostname over and
+fences the older one (STONITH), which refuses writes and powers off.
 
 Each flag falls back to the environment variable named in its description.
 The admin token (DD_ADMIN_TOKEN, at least 32 characters) authorizes
 GET /api/agents and the dashboard; prefer the environment to the flag so it
 does not show in the process list.
+
+Cloudflare credentials come from the environment only, never from flags:
+CLOUDFLARE_API_TOKEN, CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_ZONE_ID (or
+DD_CF_API_TOKEN, DD_CF_ACCOUNT_ID, DD_CF_ZONE_ID), and DD_CF_API_BASE to
+point at another API root. cloudflared gets the tunnel token in its
+environment (TUNNEL_TOKEN), never on its command line.
 
 Flags:
 `
@@ -42,8 +57,13 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	domain := fs.String("domain", envOr("DD_CF_DOMAIN", ""), "parent domain of agent hostnames (DD_CF_DOMAIN)")
 	hostname := fs.String("hostname", envOr("DD_HOSTNAME", ""), "the control plane's own hostname (DD_HOSTNAME)")
 	adminToken := fs.String("admin-token", envOr("DD_ADMIN_TOKEN", ""), "fleet admin bearer token (DD_ADMIN_TOKEN)")
-	ingress := fs.String("ingress", envOr("DD_INGRESS", "direct"),
-		"ingress provider: direct (agents are reached at their origin URL; not in production or staging) (DD_INGRESS)")
+	ingressMode := fs.String("ingress", envOr("DD_INGRESS", "cloudflare"),
+		"ingress provider: cloudflare (the local edge runs only in 'dev') (DD_INGRESS)")
+	cloudflaredBin := fs.String("cloudflared", envOr("DD_CLOUDFLARED", "cloudflared"),
+		"cloudflared binary carrying the control plane's tunnel (DD_CLOUDFLARED)")
+	poweroff := fs.String("poweroff-cmd", envOr("DD_POWEROFF_CMD", ""),
+		"command run once a newer control plane fenced this one, e.g. 'systemctl poweroff'; "+
+			"empty: the process just exits (DD_POWEROFF_CMD)")
 	attest := fs.String("attestation", envOr("DD_ATTESTATION", "direct"),
 		"how agents' evidence is appraised: direct (verify TDX quotes against Intel's root) "+
 			"or none (record it unverified; not in production or staging) (DD_ATTESTATION)")
@@ -61,11 +81,12 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usagef("--env: %v", err)
 	}
-	if *ingress != "direct" {
-		// TODO(#5): the Cloudflare ingress provider.
-		return usagef("--ingress %q: only \"direct\" is available", *ingress)
+	if *ingressMode != "cloudflare" {
+		return usagef("--ingress %q: only \"cloudflare\" is available; "+
+			"'devopsdefender dev' runs the local edge", *ingressMode)
 	}
-	if err := e.RequireReal("direct ingress", true); err != nil {
+	provider, err := newCloudflare(*domain, log)
+	if err != nil {
 		return err
 	}
 	appraiser, err := newAppraiser(e, *attest, log)
@@ -79,15 +100,82 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer store.Close()
 	srv, err := cp.New(cp.Options{
 		Store: store, Env: string(e), Domain: *domain, Hostname: *hostname,
-		AdminToken: *adminToken, Ingress: directIngress{}, Build: buildVersion(), Logger: log,
+		AdminToken: *adminToken, Ingress: provider, Build: buildVersion(), Logger: log,
 		Appraiser: appraiser, AcceptUnverified: appraiser == nil,
+		Connect: func(token string, onExit func(cloudflared.Exit)) (cp.Connector, error) {
+			sup, err := superviseCloudflared(*cloudflaredBin, token, onExit, log)
+			if err != nil {
+				return nil, err
+			}
+			return sup, nil
+		},
+		PowerOff: powerOffCommand(*poweroff, log),
 	})
 	if err != nil {
 		return err
 	}
 	log.Info("control plane starting", "build", buildVersion(), "env", e, "listen", *listen,
-		"db", *db, "hostname", *hostname, "domain", *domain)
+		"db", *db, "hostname", *hostname, "domain", *domain, "ingress", *ingressMode,
+		"cf_account_id", provider.AccountID(), "cf_zone_id", provider.ZoneID(),
+		"cloudflared", *cloudflaredBin, "poweroff_cmd", *poweroff)
 	return serveUntilDone(ctx, *listen, srv.Handler(), srv.Run)
+}
+
+// newCloudflare builds the Cloudflare provider from the environment. The
+// API token is read from the environment only and never logged.
+func newCloudflare(domain string, log *slog.Logger) (*cloudflare.Provider, error) {
+	get := func(names ...string) string {
+		for _, n := range names {
+			if v := strings.TrimSpace(os.Getenv(n)); v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	opts := cloudflare.Options{
+		APIToken:  get("CLOUDFLARE_API_TOKEN", "DD_CF_API_TOKEN"),
+		AccountID: get("CLOUDFLARE_ACCOUNT_ID", "DD_CF_ACCOUNT_ID"),
+		ZoneID:    get("CLOUDFLARE_ZONE_ID", "DD_CF_ZONE_ID"),
+		Domain:    domain, BaseURL: get("DD_CF_API_BASE"), Logger: log,
+	}
+	var missing []string
+	for name, v := range map[string]string{"CLOUDFLARE_API_TOKEN": opts.APIToken,
+		"CLOUDFLARE_ACCOUNT_ID": opts.AccountID, "CLOUDFLARE_ZONE_ID": opts.ZoneID,
+		"DD_CF_DOMAIN (--domain)": domain} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return nil, fmt.Errorf("cloudflare ingress: set %s", strings.Join(missing, ", "))
+	}
+	return cloudflare.New(opts)
+}
+
+// superviseCloudflared returns a supervisor of bin for a tunnel token,
+// which it passes in cloudflared's environment only.
+func superviseCloudflared(bin, token string, onExit func(cloudflared.Exit),
+	log *slog.Logger) (*cloudflared.Supervisor, error) {
+	return cloudflared.New(cloudflared.Options{Token: token, Binary: bin, OnExit: onExit,
+		Logger: log})
+}
+
+// powerOffCommand returns a PowerOff that runs command (split on spaces),
+// or nil for none.
+func powerOffCommand(command string, log *slog.Logger) func(context.Context) error {
+	argv := strings.Fields(command)
+	if len(argv) == 0 {
+		return nil
+	}
+	return func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("running %q: %w: %s", command, err, bytes.TrimSpace(out))
+		}
+		log.Info("power-off command ran", "command", command)
+		return nil
+	}
 }
 
 // newAppraiser returns the appraiser for --attestation, or nil for none.
@@ -104,16 +192,6 @@ func newAppraiser(e fleetenv.Env, mode string, log *slog.Logger) (ita.Appraiser,
 	}
 	return nil, usagef("--attestation %q: use direct or none", mode)
 }
-
-// directIngress publishes nothing: an agent is reached at its origin URL.
-// It serves previews and test installations without an edge.
-type directIngress struct{}
-
-func (directIngress) Publish(ctx context.Context, agentID, hostname, origin string) (string, error) {
-	return origin, nil
-}
-
-func (directIngress) Unpublish(ctx context.Context, agentID string) error { return nil }
 
 // serveUntilDone serves h on addr and runs bg alongside until ctx ends.
 func serveUntilDone(ctx context.Context, addr string, h http.Handler,

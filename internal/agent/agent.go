@@ -73,6 +73,12 @@ type Options struct {
 	// tunnel connector. Required when ControlPlaneURL is set.
 	Origin string
 
+	// Connect builds the connector (cloudflared) that carries the tunnel
+	// the control plane created for the agent, with the tunnel token from
+	// each registration. Nil runs none: the agent is then reached only at
+	// its origin.
+	Connect ConnectFunc
+
 	// HTTPClient calls the control plane. Nil means a client with a 30s
 	// timeout.
 	HTTPClient *http.Client
@@ -112,6 +118,7 @@ type Agent struct {
 	keys      *keys
 	deploys   deployResults
 	integrity integrity
+	tunnel    tunnelRunner
 
 	mu       sync.Mutex
 	reg      registration      // guarded by mu
@@ -254,6 +261,7 @@ func (a *Agent) boot(ctx context.Context) error {
 		a.log.Warn("no control plane configured; running unregistered")
 		return nil
 	}
+	defer a.stopTunnel()
 	if err := a.registerLoop(ctx); err != nil {
 		return err
 	}

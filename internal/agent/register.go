@@ -106,6 +106,7 @@ func (a *Agent) register(ctx context.Context) error {
 	a.evidence = published{ev: ev, nonce: nonce, purpose: attestbind.PurposeRegister}
 	a.mu.Unlock()
 	a.log.Info("registered", "agent_id", resp.AgentID, "hostname", resp.Hostname, "url", resp.URL)
+	a.startTunnel(ctx, resp.TunnelToken)
 	return nil
 }
 

@@ -110,6 +110,7 @@ func (a *Agent) health(ctx context.Context) agentapi.Health {
 		h.Deployments = append(h.Deployments, u.AppName)
 	}
 	h.Units, h.UnitCount, h.DeploymentCount = units, len(units), len(units)
+	h.Tunnel = a.tunnelStatus()
 	return h
 }
 

@@ -4,6 +4,8 @@
 // plane's collector and the command-line verbs read them.
 package agentapi
 
+import "github.com/devopsdefender/devopsdefender/internal/cloudflared"
+
 // Service is the value of Health.Service for an agent.
 const Service = "agent"
 
@@ -54,6 +56,33 @@ type Health struct {
 	DeploymentCount int      `json:"deployment_count"`
 	Units           []Unit   `json:"units"`
 	UnitCount       int      `json:"unit_count"`
+
+	// Exposed are the hostnames the agent's workloads claimed (expose),
+	// and whether the control plane published them.
+	Exposed []Exposed `json:"exposed"`
+
+	// Tunnel is the state of the connector (cloudflared) that carries
+	// the agent's tunnel; absent when the agent runs none.
+	Tunnel *cloudflared.Status `json:"tunnel,omitempty"`
+}
+
+// Exposed is one workload's claim of a hostname label for a local port.
+type Exposed struct {
+	App   string `json:"app"`
+	Label string `json:"hostname_label"`
+	Port  int    `json:"port"`
+
+	// Hostname and URL are where the port is published; empty until the
+	// agent registered.
+	Hostname string `json:"hostname,omitempty"`
+	URL      string `json:"url,omitempty"`
+
+	// Published is true once the control plane applied the claim.
+	Published bool `json:"published"`
+
+	// Error says why the control plane has not applied the claim, e.g.
+	// it was unreachable (the agent retries) or refused it.
+	Error string `json:"error,omitempty"`
 }
 
 // Evidence is attestation evidence as the runtime produced it: the raw
@@ -91,6 +120,10 @@ type DeployResponse struct {
 	// SpecSHA256 is the hex SHA-256 of the posted spec, as recorded in
 	// the audit trail.
 	SpecSHA256 string `json:"spec_sha256"`
+
+	// Exposed is the spec's expose and how it was published; absent when
+	// the spec exposes nothing.
+	Exposed *Exposed `json:"exposed,omitempty"`
 }
 
 // ExecRequest is the body of POST /exec.

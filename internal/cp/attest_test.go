@@ -100,24 +100,20 @@ func TestRegisterRefusals(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newTestEnv(t, nil)
 			body, h := tt.build(t, e)
-			before := routeCount(e)
+			routes, agents := routeCount(e), agentCount(t, e)
 			rec := e.do("POST", "/register", body, h)
 			if rec.Code != tt.status {
 				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
 			}
 			decodeError(t, rec)
-			if routeCount(e) != before || agentCount(t, e) != before {
+			if routeCount(e) != routes || agentCount(t, e) != agents {
 				t.Error("a refused registration changed the fleet")
 			}
 		})
 	}
 }
 
-func routeCount(e *testEnv) int {
-	e.ingress.mu.Lock()
-	defer e.ingress.mu.Unlock()
-	return len(e.ingress.routes)
-}
+func routeCount(e *testEnv) int { return e.ingress.routes() }
 
 func agentCount(t *testing.T, e *testEnv) int {
 	t.Helper()

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 )
 
 // maxHealthBody bounds an agent's /health reply.
@@ -23,27 +23,60 @@ const maxHealthBody = 1 << 20
 // come from the agent.
 const maxErrorLen = 512
 
-// Run runs the collector until ctx ends, then returns nil. A round starts
-// at once, then every ScrapeInterval and whenever [Server.Wake] is called
-// (after each registration); a round that overruns the interval delays the
-// next tick instead of piling rounds up. Run may be called only once at a
-// time.
+// Run runs the control plane's background work until ctx ends, then
+// returns nil. With [Options.Connect] it first creates the control
+// plane's tunnel and starts its connector and self-checks (see fence.go);
+// a creation failure is returned. Then it runs the collector: a round
+// starts at once, then every ScrapeInterval and whenever [Server.Wake] is
+// called (after each registration); a round that overruns the interval
+// delays the next tick instead of piling rounds up. When the control
+// plane is fenced, the collector stops at once and Run returns
+// [ErrFenced] after FenceGrace and PowerOff. Run may be called only once
+// at a time.
 func (s *Server) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("cp: collector already running")
 	}
 	defer s.running.Store(false)
+	bgCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	if s.opts.Connect != nil {
+		if s.tunnelID() != "" {
+			return errors.New("cp: Run with Connect may be called once")
+		}
+		if err := s.startSelf(bgCtx, &wg); err != nil {
+			return err
+		}
+	}
 
+	s.collectLoop(ctx)
+	if !s.Fenced() {
+		return nil
+	}
+	stop()
+	wg.Wait()
+	return s.afterFence(ctx)
+}
+
+// collectLoop runs collector rounds until ctx ends or the control plane
+// is fenced.
+func (s *Server) collectLoop(ctx context.Context) {
 	ticker := time.NewTicker(s.opts.ScrapeInterval)
 	defer ticker.Stop()
 	s.log.InfoContext(ctx, "collector started", "interval", s.opts.ScrapeInterval,
 		"stale_after", s.opts.StaleAfter, "dead_after", s.opts.DeadAfter)
 	for {
 		s.collect(ctx)
+		s.reapRound(ctx)
 		select {
 		case <-ctx.Done():
 			s.log.InfoContext(ctx, "collector stopped")
-			return nil
+			return
+		case <-s.self.fencedCh:
+			s.log.WarnContext(ctx, "collector stopped: the control plane is fenced")
+			return
 		case <-ticker.C:
 		case <-s.wake:
 		}
@@ -92,6 +125,9 @@ func (s *Server) scrape(ctx context.Context, a fleet.Agent) {
 }
 
 func (s *Server) recordHealthy(ctx context.Context, a *fleet.Agent, h agentapi.Health) {
+	if s.Fenced() {
+		return // a newer control plane owns the registry now
+	}
 	err := s.store.UpdateHealth(ctx, a.ID, s.opts.Now(), h.Units)
 	switch {
 	case errors.Is(err, fleet.ErrNotFound):
@@ -110,6 +146,9 @@ func (s *Server) recordHealthy(ctx context.Context, a *fleet.Agent, h agentapi.H
 // enough without a good scrape, measured from the last good one (or from
 // its registration); before that it keeps its status.
 func (s *Server) recordFailure(ctx context.Context, a *fleet.Agent, scrapeErr error) {
+	if s.Fenced() {
+		return
+	}
 	status := a.Status
 	switch silent := s.opts.Now().Sub(a.LastHeard()); {
 	case silent >= s.opts.DeadAfter:
@@ -132,13 +171,13 @@ func (s *Server) recordFailure(ctx context.Context, a *fleet.Agent, scrapeErr er
 	}
 }
 
-// fetchHealth gets and checks the agent's /health through its public URL,
-// the way a user reaches it.
+// fetchHealth gets and checks the agent's /health through its API
+// hostname, the way the ingress publishes it (cf.md §5.1).
 func (s *Server) fetchHealth(ctx context.Context, a *fleet.Agent) (agentapi.Health, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ScrapeTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
-		strings.TrimSuffix(a.URL, "/")+"/health", nil)
+		s.publicURL(ingress.AgentAPIHostname(a.Hostname))+"/health", nil)
 	if err != nil {
 		return agentapi.Health{}, fmt.Errorf("building /health request: %w", err)
 	}

@@ -2,21 +2,26 @@
 // it publishes their ingress, keeps them in the fleet registry, scrapes
 // their /health, and shows the fleet to its administrator.
 //
-// Routes (cp.md §2, with the reference's weaknesses fixed, §10):
+// Every route and its authorization rule is in one table ([Server.Routes]).
 //
-//	GET  /health        public liveness and fleet counts
-//	POST /register      agent registration (evidence recorded, not yet verified)
-//	GET  /api/agents    fleet admin (bearer admin token only; loopback is not trusted)
-//	GET  /              fleet page      } admin bearer token, or the session cookie
-//	GET  /agent/{id}    agent page      } set by POST /login
-//	GET  /login         sign-in form; POST /login signs in; POST /logout signs out
+// Ingress goes through an [ingress.Provider] (Cloudflare, or the local
+// edge in dev), so both run this code: registration creates the agent's
+// tunnel and hands its token to the agent, whose connector carries it;
+// an agent's workloads publish hostnames through POST
+// /agents/{id}/ingress; a re-registration deletes the replaced tunnel.
 //
 // [Server.Run] runs the collector: every ScrapeInterval it fetches each
-// agent's /health with bounded concurrency and marks the agent healthy,
-// stale or dead. Records are kept, so a returning agent becomes healthy.
+// agent's /health through its API hostname with bounded concurrency and
+// marks the agent healthy, stale or dead (records are kept, so a
+// returning agent becomes healthy), and every ReapEvery rounds it reaps
+// orphan tunnels (package reap). With [Options.Connect] it also publishes
+// the control plane itself, fences older control planes of its hostname
+// (STONITH, cf.md §7), and fences itself when a newer one takes over: it
+// refuses writes at once, stops reaping and scraping, and powers off.
 package cp
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -32,22 +37,12 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/ingress/reap"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/websession"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
-
-// Ingress makes agents reachable under a public hostname: a Cloudflare
-// tunnel in production, the local edge in dev.
-type Ingress interface {
-	// Publish routes hostname to origin for agentID and returns the
-	// public URL for it. A hostname that another agent held moves to
-	// agentID.
-	Publish(ctx context.Context, agentID, hostname, origin string) (url string, err error)
-	// Unpublish removes the routes agentID still holds; a hostname that
-	// has since moved to another agent stays routed to that agent.
-	Unpublish(ctx context.Context, agentID string) error
-}
 
 // TokenVerifier verifies a GitHub Actions OIDC token; [ghoidc.Verifier]
 // implements it.
@@ -92,8 +87,59 @@ type Options struct {
 	// means pages are reachable only with the admin bearer token.
 	Sessions *websession.Service
 
-	// Ingress publishes agent hostnames. Required.
-	Ingress Ingress
+	// Ingress creates the tunnels and DNS records that publish agents and
+	// the control plane: Cloudflare in production, the local edge's
+	// provider in dev. Required.
+	Ingress ingress.Provider
+
+	// PublicURL returns the URL at which a published hostname is reached,
+	// e.g. "http://agent-1.localhost:8080" on the local edge. Nil means
+	// "https://<hostname>", as behind Cloudflare.
+	PublicURL func(hostname string) string
+
+	// Connect builds the connector that carries the control plane's own
+	// tunnel: cloudflared in production, the local edge's connector in
+	// dev. onExit must be called after every exit of the connector that
+	// its Run context did not cause. When Connect is set, [Server.Run]
+	// creates the control plane's tunnel for Hostname, fences older
+	// control planes once it serves, reaps orphans, and fences itself when
+	// a newer one takes over. Nil publishes nothing, reaps nothing and
+	// never fences (tests, a control plane reached directly).
+	Connect ConnectFunc
+
+	// PowerOff is called once the control plane was fenced, stopped
+	// writing and waited FenceGrace; production powers the VM off. Nil
+	// means [Server.Run] just returns [ErrFenced].
+	PowerOff func(ctx context.Context) error
+
+	// FenceGrace is how long a fenced control plane keeps answering reads
+	// before PowerOff. Zero means 10s.
+	FenceGrace time.Duration
+
+	// SelfCheckInterval is the time between checks that the control
+	// plane's own tunnel exists and its public hostname reaches it. Zero
+	// means 10s.
+	SelfCheckInterval time.Duration
+
+	// FenceAfter is how many self-checks in a row must find the tunnel
+	// deleted, or the hostname served by another control plane, before
+	// the control plane fences itself. A deleted tunnel whose connector
+	// exited fences it at once. Zero means 3 (cf.md §7).
+	FenceAfter int
+
+	// ReapEvery is how many collector rounds pass between listings of
+	// the provider for reaping. Zero means 6 (every 30s at the default
+	// ScrapeInterval, the reference's discovery interval).
+	ReapEvery int
+
+	// ReapGrace is how old an orphan tunnel must be, and how long its
+	// probes must have failed, before it is reaped. Zero means
+	// [reap.DefaultGrace].
+	ReapGrace time.Duration
+
+	// ReapFailures is how many probes of an orphan tunnel in a row must
+	// fail before it is reaped. Zero means [reap.DefaultMinFailures].
+	ReapFailures int
 
 	// HTTPClient scrapes agents. Nil means a client that does not follow
 	// redirects; the dev launcher injects one that resolves *.localhost.
@@ -173,6 +219,12 @@ type Server struct {
 	// regMu serialises registrations, so that publishing a hostname and
 	// recording its owner happen in the same order for all callers.
 	regMu sync.Mutex
+
+	// self is the control plane's own tunnel and fencing state.
+	self selfState
+
+	// reaper is the collector's reaping state.
+	reaper reaperState
 }
 
 // New validates opts, fills in defaults and returns a server.
@@ -193,6 +245,9 @@ func New(opts Options) (*Server, error) {
 		wake:      make(chan struct{}, 1),
 		nonces:    newNonces(opts.NonceTTL, opts.Now),
 	}
+	s.self.fencedCh = make(chan struct{})
+	s.self.exited = make(chan struct{}, 1)
+	s.reaper.probes = reap.Probes{}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -225,8 +280,10 @@ func (o *Options) validate() error {
 		errs = append(errs, errors.New("Appraiser is required unless AcceptUnverified is set"))
 	}
 	if o.ScrapeInterval < 0 || o.ScrapeTimeout < 0 || o.StaleAfter < 0 ||
-		o.DeadAfter < 0 || o.ScrapeConcurrency < 0 {
-		errs = append(errs, errors.New("durations and concurrency must not be negative"))
+		o.DeadAfter < 0 || o.ScrapeConcurrency < 0 || o.FenceGrace < 0 ||
+		o.SelfCheckInterval < 0 || o.FenceAfter < 0 || o.ReapEvery < 0 ||
+		o.ReapGrace < 0 || o.ReapFailures < 0 {
+		errs = append(errs, errors.New("durations, counts and concurrency must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -258,6 +315,15 @@ func (o *Options) setDefaults() {
 	if o.Build == "" {
 		o.Build = "dev"
 	}
+	if o.PublicURL == nil {
+		o.PublicURL = func(h string) string { return "https://" + h }
+	}
+	setDefault(&o.FenceGrace, 10*time.Second)
+	setDefault(&o.SelfCheckInterval, 10*time.Second)
+	setDefault(&o.ReapGrace, reap.DefaultGrace)
+	o.FenceAfter = cmp.Or(o.FenceAfter, 3)
+	o.ReapEvery = cmp.Or(o.ReapEvery, 6)
+	o.ReapFailures = cmp.Or(o.ReapFailures, reap.DefaultMinFailures)
 }
 
 func setDefault(d *time.Duration, v time.Duration) {

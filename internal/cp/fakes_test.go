@@ -21,6 +21,8 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/attestbind"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
@@ -29,57 +31,65 @@ const testAdminToken = "admin-token-0123456789abcdef0123456789"
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-// fakeIngress routes hostnames in memory, following the Ingress contract:
-// a hostname moves to its latest publisher, and Unpublish removes only
-// what the agent still holds.
-type fakeIngress struct {
-	mu     sync.Mutex
-	routes map[string]string // hostname -> agent id
-	urls   map[string]string // hostname -> URL to return; default http://<hostname>
-	err    error
-	calls  int
+// testIngress is the local edge's provider, a full implementation of
+// ingress.Provider, with an injectable creation failure, and the URL at
+// which each public hostname answers in the test (a fake agent's server).
+type testIngress struct {
+	*localedge.Provider
+
+	mu        sync.Mutex
+	createErr error
+	creates   int
+	urls      map[string]string // hostname -> URL; default http://<hostname>
 }
 
-func newFakeIngress() *fakeIngress {
-	return &fakeIngress{routes: map[string]string{}, urls: map[string]string{}}
+func newTestIngress(t *testing.T, now func() time.Time) *testIngress {
+	t.Helper()
+	edge, err := localedge.New(localedge.Options{Port: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := localedge.NewProvider(edge, localedge.ProviderOptions{Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testIngress{Provider: p, urls: map[string]string{}}
 }
 
-func (f *fakeIngress) Publish(_ context.Context, agentID, hostname, origin string) (string, error) {
+func (f *testIngress) CreateTunnel(ctx context.Context, name string,
+	in ingress.Ingress) (ingress.Tunnel, error) {
+	f.mu.Lock()
+	f.creates++
+	err := f.createErr
+	f.mu.Unlock()
+	if err != nil {
+		return ingress.Tunnel{}, err
+	}
+	return f.Provider.CreateTunnel(ctx, name, in)
+}
+
+func (f *testIngress) publicURL(hostname string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls++
-	if f.err != nil {
-		return "", f.err
-	}
-	f.routes[hostname] = agentID
 	if u, ok := f.urls[hostname]; ok {
-		return u, nil
+		return u
 	}
-	return "http://" + hostname, nil
+	return "http://" + hostname
 }
 
-func (f *fakeIngress) Unpublish(_ context.Context, agentID string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for h, id := range f.routes {
-		if id == agentID {
-			delete(f.routes, h)
-		}
-	}
-	return nil
-}
-
-func (f *fakeIngress) owner(hostname string) string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.routes[hostname]
-}
-
-func (f *fakeIngress) setURL(hostname, u string) {
+// setURL makes an agent's hostname and its API hostname answer at u.
+func (f *testIngress) setURL(hostname, u string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.urls[hostname] = u
+	f.urls[ingress.AgentAPIHostname(hostname)] = u
 }
+
+// owner returns the tunnel the hostname's record points at.
+func (f *testIngress) owner(hostname string) string { return f.Hostnames()[hostname] }
+
+// routes returns how many hostnames have a record.
+func (f *testIngress) routes() int { return len(f.Hostnames()) }
 
 // clock is a settable time source.
 type clock struct {
@@ -120,7 +130,7 @@ func (b *syncBuffer) String() string {
 type testEnv struct {
 	srv     *Server
 	store   *fleet.Store
-	ingress *fakeIngress
+	ingress *testIngress
 	clock   *clock
 	logs    *syncBuffer
 	dbPath  string
@@ -139,8 +149,8 @@ func newTestEnvAt(t *testing.T, dbPath string, mutate func(*Options)) *testEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	env := &testEnv{store: store, ingress: newFakeIngress(), clock: &clock{t: t0},
-		logs: &syncBuffer{}, dbPath: dbPath}
+	env := &testEnv{store: store, clock: &clock{t: t0}, logs: &syncBuffer{}, dbPath: dbPath}
+	env.ingress = newTestIngress(t, env.clock.Now)
 	opts := Options{
 		Store:      store,
 		Env:        "dev",
@@ -148,6 +158,7 @@ func newTestEnvAt(t *testing.T, dbPath string, mutate func(*Options)) *testEnv {
 		Domain:     "localhost",
 		AdminToken: testAdminToken,
 		Ingress:    env.ingress,
+		PublicURL:  env.ingress.publicURL,
 		Now:        env.clock.Now,
 		Logger:     slog.New(slog.NewTextHandler(env.logs, nil)),
 		StaleAfter: 30 * time.Second,

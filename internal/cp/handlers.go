@@ -48,6 +48,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 		UptimeSecs:   int64(s.opts.Now().Sub(s.started) / time.Second),
 		AgentCount:   c.Agents,
 		HealthyCount: c.Healthy,
+		Ingress:      s.ingressHealth(),
 	})
 }
 
@@ -96,31 +97,35 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.publish(ctx, &a); err != nil {
+	tunnelToken, err := s.createAgentTunnel(ctx, &a)
+	if err != nil {
 		return err
 	}
 	replaced, err := s.store.Register(ctx, a)
 	if err != nil {
-		s.unpublish(ctx, a.ID)
+		s.deleteTunnel(ctx, a.TunnelID, a.ID)
 		return fmt.Errorf("storing registration of %s: %w", a.ID, err)
 	}
+	// The new tunnel took the hostnames over when it was created; the
+	// replaced registration's tunnel keeps only what nobody else uses.
 	replacedIDs := []string{}
 	for _, old := range replaced {
-		s.unpublish(ctx, old.ID)
+		s.deleteTunnel(ctx, old.TunnelID, old.ID)
 		replacedIDs = append(replacedIDs, old.ID)
 	}
 	s.record(ctx, audit.Event{Actor: audit.Agent(a.ID), Action: audit.ActionRegistration,
 		Target: a.ID, Outcome: audit.OutcomeOK, Details: map[string]any{
 			"vm_name": a.VMName, "hostname": a.Hostname, "attestation_type": a.Attestation.Type,
 			"attestation_status": a.Attestation.Status, "mrtd": a.Attestation.MRTD,
-			"replaced": replacedIDs}})
+			"tunnel_id": a.TunnelID, "replaced": replacedIDs}})
 	s.log.InfoContext(ctx, "agent registered", "agent_id", a.ID, "vm_name", a.VMName,
 		"url", a.URL, "attestation_type", a.Attestation.Type,
 		"attestation_status", a.Attestation.Status, "mrtd", a.Attestation.MRTD,
-		"replaced", len(replaced))
+		"tunnel_id", a.TunnelID, "replaced", len(replaced))
 	s.Wake()
 	return httpapi.WriteJSON(w, http.StatusOK, cpapi.RegisterResponse{
-		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token})
+		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token,
+		TunnelToken: tunnelToken})
 }
 
 func (s *Server) validateRegister(req *cpapi.RegisterRequest) error {
@@ -218,33 +223,6 @@ func newSecret(prefix string) string {
 	return prefix + base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// publish routes the agent's hostname to its origin and records the URL.
-func (s *Server) publish(ctx context.Context, a *fleet.Agent) error {
-	u, err := s.opts.Ingress.Publish(ctx, a.ID, a.Hostname, a.Origin)
-	if err != nil {
-		return httpapi.Upstream("publishing the agent's ingress failed",
-			fmt.Errorf("publishing %s: %w", a.Hostname, err))
-	}
-	if p, perr := url.Parse(u); perr != nil || (p.Scheme != "http" && p.Scheme != "https") ||
-		p.Host == "" {
-		s.unpublish(ctx, a.ID)
-		return httpapi.Upstream("publishing the agent's ingress failed",
-			fmt.Errorf("ingress returned URL %q for %s", u, a.Hostname))
-	}
-	a.URL = u
-	return nil
-}
-
-// unpublish removes an agent's ingress, logging a failure: it runs while
-// undoing or after finishing a registration, whose result stands.
-func (s *Server) unpublish(ctx context.Context, agentID string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	if err := s.opts.Ingress.Unpublish(ctx, agentID); err != nil {
-		s.log.ErrorContext(ctx, "unpublishing ingress failed", "agent_id", agentID, "err", err)
-	}
-}
-
 func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) error {
 	agents, err := s.visibleAgents(r.Context())
 	if err != nil {
@@ -252,7 +230,7 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]cpapi.Agent, 0, len(agents))
 	for i := range agents {
-		out = append(out, apiAgent(&agents[i]))
+		out = append(out, s.apiAgent(&agents[i]))
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, out)
 }
@@ -276,7 +254,7 @@ func (s *Server) visibleAgents(ctx context.Context) ([]fleet.Agent, error) {
 
 // apiAgent converts a record for GET /api/agents. Times are RFC 3339 UTC
 // in whole seconds, so that they also compare correctly as strings.
-func apiAgent(a *fleet.Agent) cpapi.Agent {
+func (s *Server) apiAgent(a *fleet.Agent) cpapi.Agent {
 	units := a.Units
 	if units == nil {
 		units = []agentapi.Unit{}

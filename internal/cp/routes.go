@@ -33,9 +33,12 @@ func (s *Server) Routes() []Route {
 		{"POST /agents/{id}/attest", ruleAgent, s.reattest},
 		{"GET /agents/{id}/config", ruleAgent, s.agentConfig},
 		{"POST /agents/{id}/audit", ruleAgent, s.importAudit},
+		{"POST /agents/{id}/ingress", ruleAgent, s.setIngress},
 		{"GET /api/agents", ruleViewer, s.listAgents},
 		{"POST /api/agents/{id}/tenant", ruleAdminCI, s.setTenant},
 		{"GET /api/audit", ruleAdmin, s.listAudit},
+		{"GET /admin/cf/snapshot", ruleAdmin, s.cfSnapshot},
+		{"GET /admin/cf/map", ruleAdmin, s.cfMap},
 		{"GET /{$}", rulePage, s.fleetPage},
 		{"GET /agent/{id}", rulePage, s.agentPage},
 	}
@@ -52,7 +55,7 @@ func (s *Server) routes() http.Handler {
 		s.opts.Sessions.Mount(mux)
 	}
 	mux.Handle("GET "+dashboard.AssetPrefix, dashboard.Assets())
-	return s.accessLog(s.jsonRouteErrors(mux))
+	return s.accessLog(s.refuseWhenFenced(s.jsonRouteErrors(mux)))
 }
 
 // jsonRouteErrors sends the mux's own "no such route" and "method not

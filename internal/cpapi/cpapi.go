@@ -1,5 +1,6 @@
 // Package cpapi holds the wire types of the control plane's HTTP API that
-// other components speak: agent registration and the agent listing.
+// other components speak: agent registration, the agent's ingress claims,
+// health and the agent listing.
 package cpapi
 
 import (
@@ -10,6 +11,8 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/cloudflared"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 )
 
 // Service is the value of the control plane's /health "service" field.
@@ -63,6 +66,53 @@ type RegisterResponse struct {
 	// AgentToken authenticates later calls of this agent to the control
 	// plane. It is shown once; the control plane keeps only its hash.
 	AgentToken string `json:"agent_token"`
+
+	// TunnelToken is what the agent's connector (cloudflared) runs the
+	// agent's tunnel with. It is a secret: the control plane shows it
+	// only here and never logs it; the agent passes it to the connector
+	// in its environment.
+	TunnelToken string `json:"tunnel_token,omitempty"`
+}
+
+// IngressRequest is the body of POST /agents/{id}/ingress: every
+// hostname claim of the agent's workloads. It replaces the previous
+// claims as a whole.
+type IngressRequest struct {
+	Claims []ingress.Claim `json:"claims"`
+}
+
+// IngressResponse answers an accepted IngressRequest.
+type IngressResponse struct {
+	AgentID string `json:"agent_id"`
+
+	// Hostnames are every hostname the agent's tunnel serves: the
+	// primary, the workloads' and the agent API's.
+	Hostnames []string `json:"hostnames"`
+
+	// Exposed are the claims with their hostnames and public URLs.
+	Exposed []agentapi.Exposed `json:"exposed"`
+}
+
+// CPIngress is the control plane's own tunnel as /health reports it.
+type CPIngress struct {
+	// TunnelID is the control plane's tunnel. A self-probe of the public
+	// hostname compares it with its own to tell which control plane the
+	// hostname reaches.
+	TunnelID string `json:"tunnel_id"`
+
+	// Serving is true when the last self-check found the tunnel present
+	// and the public hostname answered by this control plane.
+	Serving bool `json:"serving"`
+
+	// Fenced is true once a newer control plane took the hostname over:
+	// this one refuses writes and is shutting down. FencedReason says
+	// what showed it.
+	Fenced       bool   `json:"fenced"`
+	FencedReason string `json:"fenced_reason,omitempty"`
+
+	// Connector is the state of the connector (cloudflared) that carries
+	// the tunnel.
+	Connector *cloudflared.Status `json:"connector,omitempty"`
 }
 
 // Health is the body of the control plane's GET /health.
@@ -75,6 +125,10 @@ type Health struct {
 	UptimeSecs   int64  `json:"uptime_secs"`
 	AgentCount   int    `json:"agent_count"`
 	HealthyCount int    `json:"healthy_count"`
+
+	// Ingress is the control plane's own tunnel; absent when it
+	// publishes none.
+	Ingress *CPIngress `json:"ingress,omitempty"`
 }
 
 // Attestation is the control plane's record of an agent's evidence.
@@ -109,6 +163,12 @@ type Agent struct {
 	Units        []agentapi.Unit `json:"units"`
 	UnitCount    int             `json:"unit_count"`
 	Tenant       *Principal      `json:"tenant"`
+
+	// TunnelID is the agent's tunnel at the ingress provider.
+	TunnelID string `json:"tunnel_id,omitempty"`
+
+	// Exposed are the hostnames the agent's workloads published.
+	Exposed []agentapi.Exposed `json:"exposed"`
 }
 
 // Principal is a GitHub principal: a user, an org or a repository, by name

@@ -67,6 +67,16 @@ type Options struct {
 	// Build identifies the binary on /health.
 	Build string
 
+	// SelfCheckInterval is how often each control plane checks that its
+	// hostname reaches it (and so how quickly an older one is fenced).
+	// Zero means 1s.
+	SelfCheckInterval time.Duration
+
+	// ReapGrace is how long an orphan tunnel must have existed, and
+	// failed its probes, before the control plane reaps it. Zero means
+	// the production default, 15m.
+	ReapGrace time.Duration
+
 	// Logger receives every component's events. Nil discards them.
 	Logger *slog.Logger
 }
@@ -84,13 +94,14 @@ type Fleet struct {
 	githubURL string
 	sim       *tdx.Simulator
 	edge      *localedge.Edge
-	cp        *cpService
+	provider  *localedge.Provider
+	cp        *ControlPlane // guarded by mu
 
 	// ctx is the fleet's lifetime; every component stops when it ends.
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	mu     sync.Mutex
+	mu     sync.Mutex // guards cp, state and errs
 	errs   []error
 }
 
@@ -137,6 +148,9 @@ func newFleet(opts Options) (*Fleet, error) {
 	}
 	if opts.Domain == "" {
 		opts.Domain = "localhost"
+	}
+	if opts.SelfCheckInterval <= 0 {
+		opts.SelfCheckInterval = time.Second
 	}
 	if opts.HostTools == nil {
 		if _, err := exec.LookPath("busybox"); err == nil {
@@ -191,7 +205,7 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 		}
 	}
 	st := State{
-		CPURL:          f.cp.url,
+		CPURL:          f.CP().URL,
 		EdgeURL:        f.edge.URL("localhost"),
 		DashboardURL:   f.edge.URL(cpHostLabel+"."+f.opts.Domain) + "/",
 		AdminToken:     f.secrets.AdminToken,
@@ -204,7 +218,9 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 		st.Agents = append(st.Agents, StateAgent{Name: a.name, URL: a.publicURL(),
 			RuntimeSocket: a.socket})
 	}
+	f.mu.Lock()
 	f.state = st
+	f.mu.Unlock()
 	return writeState(f.opts.StateDir, st)
 }
 
@@ -222,7 +238,15 @@ func (f *Fleet) startSimulator() error {
 }
 
 // State returns what dev.json holds.
-func (f *Fleet) State() State { return f.state }
+func (f *Fleet) State() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state
+}
+
+// Provider returns the local edge's ingress provider, the fleet's
+// stand-in for the Cloudflare account.
+func (f *Fleet) Provider() *localedge.Provider { return f.provider }
 
 // Close stops every component and waits for them.
 func (f *Fleet) Close() error {
@@ -298,7 +322,7 @@ func listen(addr string) (net.Listener, string, error) {
 
 // PrintSummary writes the short "what now" text for a person.
 func (f *Fleet) PrintSummary(w io.Writer) {
-	st := f.state
+	st := f.State()
 	fmt.Fprintf(w, "DevOps Defender dev fleet is up (state in %s)\n\n", f.opts.StateDir)
 	state := filepath.Join(f.opts.StateDir, StateFile)
 	fmt.Fprintf(w, "  dashboard:    %s\n", st.DashboardURL)

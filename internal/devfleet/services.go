@@ -16,10 +16,12 @@ import (
 	"github.com/devopsdefender/devopsdefender/examples"
 	"github.com/devopsdefender/devopsdefender/internal/agent"
 	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/cloudflared"
 	"github.com/devopsdefender/devopsdefender/internal/cp"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
@@ -69,7 +71,8 @@ func (f *Fleet) startIssuer(ctx context.Context) error {
 	return nil
 }
 
-// startEdge starts the local edge on the fleet's public address.
+// startEdge starts the local edge on the fleet's public address, with
+// the provider that stands in for the Cloudflare account.
 func (f *Fleet) startEdge(ctx context.Context) error {
 	ln, _, err := listen(f.opts.Listen)
 	if err != nil {
@@ -81,68 +84,163 @@ func (f *Fleet) startEdge(ctx context.Context) error {
 		ln.Close()
 		return err
 	}
+	f.provider, err = localedge.NewProvider(edge, localedge.ProviderOptions{Logger: f.log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	f.edge = edge
 	f.goService("edge", func() error { return serveHTTP(ctx, ln, edge) })
 	return nil
 }
 
-// cpService is the control plane, restartable on the same registry file.
-type cpService struct {
-	url    string
+// ControlPlane is one control plane of the fleet. Several may run on the
+// same registry file: the newest takes the hostname over and fences the
+// older ones, which then stop.
+type ControlPlane struct {
+	// URL is the control plane's own loopback URL.
+	URL string
+
 	addr   string
+	srv    *cp.Server
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-// startCP starts the control plane and publishes it as app.<domain>.
+// Done is closed when the control plane has stopped.
+func (c *ControlPlane) Done() <-chan struct{} { return c.done }
+
+// Fenced reports whether a newer control plane fenced this one.
+func (c *ControlPlane) Fenced() bool { return c.srv.Fenced() }
+
+// Serving reports whether the control plane serves the fleet's
+// hostname.
+func (c *ControlPlane) Serving() bool { return c.srv.Serving() }
+
+// TunnelID returns the id of the control plane's tunnel.
+func (c *ControlPlane) TunnelID() string { return c.srv.TunnelID() }
+
+// startCP starts the control plane, published as app.<domain> through its
+// own tunnel, and waits until it serves.
 func (f *Fleet) startCP(ctx context.Context) error {
-	ln, url, err := listen("127.0.0.1:0")
+	ln, _, err := listen("127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	f.cp = &cpService{url: url, addr: ln.Addr().String()}
-	if err := f.runCP(ctx, ln); err != nil {
+	c, err := f.runCP(ctx, ln)
+	if err != nil {
 		return err
 	}
-	host := cpHostLabel + "." + f.opts.Domain
-	if _, err := f.edge.Publish(ctx, cpOwnerLabel, host, url); err != nil {
-		return fmt.Errorf("devfleet: publishing the control plane: %w", err)
+	return f.waitServing(ctx, c)
+}
+
+// CP returns the fleet's current control plane.
+func (f *Fleet) CP() *ControlPlane {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.cp
+}
+
+// StartSecondCP starts another control plane on the same registry, as a
+// new control-plane VM would boot: it takes the hostname over, fences
+// the current control plane, which stops, and becomes the current one.
+// It returns once the new control plane serves.
+func (f *Fleet) StartSecondCP() (*ControlPlane, error) {
+	ln, _, err := listen("127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	c, err := f.runCP(f.ctx, ln)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.waitServing(f.ctx, c); err != nil {
+		return nil, err
+	}
+	f.setCP(c)
+	return c, nil
+}
+
+func (f *Fleet) setCP(c *ControlPlane) {
+	f.mu.Lock()
+	f.cp = c
+	f.state.CPURL = c.URL
+	st := f.state
+	f.mu.Unlock()
+	if st.AdminToken != "" { // the fleet finished starting: keep dev.json current
+		if err := writeState(f.opts.StateDir, st); err != nil {
+			f.log.Error("writing dev.json failed", "err", err)
+		}
+	}
+}
+
+// waitServing waits until c serves the fleet's hostname.
+func (f *Fleet) waitServing(ctx context.Context, c *ControlPlane) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for !c.Serving() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("devfleet: the control plane did not serve %s: %w",
+				f.cpHost(), ctx.Err())
+		case <-c.done:
+			return errors.New("devfleet: the control plane stopped before it served")
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	return nil
 }
 
-// runCP opens the registry and serves the control plane on ln.
-func (f *Fleet) runCP(ctx context.Context, ln net.Listener) error {
+func (f *Fleet) cpHost() string { return cpHostLabel + "." + f.opts.Domain }
+
+// runCP opens the registry and serves a control plane on ln. A control
+// plane that is fenced stops by itself; that is not an error.
+func (f *Fleet) runCP(ctx context.Context, ln net.Listener) (*ControlPlane, error) {
 	dbPath := filepath.Join(f.opts.StateDir, "cp", "registry.db")
 	store, err := fleet.Open(ctx, dbPath, fleet.Options{Logger: f.log})
 	if err != nil {
 		ln.Close()
-		return fmt.Errorf("devfleet: %w", err)
+		return nil, fmt.Errorf("devfleet: %w", err)
 	}
-	srv, err := f.newCP(ctx, store)
+	url := "http://" + ln.Addr().String()
+	srv, err := f.newCP(ctx, store, url)
 	if err != nil {
 		ln.Close()
 		store.Close()
-		return fmt.Errorf("devfleet: %w", err)
+		return nil, fmt.Errorf("devfleet: %w", err)
 	}
 	cpCtx, cancel := context.WithCancel(ctx)
-	f.cp.cancel, f.cp.done = cancel, make(chan struct{})
+	c := &ControlPlane{URL: url, addr: ln.Addr().String(), srv: srv, cancel: cancel,
+		done: make(chan struct{})}
+	if f.CP() == nil {
+		f.setCP(c)
+	}
 	f.goService("control-plane", func() error {
-		defer close(f.cp.done)
+		defer close(c.done)
 		defer store.Close()
 		errc := make(chan error, 1)
-		go func() { errc <- srv.Run(cpCtx) }()
+		go func() {
+			err := srv.Run(cpCtx)
+			cancel() // a fenced control plane stops serving too
+			errc <- err
+		}()
 		err := serveHTTP(cpCtx, ln, srv.Handler())
 		cancel()
-		return errors.Join(err, <-errc)
+		runErr := <-errc
+		if errors.Is(runErr, cp.ErrFenced) {
+			f.log.Info("fenced control plane stopped", "url", url, "reason", runErr)
+			runErr = nil
+		}
+		return errors.Join(err, runErr)
 	})
-	return nil
+	return c, nil
 }
 
 // newCP builds the control plane: it appraises the simulated TD's quotes,
-// admits the fleet owner's CI through the local issuer, and signs people
-// in through the local GitHub.
-func (f *Fleet) newCP(ctx context.Context, store *fleet.Store) (*cp.Server, error) {
+// admits the fleet owner's CI through the local issuer, signs people in
+// through the local GitHub, and publishes agents and itself on the local
+// edge; its connector maps its tunnel's dashboard service to url.
+func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.Server, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(f.sim.Root())
 	appraiser, err := ita.NewDirect(ita.DirectOptions{SimulatedRoots: roots, Logger: f.log})
@@ -160,12 +258,24 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store) (*cp.Server, erro
 		return nil, err
 	}
 	return cp.New(cp.Options{
-		Store: store, Env: "dev", Hostname: cpHostLabel + "." + f.opts.Domain,
-		Domain: f.opts.Domain, AdminToken: f.secrets.AdminToken, Ingress: edgeIngress{f.edge},
+		Store: store, Env: "dev", Hostname: f.cpHost(), Domain: f.opts.Domain,
+		AdminToken: f.secrets.AdminToken, Ingress: f.provider, PublicURL: f.edge.URL,
+		Connect:   f.connector(map[string]string{ingress.DefaultService: url}),
 		Appraiser: appraiser, Owner: f.owner(), CIVerifier: f.verifier, Sessions: sessions,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build, Logger: f.log,
-		ScrapeInterval: time.Second,
+		ScrapeInterval: time.Second, SelfCheckInterval: f.opts.SelfCheckInterval,
+		FenceGrace: 200 * time.Millisecond, ReapEvery: 2, ReapGrace: f.opts.ReapGrace,
+		ReapFailures: 2,
 	})
+}
+
+// connector returns a ConnectFunc for the local edge's connector, which
+// reaches the tunnel's services at the origins in services.
+func (f *Fleet) connector(services map[string]string) cp.ConnectFunc {
+	return func(token string, onExit func(cloudflared.Exit)) (cp.Connector, error) {
+		return localedge.NewConnector(localedge.ConnectorOptions{Provider: f.provider,
+			Token: token, Services: services, OnExit: onExit, Logger: f.log})
+	}
 }
 
 // dashboardOrigin is the control plane's origin as browsers reach it.
@@ -198,26 +308,25 @@ func (f *Fleet) startGitHub(ctx context.Context) error {
 
 // RestartCP stops the control plane and starts a new one on the same
 // address and registry file, as a VM reboot of the control plane would.
-// The new control plane lives as long as the fleet.
+// The new control plane creates a new tunnel, fences the old one's, and
+// lives as long as the fleet.
 func (f *Fleet) RestartCP() error {
-	f.cp.cancel()
-	<-f.cp.done
-	ln, err := net.Listen("tcp", f.cp.addr)
+	old := f.CP()
+	old.cancel()
+	<-old.done
+	ln, err := net.Listen("tcp", old.addr)
 	if err != nil {
-		return fmt.Errorf("devfleet: relistening on %s: %w", f.cp.addr, err)
+		return fmt.Errorf("devfleet: relistening on %s: %w", old.addr, err)
 	}
-	return f.runCP(f.ctx, ln)
-}
-
-// edgeIngress publishes agents on the local edge.
-type edgeIngress struct{ edge *localedge.Edge }
-
-func (e edgeIngress) Publish(ctx context.Context, agentID, hostname, origin string) (string, error) {
-	return e.edge.Publish(ctx, agentID, hostname, origin)
-}
-
-func (e edgeIngress) Unpublish(ctx context.Context, agentID string) error {
-	return e.edge.Unpublish(ctx, agentID)
+	c, err := f.runCP(f.ctx, ln)
+	if err != nil {
+		return err
+	}
+	if err := f.waitServing(f.ctx, c); err != nil {
+		return err
+	}
+	f.setCP(c)
+	return nil
 }
 
 // agentService is one agent and its runtime.
@@ -261,11 +370,18 @@ func (f *Fleet) startAgent(ctx context.Context, name string,
 		ln.Close()
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
+	// The agent finds the control plane by its public hostname, as in
+	// production, so it follows the hostname to a newer control plane.
+	connect := f.connector(map[string]string{ingress.DefaultService: origin,
+		ingress.LocalService(ingress.AgentAPIPort): origin})
 	ag, err := agent.New(agent.Options{
 		VMName: name, Runtime: rt, Verifier: verifier, Owner: f.owner(), Audit: fwd,
-		ControlPlaneURL: f.cp.url, Origin: origin, SyncInterval: 2 * time.Second,
+		ControlPlaneURL: f.dashboardOrigin(), Origin: origin, SyncInterval: 2 * time.Second,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build,
 		Logger: f.log.With("agent", name),
+		Connect: func(token string, onExit func(cloudflared.Exit)) (agent.Connector, error) {
+			return connect(token, onExit)
+		},
 	})
 	if err != nil {
 		ln.Close()
