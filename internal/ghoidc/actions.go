@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/endpoint"
 )
 
 // FetchActionsToken asks the GitHub Actions runtime for an OIDC token for
@@ -56,7 +58,7 @@ func FetchActionsToken(ctx context.Context, client *http.Client, requestURL, req
 // already carries a query (api-version=…). The request token is a bearer
 // credential, so the URL must be https or loopback http.
 func actionsTokenURL(requestURL, audience string) (string, error) {
-	if err := checkEndpoint(requestURL); err != nil {
+	if err := endpoint.Check(requestURL); err != nil {
 		return "", fmt.Errorf("request URL: %w", err)
 	}
 	u, err := url.Parse(requestURL)

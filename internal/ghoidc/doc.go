@@ -6,9 +6,9 @@
 // other algorithm) against the issuer's JWKS, the issuer, the fleet's
 // audience, exp, nbf and iat with a leeway, and the presence of the claims
 // principals are matched on. The JWKS is found by discovery at the first
-// verification and cached; refreshes are single-flight and rate-limited,
-// so tokens with made-up key ids cannot make us hammer GitHub (the
-// reference refetched on every unknown kid, auth.md §7.9).
+// verification and cached by package jwks; refreshes are single-flight
+// and rate-limited, so tokens with made-up key ids cannot make us hammer
+// GitHub (the reference refetched on every unknown kid, auth.md §7.9).
 //
 // A [Principal] (user, org or repo) then decides whether the verified
 // claims may act: by name, case-insensitively, and by numeric id, so a

@@ -7,24 +7,20 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/devopsdefender/devopsdefender/internal/endpoint"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/keyfile"
 )
 
 const (
@@ -32,6 +28,9 @@ const (
 	minMintSecret = 16
 	// maxMintBody bounds a POST /mint body.
 	maxMintBody = 16 << 10
+	// minKeyBits is the size of the signing key, and the least a key file
+	// may hold: the bound package jwks puts on the keys it fetches.
+	minKeyBits = 2048
 )
 
 // IssuerOptions configures [NewIssuer].
@@ -113,11 +112,8 @@ func NewIssuer(opts IssuerOptions) (*Issuer, error) {
 // URL without a trailing slash.
 func checkIssuerOptions(opts *IssuerOptions) (string, error) {
 	base := strings.TrimSuffix(opts.URL, "/")
-	if err := checkEndpoint(base); err != nil {
+	if err := endpoint.CheckBase(base); err != nil {
 		return "", fmt.Errorf("issuer URL: %w", err)
-	}
-	if u, _ := url.Parse(base); u.RawQuery != "" || u.Fragment != "" {
-		return "", errors.New("issuer URL must not have a query or fragment")
 	}
 	if opts.Audience == "" || strings.TrimSpace(opts.Audience) != opts.Audience {
 		return "", errors.New("audience is required and must not have surrounding spaces")
@@ -239,98 +235,20 @@ func (i *Issuer) sign(c *Claims) (string, error) {
 	return token, nil
 }
 
-// loadOrCreateKey reads the RSA key at path, creating it if the file does
-// not exist. A file that exists but does not hold a usable key is an
-// error, never silently replaced.
+// loadOrCreateKey returns the RSA signing key kept at path, created if
+// missing, or a fresh in-memory key if path is empty.
 func loadOrCreateKey(path string, log *slog.Logger) (*rsa.PrivateKey, error) {
-	if path == "" {
-		return rsa.GenerateKey(rand.Reader, minKeyBits)
-	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return createKey(path, log)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("signing key file readable by others", "path", path, "mode", fi.Mode().Perm())
-	}
-	key, err := parseKeyPEM(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return key, nil
-}
-
-func parseKeyPEM(data []byte) (*rsa.PrivateKey, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM block")
-	}
-	var parsed any
-	var err error
-	switch block.Type {
-	case "PRIVATE KEY":
-		parsed, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		parsed, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	default:
-		return nil, fmt.Errorf("PEM block %q is not a private key", block.Type)
-	}
-	if err != nil {
-		return nil, err
-	}
-	key, ok := parsed.(*rsa.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("key is %T, not RSA", parsed)
-	}
-	if key.N.BitLen() < minKeyBits {
-		return nil, fmt.Errorf("RSA key of %d bits is too small", key.N.BitLen())
-	}
-	return key, nil
-}
-
-// createKey generates a key and writes it to path atomically (temporary
-// file, fsync, rename), so a crash never leaves a truncated key behind.
-func createKey(path string, log *slog.Logger) (*rsa.PrivateKey, error) {
-	key, err := rsa.GenerateKey(rand.Reader, minKeyBits)
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	if err := writeFileAtomic(path, data); err != nil {
-		return nil, err
-	}
-	log.Info("signing key created", "path", path)
-	return key, nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	// CreateTemp makes the file with mode 0600.
-	f, err := os.CreateTemp(dir, ".ghoidc-key-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // after a successful rename this is a no-op
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return keyfile.LoadOrCreate(keyfile.Options[*rsa.PrivateKey]{
+		Path: path,
+		Generate: func() (*rsa.PrivateKey, error) {
+			return rsa.GenerateKey(rand.Reader, minKeyBits)
+		},
+		Check: func(key *rsa.PrivateKey) error {
+			if key.N.BitLen() < minKeyBits {
+				return fmt.Errorf("RSA key of %d bits is too small", key.N.BitLen())
+			}
+			return nil
+		},
+		Logger: log,
+	})
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/devopsdefender/devopsdefender/internal/jwks/jwkstest"
 )
 
 const testMintSecret = "dev-mint-secret-0123456789"
@@ -194,7 +196,7 @@ func TestMintRejects(t *testing.T) {
 
 func TestMintEndpoint(t *testing.T) {
 	iss, srv := serveIssuer(t, IssuerOptions{})
-	v := newTestVerifier(t, iss.URL(), &fakeClock{now: time.Now()})
+	v := newTestVerifier(t, iss.URL(), jwkstest.NewClock(time.Now()))
 
 	tests := []struct {
 		name   string
@@ -255,7 +257,7 @@ func TestMintEndpoint(t *testing.T) {
 
 func TestMintFromIssuer(t *testing.T) {
 	iss, srv := serveIssuer(t, IssuerOptions{})
-	v := newTestVerifier(t, iss.URL(), &fakeClock{now: time.Now()})
+	v := newTestVerifier(t, iss.URL(), jwkstest.NewClock(time.Now()))
 
 	tok, err := MintFromIssuer(t.Context(), srv.Client(), srv.URL+"/", testMintSecret,
 		MintRequest{Repository: "acme/app", RepositoryID: 9})

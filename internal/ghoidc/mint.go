@@ -275,6 +275,9 @@ func MintFromIssuer(ctx context.Context, client *http.Client, issuerURL, mintSec
 	return resp.Token, nil
 }
 
+// maxReply bounds the replies doJSON reads; tokens are a few KiB.
+const maxReply = 1 << 20
+
 // doJSON sends req and decodes a 200 reply into v. Other statuses become
 // errors carrying the reply's {code, message} when it has one.
 func doJSON(client *http.Client, req *http.Request, v any) error {
@@ -283,7 +286,7 @@ func doJSON(client *http.Client, req *http.Request, v any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxDocSize))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	if err != nil {
 		return fmt.Errorf("reading reply: %w", err)
 	}

@@ -11,11 +11,13 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/devopsdefender/devopsdefender/internal/endpoint"
+	"github.com/devopsdefender/devopsdefender/internal/jwks"
 )
 
 // GitHubIssuer is the issuer of GitHub Actions OIDC tokens.
@@ -69,11 +71,8 @@ type Verifier struct {
 	audience string
 	leeway   time.Duration
 	now      func() time.Time
-	keys     *keySet
+	keys     *jwks.Set
 	idv      *oidc.IDTokenVerifier
-
-	cancel    context.CancelFunc
-	closeOnce sync.Once
 }
 
 // NewVerifier returns a verifier for opts. It does not contact the
@@ -87,16 +86,18 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("ghoidc: %w", err)
 	}
-	base, cancel := context.WithCancel(ctx)
-	ks := &keySet{
-		issuer: opts.Issuer, client: opts.HTTPClient, now: opts.Now,
-		minRefresh: opts.MinRefreshInterval, maxAge: opts.KeyMaxAge,
-		log: opts.Logger, base: base,
+	keys, err := jwks.New(ctx, jwks.Options{
+		Issuer: opts.Issuer, Algorithms: allowedAlgs, HTTPClient: opts.HTTPClient,
+		Now: opts.Now, MinRefreshInterval: opts.MinRefreshInterval, MaxAge: opts.KeyMaxAge,
+		Logger: opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ghoidc: %w", err)
 	}
-	// go-oidc checks the signature through ks, and issuer and audience a
-	// second time. Expiry is ours: go-oidc has no leeway on exp and a
+	// go-oidc checks the signature through keys, and issuer and audience
+	// a second time. Expiry is ours: go-oidc has no leeway on exp and a
 	// fixed 5 min on nbf.
-	idv := oidc.NewVerifier(opts.Issuer, ks, &oidc.Config{
+	idv := oidc.NewVerifier(opts.Issuer, keySet{keys}, &oidc.Config{
 		ClientID:             opts.Audience,
 		SupportedSigningAlgs: []string{oidc.RS256},
 		SkipExpiryCheck:      true,
@@ -104,7 +105,7 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 	})
 	return &Verifier{
 		issuer: opts.Issuer, audience: opts.Audience, leeway: opts.Leeway,
-		now: opts.Now, keys: ks, idv: idv, cancel: cancel,
+		now: opts.Now, keys: keys, idv: idv,
 	}, nil
 }
 
@@ -112,39 +113,28 @@ func (o *VerifierOptions) fill() error {
 	if o.Issuer == "" {
 		o.Issuer = GitHubIssuer
 	}
-	if err := checkEndpoint(o.Issuer); err != nil {
+	if err := endpoint.Check(o.Issuer); err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
 	if strings.TrimSpace(o.Audience) != o.Audience || o.Audience == "" {
 		return errors.New("audience is required and must not have surrounding spaces")
 	}
-	if o.Leeway < 0 || o.MinRefreshInterval < 0 || o.KeyMaxAge < 0 {
-		return errors.New("leeway and refresh intervals must not be negative")
+	if o.Leeway < 0 {
+		return errors.New("leeway must not be negative")
 	}
-	o.HTTPClient = cmp.Or(o.HTTPClient, &http.Client{Timeout: 10 * time.Second})
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	o.Leeway = cmp.Or(o.Leeway, 60*time.Second)
-	o.MinRefreshInterval = cmp.Or(o.MinRefreshInterval, 30*time.Second)
-	o.KeyMaxAge = cmp.Or(o.KeyMaxAge, time.Hour)
-	o.Logger = cmp.Or(o.Logger, slog.New(slog.DiscardHandler))
-	if o.KeyMaxAge < o.MinRefreshInterval {
-		return errors.New("key max age is shorter than the minimum refresh interval")
-	}
+	// The key set's own defaults fill HTTPClient, MinRefreshInterval and
+	// KeyMaxAge, and it checks them.
 	return nil
 }
 
 // Close stops background key fetches and waits for them to end. Later
 // verifications that need a fetch fail with a [FetchError]. Close is
 // idempotent.
-func (v *Verifier) Close() error {
-	v.closeOnce.Do(func() {
-		v.cancel()
-		v.keys.wg.Wait()
-	})
-	return nil
-}
+func (v *Verifier) Close() error { return v.keys.Close() }
 
 // Verify checks raw and returns its claims. An invalid, expired or foreign
 // token gives a [*TokenError]; a failure to fetch the issuer's keys gives a

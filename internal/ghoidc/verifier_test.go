@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/jwks/jwkstest"
 )
 
 func TestVerify(t *testing.T) {
@@ -41,7 +41,7 @@ func TestVerify(t *testing.T) {
 		return c
 	}
 	rs := func(claims map[string]any) string {
-		return signJWT(t, jose.RS256, key.key, key.kid, claims)
+		return jwkstest.SignJWT(t, jose.RS256, key.key, key.kid, claims)
 	}
 	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY",
 		Bytes: must(x509.MarshalPKIXPublicKey(&key.key.PublicKey))})
@@ -71,12 +71,13 @@ func TestVerify(t *testing.T) {
 		{"invalid id", rs(with("repository_id", "12ab")), ReasonClaims},
 		{"fractional id", rs(with("repository_owner_id", 1.5)), ReasonClaims},
 		{"exp as string", rs(with("exp", "1748779500")), ReasonClaims},
-		{"hs256 with public key", signJWT(t, jose.HS256, pubPEM, key.kid, with()), ReasonAlgorithm},
-		{"rs512", signJWT(t, jose.RS512, key.key, key.kid, with()), ReasonAlgorithm},
-		{"ps256", signJWT(t, jose.PS256, key.key, key.kid, with()), ReasonAlgorithm},
+		{"hs256 with public key", jwkstest.SignJWT(t, jose.HS256, pubPEM, key.kid, with()), ReasonAlgorithm},
+		{"rs512", jwkstest.SignJWT(t, jose.RS512, key.key, key.kid, with()), ReasonAlgorithm},
+		{"ps256", jwkstest.SignJWT(t, jose.PS256, key.key, key.kid, with()), ReasonAlgorithm},
 		{"alg none", noneToken(t, key.kid, with()), ReasonAlgorithm},
-		{"no kid", signJWT(t, jose.RS256, key.key, "", with()), ReasonMissingKeyID},
-		{"other key same kid", signJWT(t, jose.RS256, other.key, "k1", with()), ReasonSignature},
+		{"no kid", jwkstest.SignJWT(t, jose.RS256, key.key, "", with()), ReasonMissingKeyID},
+		{"unknown kid", jwkstest.SignJWT(t, jose.RS256, key.key, "k9", with()), ReasonUnknownKey},
+		{"other key same kid", jwkstest.SignJWT(t, jose.RS256, other.key, "k1", with()), ReasonSignature},
 		{"tampered payload", tamper(t, rs(with())), ReasonSignature},
 		{"garbage", "not.a.jwt", ReasonMalformed},
 		{"empty", "", ReasonMalformed},
@@ -110,7 +111,7 @@ func TestVerifyClaims(t *testing.T) {
 	p := newFakeProvider(t, key)
 	v := newTestVerifier(t, p.URL(), newFakeClock())
 
-	got, err := v.Verify(t.Context(), signJWT(t, jose.RS256, key.key, key.kid,
+	got, err := v.Verify(t.Context(), jwkstest.SignJWT(t, jose.RS256, key.key, key.kid,
 		githubClaims(p.URL(), t0)))
 	if err != nil {
 		t.Fatal(err)
@@ -142,105 +143,11 @@ func TestVerifyClaimsBeforeKeys(t *testing.T) {
 
 	c := githubClaims(p.URL(), t0)
 	c["aud"] = "another-fleet"
-	if _, err := v.Verify(t.Context(), signJWT(t, jose.RS256, key.key, "random", c)); err == nil {
+	if _, err := v.Verify(t.Context(), jwkstest.SignJWT(t, jose.RS256, key.key, "random", c)); err == nil {
 		t.Fatal("foreign token accepted")
 	}
-	if d, j := p.hits(); d+j != 0 {
+	if d, j := p.Hits(); d+j != 0 {
 		t.Errorf("fetches = %d discovery, %d jwks; want none", d, j)
-	}
-}
-
-func TestKeyRotation(t *testing.T) {
-	old, next := newSigningKey(t, "old"), newSigningKey(t, "next")
-	p := newFakeProvider(t, old)
-	clock := newFakeClock()
-	v := newTestVerifier(t, p.URL(), clock)
-	verify := func(k signingKey) error {
-		_, err := v.Verify(t.Context(), signJWT(t, jose.RS256, k.key, k.kid,
-			githubClaims(p.URL(), clock.Now())))
-		return err
-	}
-
-	if err := verify(old); err != nil {
-		t.Fatalf("old key: %v", err)
-	}
-	p.setKeys(old, next) // GitHub publishes the next key ahead of use.
-
-	// Within the refresh interval the new kid is unknown, and no fetch
-	// happens.
-	clock.Advance(10 * time.Second)
-	var te *TokenError
-	if err := verify(next); !errors.As(err, &te) || te.Reason != ReasonUnknownKey {
-		t.Fatalf("next key within interval: %v, want %q", err, ReasonUnknownKey)
-	}
-	if _, j := p.hits(); j != 1 {
-		t.Fatalf("jwks fetches = %d, want 1", j)
-	}
-
-	// After it, one refresh picks the new key up.
-	clock.Advance(30 * time.Second)
-	if err := verify(next); err != nil {
-		t.Fatalf("next key after interval: %v", err)
-	}
-	if err := verify(old); err != nil {
-		t.Fatalf("old key still published: %v", err)
-	}
-	if d, j := p.hits(); d != 1 || j != 2 {
-		t.Errorf("fetches = %d discovery, %d jwks; want 1, 2", d, j)
-	}
-
-	// A withdrawn key stops working once the keys are refreshed.
-	p.setKeys(next)
-	clock.Advance(time.Hour)
-	if err := verify(old); !errors.As(err, &te) || te.Reason != ReasonUnknownKey {
-		t.Fatalf("withdrawn key: %v, want %q", err, ReasonUnknownKey)
-	}
-}
-
-func TestRefreshRateBound(t *testing.T) {
-	key := newSigningKey(t, "k1")
-	p := newFakeProvider(t, key)
-	clock := newFakeClock()
-	v := newTestVerifier(t, p.URL(), clock)
-	claims := githubClaims(p.URL(), t0)
-
-	// Sign before starting, so the goroutines only verify.
-	tokens := make([]string, 100)
-	for i := range tokens {
-		tokens[i] = signJWT(t, jose.RS256, key.key, fmt.Sprintf("kid-%d-%x", i, randomHex(4)), claims)
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(tokens))
-	for i, tok := range tokens {
-		wg.Go(func() { _, errs[i] = v.Verify(t.Context(), tok) })
-	}
-	wg.Wait()
-	for i, err := range errs {
-		var te *TokenError
-		if !errors.As(err, &te) || te.Reason != ReasonUnknownKey {
-			t.Fatalf("token %d: %v, want %q", i, err, ReasonUnknownKey)
-		}
-	}
-	if _, j := p.hits(); j > 1 {
-		t.Errorf("jwks fetches = %d for 100 unknown kids, want at most 1", j)
-	}
-
-	// More unknown kids within the interval still cause no fetch.
-	clock.Advance(29 * time.Second)
-	for _, tok := range tokens[:10] {
-		v.Verify(t.Context(), tok)
-	}
-	if _, j := p.hits(); j > 1 {
-		t.Errorf("jwks fetches = %d within the interval, want at most 1", j)
-	}
-
-	// The next interval allows exactly one more.
-	clock.Advance(time.Second)
-	for _, tok := range tokens[:10] {
-		v.Verify(t.Context(), tok)
-	}
-	if _, j := p.hits(); j != 2 {
-		t.Errorf("jwks fetches = %d after the interval, want 2", j)
 	}
 }
 
@@ -250,19 +157,19 @@ func TestFetchFailures(t *testing.T) {
 	clock := newFakeClock()
 	v := newTestVerifier(t, p.URL(), clock)
 	token := func() string {
-		return signJWT(t, jose.RS256, key.key, key.kid, githubClaims(p.URL(), clock.Now()))
+		return jwkstest.SignJWT(t, jose.RS256, key.key, key.kid, githubClaims(p.URL(), clock.Now()))
 	}
 	var fe *FetchError
 
 	// An unreachable key set gives a FetchError, not a token verdict, and
 	// is not retried within the interval.
-	p.setFail(true)
+	p.SetFail(true)
 	for range 3 {
 		if _, err := v.Verify(t.Context(), token()); !errors.As(err, &fe) || fe.Op != "jwks" {
 			t.Fatalf("Verify with JWKS down: %v, want a jwks FetchError", err)
 		}
 	}
-	if _, j := p.hits(); j != 1 {
+	if _, j := p.Hits(); j != 1 {
 		t.Errorf("jwks fetches = %d, want 1", j)
 	}
 	if he := asHTTP(HTTPError(fe)); he == nil || he.Status != http.StatusBadGateway {
@@ -270,19 +177,19 @@ func TestFetchFailures(t *testing.T) {
 	}
 
 	// Recovery after the interval.
-	p.setFail(false)
+	p.SetFail(false)
 	clock.Advance(30 * time.Second)
 	if _, err := v.Verify(t.Context(), token()); err != nil {
 		t.Fatalf("Verify after recovery: %v", err)
 	}
 
 	// Stale keys stay in use when their refresh fails.
-	p.setFail(true)
+	p.SetFail(true)
 	clock.Advance(2 * time.Hour)
 	if _, err := v.Verify(t.Context(), token()); err != nil {
 		t.Fatalf("Verify with stale keys and JWKS down: %v", err)
 	}
-	if _, j := p.hits(); j != 3 {
+	if _, j := p.Hits(); j != 3 {
 		t.Errorf("jwks fetches = %d, want 3", j)
 	}
 }
@@ -290,44 +197,13 @@ func TestFetchFailures(t *testing.T) {
 func TestDiscoveryIssuerMismatch(t *testing.T) {
 	key := newSigningKey(t, "k1")
 	p := newFakeProvider(t, key)
-	p.docIssuer = GitHubIssuer
+	p.SetDocIssuer(GitHubIssuer)
 	v := newTestVerifier(t, p.URL(), newFakeClock())
-	_, err := v.Verify(t.Context(), signJWT(t, jose.RS256, key.key, key.kid,
+	_, err := v.Verify(t.Context(), jwkstest.SignJWT(t, jose.RS256, key.key, key.kid,
 		githubClaims(p.URL(), t0)))
 	var fe *FetchError
 	if !errors.As(err, &fe) || fe.Op != "discovery" {
 		t.Fatalf("Verify: %v, want a discovery FetchError", err)
-	}
-}
-
-// A caller that gives up while a refresh is in flight does not cancel it
-// for the others.
-func TestCancelWhileFetching(t *testing.T) {
-	key := newSigningKey(t, "k1")
-	p := newFakeProvider(t, key)
-	gate := make(chan struct{})
-	p.gate = gate
-	v := newTestVerifier(t, p.URL(), newFakeClock())
-	tok := signJWT(t, jose.RS256, key.key, key.kid, githubClaims(p.URL(), t0))
-
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error)
-	go func() {
-		_, err := v.Verify(ctx, tok)
-		done <- err
-	}()
-	waitFor(t, func() bool { _, j := p.hits(); return j == 1 })
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled Verify: %v, want context.Canceled", err)
-	}
-	close(gate)
-	waitFor(t, func() bool {
-		_, err := v.Verify(t.Context(), tok)
-		return err == nil
-	})
-	if _, j := p.hits(); j != 1 {
-		t.Errorf("jwks fetches = %d, want the one shared fetch", j)
 	}
 }
 
@@ -337,7 +213,7 @@ func TestClose(t *testing.T) {
 	v := newTestVerifier(t, p.URL(), newFakeClock())
 	v.Close()
 	v.Close()
-	_, err := v.Verify(t.Context(), signJWT(t, jose.RS256, key.key, key.kid,
+	_, err := v.Verify(t.Context(), jwkstest.SignJWT(t, jose.RS256, key.key, key.kid,
 		githubClaims(p.URL(), t0)))
 	if !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Verify after Close: %v, want net.ErrClosed", err)
@@ -387,7 +263,7 @@ func BenchmarkVerify(b *testing.B) {
 	key := newSigningKey(b, "k1")
 	p := newFakeProvider(b, key)
 	v := newTestVerifier(b, p.URL(), newFakeClock())
-	tok := signJWT(b, jose.RS256, key.key, key.kid, githubClaims(p.URL(), t0))
+	tok := jwkstest.SignJWT(b, jose.RS256, key.key, key.kid, githubClaims(p.URL(), t0))
 	if _, err := v.Verify(b.Context(), tok); err != nil {
 		b.Fatal(err)
 	}
@@ -421,18 +297,6 @@ func tamper(t *testing.T, tok string) string {
 	body = []byte(strings.Replace(string(body), `"acme/app"`, `"acme/evil"`, 1))
 	parts[1] = base64.RawURLEncoding.EncodeToString(body)
 	return strings.Join(parts, ".")
-}
-
-// waitFor polls cond until it holds or five seconds pass.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func asHTTP(err error) *httpapi.Error {

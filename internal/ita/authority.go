@@ -27,6 +27,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/google/uuid"
 
+	"github.com/devopsdefender/devopsdefender/internal/endpoint"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
@@ -148,7 +149,7 @@ func NewAuthority(opts AuthorityOptions) (*Authority, error) {
 // base URL without a trailing slash.
 func checkAuthorityOptions(opts *AuthorityOptions) (string, error) {
 	base := strings.TrimSuffix(opts.URL, "/")
-	if err := checkEndpoint(base); err != nil {
+	if err := endpoint.CheckBase(base); err != nil {
 		return "", fmt.Errorf("authority URL: %w", err)
 	}
 	u, _ := url.Parse(base)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/devopsdefender/devopsdefender/internal/jwks/jwkstest"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -28,7 +29,7 @@ type testAuthority struct {
 	srv    *httptest.Server
 	client *Client
 	ver    *Verifier
-	clock  *fakeClock
+	clock  *jwkstest.Clock
 }
 
 func newTestAuthority(t *testing.T, sim *tdx.Simulator, opts AuthorityOptions) *testAuthority {

@@ -10,15 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/devopsdefender/devopsdefender/internal/endpoint"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -102,7 +101,7 @@ type Client struct {
 // NewClient validates opts and returns a client.
 func NewClient(opts ClientOptions) (*Client, error) {
 	base := strings.TrimSuffix(cmp.Or(opts.BaseURL, DefaultBaseURL), "/")
-	if err := checkEndpoint(base); err != nil {
+	if err := endpoint.CheckBase(base); err != nil {
 		return nil, fmt.Errorf("ita: base URL: %w", err)
 	}
 	if opts.APIKey == "" || strings.TrimSpace(opts.APIKey) != opts.APIKey {
@@ -277,35 +276,4 @@ func decodeResponse(op string, r io.Reader, out any) error {
 		return fmt.Errorf("ita: %s: decoding response: %w", op, err)
 	}
 	return nil
-}
-
-// checkEndpoint requires an absolute https URL, or http to a loopback host
-// (the local authority of dev mode), so that API keys, tokens and keys
-// never cross a network in clear text.
-func checkEndpoint(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return err
-	}
-	switch {
-	case u.Host == "":
-		return fmt.Errorf("%q is not an absolute URL", raw)
-	case u.User != nil:
-		return fmt.Errorf("%q carries credentials", raw)
-	case u.RawQuery != "" || u.Fragment != "":
-		return fmt.Errorf("%q has a query or fragment", raw)
-	case u.Scheme == "https":
-		return nil
-	case u.Scheme == "http" && isLoopback(u.Hostname()):
-		return nil
-	}
-	return fmt.Errorf("%q must be https (http only to a loopback host)", raw)
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

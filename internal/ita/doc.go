@@ -10,10 +10,10 @@
 //     quote for a JWT attestation token. [ReportData] is the report data
 //     binding ITA checks: SHA-512(nonce.val || nonce.iat || runtime_data).
 //   - [Verifier] checks such a token: signature against the issuer's JWKS
-//     (cached, refreshed single-flight and at a bounded rate), an
-//     algorithm allowlist, the issuer, exp, nbf and iat with a small leeway,
-//     and maps Intel's claims, flat (v1 tokens) or nested under "tdx" (v2),
-//     into an [Appraisal].
+//     (cached by package jwks, refreshed single-flight and at a bounded
+//     rate), an algorithm allowlist, the issuer, exp, nbf and iat with a
+//     small leeway, and maps Intel's claims, flat (v1 tokens) or nested
+//     under "tdx" (v2), into an [Appraisal].
 //   - [Direct] verifies quotes itself with package tdx, for fleets with no
 //     Trust Authority at all.
 //   - [Authority] is a local Trust Authority for dev: the same REST shapes

@@ -12,8 +12,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -21,31 +19,14 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/devopsdefender/devopsdefender/internal/jwks/jwkstest"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 // t0 is the pinned start of every fake clock.
 var t0 = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 
-// fakeClock is a settable clock for Options.Now.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: t0} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newFakeClock() *jwkstest.Clock { return jwkstest.NewClock(t0) }
 
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -98,32 +79,7 @@ func (k signingKey) jwk() jose.JSONWebKey {
 // sign signs claims with k under its alg and kid, as any issuer would.
 func (k signingKey) sign(t testing.TB, claims any) string {
 	t.Helper()
-	return signJWT(t, k.alg, k.key, k.kid, claims)
-}
-
-func signJWT(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims any) string {
-	t.Helper()
-	opts := (&jose.SignerOptions{}).WithType("JWT")
-	if kid != "" {
-		opts = opts.WithHeader(jose.HeaderKey("kid"), kid)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	payload, err := json.Marshal(claims)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jws, err := signer.Sign(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return jwkstest.SignJWT(t, k.alg, k.key, k.kid, claims)
 }
 
 // unsignedJWT builds header.payload. with no signature, for "none".
@@ -252,72 +208,27 @@ func mustHex(s string) tdx.Hex {
 	return b
 }
 
-// fakeJWKS serves a key set on httptest whose keys a test can rotate,
-// counting fetches.
-type fakeJWKS struct {
-	srv *httptest.Server
-
-	mu   sync.Mutex
-	keys []jose.JSONWebKey
-	hits int
-	fail bool
-	gate chan struct{} // if set, replies wait for it to close
-}
-
-func newFakeJWKS(t testing.TB, keys ...signingKey) *fakeJWKS {
-	f := &fakeJWKS{}
-	f.setKeys(keys...)
-	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
-	t.Cleanup(f.srv.Close)
-	return f
-}
-
-func (f *fakeJWKS) URL() string { return f.srv.URL + "/certs" }
-
-func (f *fakeJWKS) setKeys(keys ...signingKey) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.keys = nil
-	for _, k := range keys {
-		f.keys = append(f.keys, k.jwk())
+// newFakeJWKS serves keys on httptest as the issuer's key set.
+func newFakeJWKS(t testing.TB, keys ...signingKey) *jwkstest.Server {
+	set := make([]jose.JSONWebKey, len(keys))
+	for i, k := range keys {
+		set[i] = k.jwk()
 	}
+	return jwkstest.NewServer(t, set...)
 }
 
-func (f *fakeJWKS) setFail(fail bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.fail = fail
-}
-
-func (f *fakeJWKS) fetches() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.hits
-}
-
-func (f *fakeJWKS) serve(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.hits++
-	gate, fail := f.gate, f.fail
-	set := jose.JSONWebKeySet{Keys: f.keys}
-	f.mu.Unlock()
-	if gate != nil {
-		<-gate
-	}
-	if fail {
-		http.Error(w, "unavailable", http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(set)
+// fetches is how many times the key set of jwks was fetched.
+func fetches(jwks *jwkstest.Server) int {
+	_, n := jwks.Hits()
+	return n
 }
 
 // newTestVerifier returns a verifier of tokens issued by IntelIssuer with
 // keys from jwks, on clock.
-func newTestVerifier(t testing.TB, jwks *fakeJWKS, clock *fakeClock) *Verifier {
+func newTestVerifier(t testing.TB, jwks *jwkstest.Server, clock *jwkstest.Clock) *Verifier {
 	t.Helper()
 	v, err := NewVerifier(context.Background(), VerifierOptions{
-		JWKSURL: jwks.URL(), Now: clock.Now, Logger: testLogger(t),
+		JWKSURL: jwks.JWKSURL(), Now: clock.Now, Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/devopsdefender/devopsdefender/internal/endpoint"
+	"github.com/devopsdefender/devopsdefender/internal/jwks"
 )
 
 // maxTokenSize bounds the tokens we parse; ITA's are a few KiB.
@@ -70,10 +72,7 @@ type Verifier struct {
 	algs   []jose.SignatureAlgorithm
 	leeway time.Duration
 	now    func() time.Time
-	keys   *keySet
-
-	cancel    context.CancelFunc
-	closeOnce sync.Once
+	keys   *jwks.Set
 }
 
 // NewVerifier returns a verifier for opts. It does not contact the issuer:
@@ -84,76 +83,48 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("ita: %w", err)
 	}
-	base, cancel := context.WithCancel(ctx)
+	keys, err := jwks.New(ctx, jwks.Options{
+		URL: opts.JWKSURL, Algorithms: opts.Algorithms, HTTPClient: opts.HTTPClient,
+		Now: opts.Now, MinRefreshInterval: opts.MinRefreshInterval, MaxAge: opts.KeyMaxAge,
+		Logger: opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ita: %w", err)
+	}
 	return &Verifier{
 		issuer: opts.Issuer, algs: opts.Algorithms, leeway: opts.Leeway, now: opts.Now,
-		keys: &keySet{
-			url: opts.JWKSURL, client: opts.HTTPClient, now: opts.Now,
-			minRefresh: opts.MinRefreshInterval, maxAge: opts.KeyMaxAge,
-			log: opts.Logger, base: base,
-		},
-		cancel: cancel,
+		keys: keys,
 	}, nil
 }
 
 func (o *VerifierOptions) fill() error {
 	o.JWKSURL = cmp.Or(o.JWKSURL, DefaultJWKSURL)
-	if err := checkEndpoint(o.JWKSURL); err != nil {
+	if err := endpoint.CheckBase(o.JWKSURL); err != nil {
 		return fmt.Errorf("jwks URL: %w", err)
 	}
 	o.Issuer = cmp.Or(o.Issuer, IntelIssuer)
 	if strings.TrimSpace(o.Issuer) != o.Issuer {
 		return errors.New("issuer must not have surrounding spaces")
 	}
+	// The key set checks the algorithms (asymmetric only, at least one)
+	// and the refresh intervals, and fills in their defaults.
 	if o.Algorithms == nil {
 		o.Algorithms = DefaultAlgorithms
 	}
-	for _, alg := range o.Algorithms {
-		if !asymmetric(alg) {
-			return fmt.Errorf("algorithm %q is not an asymmetric signature algorithm", alg)
-		}
+	if o.Leeway < 0 {
+		return errors.New("leeway must not be negative")
 	}
-	if len(o.Algorithms) == 0 {
-		return errors.New("no signing algorithm allowed")
-	}
-	if o.Leeway < 0 || o.MinRefreshInterval < 0 || o.KeyMaxAge < 0 {
-		return errors.New("leeway and refresh intervals must not be negative")
-	}
-	o.HTTPClient = cmp.Or(o.HTTPClient, &http.Client{Timeout: 10 * time.Second})
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	o.Leeway = cmp.Or(o.Leeway, 60*time.Second)
-	o.MinRefreshInterval = cmp.Or(o.MinRefreshInterval, 30*time.Second)
-	o.KeyMaxAge = cmp.Or(o.KeyMaxAge, time.Hour)
-	o.Logger = cmp.Or(o.Logger, slog.New(slog.DiscardHandler))
-	if o.KeyMaxAge < o.MinRefreshInterval {
-		return errors.New("key max age is shorter than the minimum refresh interval")
-	}
 	return nil
-}
-
-// asymmetric reports whether alg is an RSA, RSA-PSS, ECDSA or EdDSA
-// signature algorithm (RFC 7518 §3.1), never HMAC.
-func asymmetric(alg jose.SignatureAlgorithm) bool {
-	switch alg {
-	case jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
-		jose.ES256, jose.ES384, jose.ES512, jose.EdDSA:
-		return true
-	}
-	return false
 }
 
 // Close stops background key fetches and waits for them to end. Later
 // verifications that need a fetch fail with a [FetchError]. Close is
 // idempotent.
-func (v *Verifier) Close() error {
-	v.closeOnce.Do(func() {
-		v.cancel()
-		v.keys.wg.Wait()
-	})
-	return nil
-}
+func (v *Verifier) Close() error { return v.keys.Close() }
 
 // Appraise implements [Appraiser]: it verifies ev.Token and checks that it
 // binds ev.ReportData.
@@ -250,9 +221,9 @@ func (v *Verifier) checkClaims(c *claimSet) error {
 // over an RSA key, and a JWK that declares an alg must declare this one.
 func (v *Verifier) checkSignature(ctx context.Context, jws *jose.JSONWebSignature) error {
 	kid := jws.Signatures[0].Header.KeyID
-	key, err := v.keys.resolve(ctx, kid)
+	key, err := v.keys.Key(ctx, kid)
 	if err != nil {
-		return err
+		return keyError(err)
 	}
 	alg := jws.Signatures[0].Header.Algorithm
 	if key.Algorithm != "" && key.Algorithm != alg {
@@ -263,4 +234,17 @@ func (v *Verifier) checkSignature(ctx context.Context, jws *jose.JSONWebSignatur
 		return &EvidenceError{Reason: ReasonSignature, Err: err}
 	}
 	return nil
+}
+
+// keyError turns an error of [jwks.Set.Key] into ours: an unknown key
+// refuses the evidence, a failed fetch judges it neither way.
+func keyError(err error) error {
+	var fe *jwks.FetchError
+	switch {
+	case errors.Is(err, jwks.ErrUnknownKey):
+		return &EvidenceError{Reason: ReasonUnknownKey}
+	case errors.As(err, &fe):
+		return &FetchError{Op: fe.Op, Err: fe.Err}
+	}
+	return err
 }

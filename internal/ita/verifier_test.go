@@ -7,10 +7,8 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/jwks/jwkstest"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -44,7 +43,7 @@ func TestVerifyValid(t *testing.T) {
 			}
 		})
 	}
-	if n := jwks.fetches(); n != 1 {
+	if n := fetches(jwks); n != 1 {
 		t.Errorf("JWKS fetched %d times, want 1", n)
 	}
 }
@@ -77,14 +76,16 @@ func TestVerifyRejects(t *testing.T) {
 		"sgx":               {key.sign(t, claims(set("attester_type", "SGX"))), ReasonAttesterType},
 		"alg none": {unsignedJWT(t, map[string]any{"alg": "none", "kid": "k1"}, valid),
 			ReasonAlgorithm},
-		"HS256": {signJWT(t, jose.HS256, []byte("shared secret of 32 bytes ......"), "k1",
+		"HS256": {jwkstest.SignJWT(t, jose.HS256, []byte("shared secret of 32 bytes ......"), "k1",
 			valid), ReasonAlgorithm},
-		"HS256 pubkey": {signJWT(t, jose.HS256, pkix(t, key.public()), "k1", valid),
+		"HS256 pubkey": {jwkstest.SignJWT(t, jose.HS256, pkix(t, key.public()), "k1", valid),
 			ReasonAlgorithm},
-		"ES512":      {signJWT(t, jose.ES512, mustP521(t), "k1", valid), ReasonAlgorithm},
-		"no kid":     {signJWT(t, jose.ES256, key.key, "", valid), ReasonMissingKeyID},
+		"ES512":  {jwkstest.SignJWT(t, jose.ES512, mustP521(t), "k1", valid), ReasonAlgorithm},
+		"no kid": {jwkstest.SignJWT(t, jose.ES256, key.key, "", valid), ReasonMissingKeyID},
+		"unknown kid": {jwkstest.SignJWT(t, jose.ES256, key.key, "k9", valid),
+			ReasonUnknownKey},
 		"forged":     {stranger.sign(t, valid), ReasonSignature},
-		"alg of key": {signJWT(t, jose.PS384, rs.key, "rs", valid), ReasonSignature},
+		"alg of key": {jwkstest.SignJWT(t, jose.PS384, rs.key, "rs", valid), ReasonSignature},
 		"garbage":    {"not.a.token", ReasonMalformed},
 		"two parts":  {"abc.def", ReasonMalformed},
 		"too large":  {strings.Repeat("a", maxTokenSize+1), ReasonMalformed},
@@ -127,7 +128,7 @@ func TestVerifyRejectsBeforeFetching(t *testing.T) {
 			t.Fatal("Verify accepted a foreign token")
 		}
 	}
-	if n := jwks.fetches(); n != 0 {
+	if n := fetches(jwks); n != 0 {
 		t.Errorf("JWKS fetched %d times for foreign tokens, want 0", n)
 	}
 }
@@ -144,132 +145,10 @@ func TestVerifyLeeway(t *testing.T) {
 	}
 }
 
-func TestVerifyUnknownKidRefreshes(t *testing.T) {
-	k1, k2, k3 := newECKey(t, "k1"), newECKey(t, "k2"), newECKey(t, "k3")
-	jwks := newFakeJWKS(t, k1)
-	clock := newFakeClock()
-	v := newTestVerifier(t, jwks, clock)
-	verify := func(k signingKey) error {
-		_, err := v.Verify(context.Background(), k.sign(t, flatClaims(IntelIssuer, clock.Now())))
-		return err
-	}
-
-	if err := verify(k1); err != nil {
-		t.Fatalf("first token: %v", err)
-	}
-	// The issuer rotates to k2: its first token triggers one refresh.
-	clock.Advance(time.Minute)
-	jwks.setKeys(k1, k2)
-	if err := verify(k2); err != nil {
-		t.Fatalf("token of the rotated key: %v", err)
-	}
-	if n := jwks.fetches(); n != 2 {
-		t.Fatalf("fetches = %d, want 2", n)
-	}
-	// Another unknown kid within the interval: no fetch, unknown key.
-	jwks.setKeys(k1, k2, k3)
-	var ee *EvidenceError
-	if err := verify(k3); !errors.As(err, &ee) || ee.Reason != ReasonUnknownKey {
-		t.Fatalf("kid within the interval: error = %v, want unknown key", err)
-	}
-	if n := jwks.fetches(); n != 2 {
-		t.Fatalf("fetches = %d after a rate-limited kid, want 2", n)
-	}
-	// After the interval the kid is looked up again.
-	clock.Advance(31 * time.Second)
-	if err := verify(k3); err != nil {
-		t.Fatalf("kid after the interval: %v", err)
-	}
-	if n := jwks.fetches(); n != 3 {
-		t.Errorf("fetches = %d, want 3", n)
-	}
-}
-
-// TestVerifyRefreshRateBound: 100 concurrent tokens with unknown kids
-// cause one JWKS fetch, which they all share or are refused by.
-func TestVerifyRefreshRateBound(t *testing.T) {
-	k1 := newECKey(t, "k1")
-	jwks := newFakeJWKS(t, k1)
-	gate := make(chan struct{})
-	jwks.gate = gate
-	v := newTestVerifier(t, jwks, newFakeClock())
-
-	const callers = 100
-	var wg sync.WaitGroup
-	errs := make(chan error, callers)
-	for i := range callers {
-		kid := fmt.Sprintf("unknown-%d", i)
-		tok := signJWT(t, jose.ES256, k1.key, kid, flatClaims(IntelIssuer, t0))
-		wg.Go(func() {
-			_, err := v.Verify(context.Background(), tok)
-			errs <- err
-		})
-	}
-	// Hold the fetch open once it has started, so that callers arrive both
-	// while it is in flight and after; none may start another.
-	waitFor(t, func() bool { return jwks.fetches() >= 1 })
-	close(gate)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		var ee *EvidenceError
-		if !errors.As(err, &ee) || ee.Reason != ReasonUnknownKey {
-			t.Fatalf("error = %v, want unknown key", err)
-		}
-	}
-	if n := jwks.fetches(); n != 1 {
-		t.Errorf("JWKS fetched %d times for %d unknown kids, want 1", n, callers)
-	}
-}
-
-// waitFor polls cond until it holds or a deadline passes.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached before the deadline")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-func TestVerifyKeyMaxAge(t *testing.T) {
-	k1 := newECKey(t, "k1")
-	jwks := newFakeJWKS(t, k1)
-	clock := newFakeClock()
-	v := newTestVerifier(t, jwks, clock)
-	verify := func() error {
-		_, err := v.Verify(context.Background(), k1.sign(t, flatClaims(IntelIssuer, clock.Now())))
-		return err
-	}
-	if err := verify(); err != nil {
-		t.Fatal(err)
-	}
-	// An hour later the keys are refreshed; if that fails, they still
-	// verify: an outage of the issuer must not stop the fleet.
-	clock.Advance(61 * time.Minute)
-	jwks.setFail(true)
-	if err := verify(); err != nil {
-		t.Fatalf("stale key after a failed refresh: %v", err)
-	}
-	// A withdrawn key stops verifying at the next refresh.
-	clock.Advance(61 * time.Minute)
-	jwks.setFail(false)
-	jwks.setKeys(newECKey(t, "k2"))
-	var ee *EvidenceError
-	if err := verify(); !errors.As(err, &ee) || ee.Reason != ReasonUnknownKey {
-		t.Errorf("withdrawn key: error = %v, want unknown key", err)
-	}
-	if n := jwks.fetches(); n != 3 {
-		t.Errorf("fetches = %d, want 3", n)
-	}
-}
-
 func TestVerifyJWKSUnavailable(t *testing.T) {
 	k1 := newECKey(t, "k1")
 	jwks := newFakeJWKS(t, k1)
-	jwks.setFail(true)
+	jwks.SetFail(true)
 	v := newTestVerifier(t, jwks, newFakeClock())
 	_, err := v.Verify(context.Background(), k1.sign(t, flatClaims(IntelIssuer, t0)))
 	var fe *FetchError
@@ -290,18 +169,16 @@ func TestVerifyClosed(t *testing.T) {
 	v.Close()
 	_, err := v.Verify(context.Background(), k1.sign(t, flatClaims(IntelIssuer, t0)))
 	var fe *FetchError
-	if !errors.As(err, &fe) || jwks.fetches() != 0 {
+	if !errors.As(err, &fe) || fetches(jwks) != 0 {
 		t.Errorf("after Close: error = %v, fetches %d; want a FetchError and none", err,
-			jwks.fetches())
+			fetches(jwks))
 	}
 }
 
 func TestVerifyContextCanceled(t *testing.T) {
 	k1 := newECKey(t, "k1")
 	jwks := newFakeJWKS(t, k1)
-	gate := make(chan struct{})
-	jwks.gate = gate
-	defer close(gate)
+	defer jwks.Hold()()
 	v := newTestVerifier(t, jwks, newFakeClock())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -391,7 +268,7 @@ func BenchmarkTokenVerify(b *testing.B) {
 		b.Run(string(k.alg), func(b *testing.B) {
 			jwks := newFakeJWKS(b, k)
 			v, err := NewVerifier(context.Background(), VerifierOptions{
-				JWKSURL: jwks.URL(), Now: func() time.Time { return t0 },
+				JWKSURL: jwks.JWKSURL(), Now: func() time.Time { return t0 },
 			})
 			if err != nil {
 				b.Fatal(err)
