@@ -59,9 +59,18 @@ func TestDashboardInABrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleet, err := chromedp.Run(browser, chromedp.Text(chromedp.CSS("body")))
-	if err != nil {
-		t.Fatal(err)
+	// The page refreshes itself; the collector may need a round to report
+	// the agent's workloads.
+	var fleet string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		fleet, err = chromedp.Run(browser, chromedp.Text(chromedp.CSS("body")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(fleet, "ticker") {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 	if !strings.Contains(signIn, "Sign in with GitHub") {
 		t.Errorf("sign-in page text = %q", signIn)
