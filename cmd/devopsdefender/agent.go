@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 
 	"github.com/devopsdefender/devopsdefender/internal/agent"
+	"github.com/devopsdefender/devopsdefender/internal/cloudflared"
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 )
 
@@ -20,6 +24,12 @@ with the control plane, and serves /health, /api/units, /deploy, /exec,
 /logs/{app} and the VM's page. /deploy, /exec and /logs require a GitHub
 Actions OIDC token for the fleet's audience whose repository owner (or
 repository, for a repo principal) is the fleet owner, by name and numeric id.
+
+With --cloudflared, the agent runs cloudflared for the tunnel the control
+plane created at registration, with the tunnel token in cloudflared's
+environment (TUNNEL_TOKEN), and reports its state on /health. --expose
+publishes ports of boot workloads under hostname labels; deployed
+workloads publish theirs with "expose" in their spec.
 
 Each flag falls back to the environment variable named in its description.
 
@@ -45,6 +55,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ownerKind := fs.String("owner-kind", envOr("DD_OWNER_KIND", "org"), "fleet owner kind: user, org or repo (DD_OWNER_KIND)")
 	owner := fs.String("owner", envOr("DD_OWNER", ""), "fleet owner: login, org or owner/repo (DD_OWNER)")
 	ownerID := fs.String("owner-id", envOr("DD_OWNER_ID", ""), "fleet owner's numeric GitHub id (DD_OWNER_ID)")
+	cloudflaredBin := fs.String("cloudflared", envOr("DD_CLOUDFLARED", ""),
+		"cloudflared binary carrying the agent's tunnel; empty runs none (DD_CLOUDFLARED)")
+	expose := fs.String("expose", envOr("DD_EXPOSE", ""),
+		"boot workloads' hostname claims, LABEL:PORT[,LABEL:PORT...] (DD_EXPOSE)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, agentHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
@@ -66,6 +80,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usagef("fleet owner: %v", err)
 	}
+	claims, err := parseExpose(*expose)
+	if err != nil {
+		return usagef("--expose: %v", err)
+	}
 	verifier, err := ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{Issuer: *issuer,
 		Audience: *audience, Logger: log})
 	if err != nil {
@@ -85,14 +103,46 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *origin == "" {
 		*origin = "http://" + ln.Addr().String()
 	}
-	a, err := agent.New(agent.Options{VMName: *vmName, Runtime: rt, Verifier: verifier,
-		Owner:           principal,
-		ControlPlaneURL: *cpURL, Origin: *origin, Build: buildVersion(), Logger: log})
+	opts := agent.Options{VMName: *vmName, Runtime: rt, Verifier: verifier, Owner: principal,
+		ControlPlaneURL: *cpURL, Origin: *origin, Expose: claims, Build: buildVersion(),
+		Logger: log}
+	if *cloudflaredBin != "" {
+		opts.Connect = func(token string, onExit func(cloudflared.Exit)) (agent.Connector, error) {
+			sup, err := superviseCloudflared(*cloudflaredBin, token, onExit, log)
+			if err != nil {
+				return nil, err
+			}
+			return sup, nil
+		}
+	}
+	a, err := agent.New(opts)
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	log.Info("agent starting", "build", buildVersion(), "env", e, "vm", *vmName,
-		"listen", ln.Addr().String(), "cp_url", *cpURL, "owner", principal.String())
+		"listen", ln.Addr().String(), "cp_url", *cpURL, "owner", principal.String(),
+		"cloudflared", *cloudflaredBin, "expose", *expose)
 	return a.Serve(ctx, ln)
+}
+
+// parseExpose reads "LABEL:PORT[,LABEL:PORT...]" (the reference's
+// DD_EXTRA_INGRESS). Each claim is named after its label ("boot-LABEL"),
+// since the agent never sees a boot workload's spec; the agent validates
+// the labels.
+func parseExpose(v string) ([]ingress.Claim, error) {
+	var out []ingress.Claim
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		label, port, ok := strings.Cut(item, ":")
+		n, err := strconv.Atoi(port)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("%q is not LABEL:PORT", item)
+		}
+		out = append(out, ingress.Claim{App: "boot-" + label, Label: label, Port: n})
+	}
+	return out, nil
 }

@@ -15,12 +15,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
@@ -73,6 +75,12 @@ type Options struct {
 	// tunnel connector. Required when ControlPlaneURL is set.
 	Origin string
 
+	// Expose are the hostname claims of boot workloads, which the
+	// runtime starts from its own configuration, so the agent never sees
+	// their specs. They are published after registration like the claims
+	// of deployed workloads.
+	Expose []ingress.Claim
+
 	// Connect builds the connector (cloudflared) that carries the tunnel
 	// the control plane created for the agent, with the tunnel token from
 	// each registration. Nil runs none: the agent is then reached only at
@@ -119,6 +127,7 @@ type Agent struct {
 	deploys   deployResults
 	integrity integrity
 	tunnel    tunnelRunner
+	expose    exposeState
 
 	mu       sync.Mutex
 	reg      registration      // guarded by mu
@@ -155,6 +164,9 @@ func New(opts Options) (*Agent, error) {
 	if err := checkURLs(opts); err != nil {
 		return nil, err
 	}
+	if err := validateBootClaims(opts.VMName, opts.Expose); err != nil {
+		return nil, err
+	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Timeout: 30 * time.Second}
 	}
@@ -182,6 +194,9 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a := &Agent{opts: opts, log: log.With("component", "agent", "vm", opts.VMName), keys: k}
+	if len(opts.Expose) > 0 {
+		a.setClaims(slices.Clone(opts.Expose))
+	}
 	if a.opts.Auth == nil {
 		if a.opts.Auth, err = NewOIDCAuth(opts.Verifier, opts.Owner, a.Tenant); err != nil {
 			return nil, err

@@ -20,6 +20,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/attestbind"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/runtime/server"
 )
@@ -239,6 +240,8 @@ type fakeCP struct {
 	t      *testing.T
 	refuse bool
 	got    chan cpapi.RegisterRequest
+	// claims receives the bodies of POST /agents/{id}/ingress.
+	claims chan []ingress.Claim
 }
 
 var fakeNonce = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
@@ -249,6 +252,9 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteJSON(w, 200, cpapi.NonceResponse{Nonce: fakeNonce})
 		return
 	case "/register":
+	case "/agents/dd-test-agent-1/ingress":
+		f.serveIngress(w, r)
+		return
 	case "/agents/dd-test-agent-1/config":
 		if r.Header.Get("Authorization") != "Bearer secret-agent-token" {
 			httpapi.WriteJSON(w, 401, httpapi.Body{Code: "UNAUTHORIZED", Message: "no"})
@@ -275,7 +281,31 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpapi.WriteJSON(w, 200, cpapi.RegisterResponse{AgentID: "dd-test-agent-1",
-		Hostname: "vm-1.example", URL: "https://vm-1.example", AgentToken: "secret-agent-token"})
+		Hostname: "vm-1.example", URL: "https://vm-1.example", AgentToken: "secret-agent-token",
+		TunnelToken: "secret-tunnel-token"})
+}
+
+// serveIngress accepts the agent's claims and answers with their URLs.
+func (f *fakeCP) serveIngress(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer secret-agent-token" {
+		httpapi.WriteJSON(w, 401, httpapi.Body{Code: "UNAUTHORIZED", Message: "no"})
+		return
+	}
+	var req cpapi.IngressRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		httpapi.WriteJSON(w, 400, httpapi.Body{Code: "BAD_REQUEST", Message: err.Error()})
+		return
+	}
+	if f.claims != nil {
+		f.claims <- req.Claims
+	}
+	resp := cpapi.IngressResponse{AgentID: "dd-test-agent-1", Exposed: []agentapi.Exposed{}}
+	for _, c := range req.Claims {
+		h := ingress.ExtraHostname("vm-1.example", c.Label)
+		resp.Exposed = append(resp.Exposed, agentapi.Exposed{App: c.App, Label: c.Label,
+			Port: c.Port, Hostname: h, URL: "https://" + h, Published: true})
+	}
+	httpapi.WriteJSON(w, 200, resp)
 }
 
 func (f *fakeCP) check(body []byte, sig string, req *cpapi.RegisterRequest) error {

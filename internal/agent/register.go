@@ -107,6 +107,7 @@ func (a *Agent) register(ctx context.Context) error {
 	a.mu.Unlock()
 	a.log.Info("registered", "agent_id", resp.AgentID, "hostname", resp.Hostname, "url", resp.URL)
 	a.startTunnel(ctx, resp.TunnelToken)
+	a.republish(ctx)
 	return nil
 }
 

@@ -111,6 +111,7 @@ func (a *Agent) health(ctx context.Context) agentapi.Health {
 	}
 	h.Units, h.UnitCount, h.DeploymentCount = units, len(units), len(units)
 	h.Tunnel = a.tunnelStatus()
+	h.Exposed = a.exposed()
 	return h
 }
 
@@ -174,8 +175,16 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, resp)
 }
 
-// deploy hands spec to the runtime and records who deployed what.
+// deploy hands spec to the runtime, publishing its expose, and records
+// who deployed what.
 func (a *Agent) deploy(r *http.Request, spec workload.Spec, specHash string) (agentapi.DeployResponse, error) {
+	return a.deployExposing(r.Context(), spec, func() (agentapi.DeployResponse, error) {
+		return a.deployRuntime(r, spec, specHash)
+	})
+}
+
+func (a *Agent) deployRuntime(r *http.Request, spec workload.Spec,
+	specHash string) (agentapi.DeployResponse, error) {
 	id, err := a.opts.Runtime.Deploy(r.Context(), spec)
 	if err != nil {
 		return agentapi.DeployResponse{}, runtimeError("deploy", err)

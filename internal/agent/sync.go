@@ -10,13 +10,15 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 )
 
-// syncLoop reads the agent's configuration from the control plane and
-// forwards pending audit entries, every SyncInterval, until ctx ends.
+// syncLoop reads the agent's configuration from the control plane,
+// publishes hostname claims it has not applied yet, and forwards pending
+// audit entries, every SyncInterval, until ctx ends.
 func (a *Agent) syncLoop(ctx context.Context) {
 	for {
 		if err := a.syncConfig(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("reading configuration from the control plane failed", "err", err)
 		}
+		a.publishClaims(ctx)
 		if a.opts.Audit != nil {
 			if _, err := a.opts.Audit.Ship(ctx, a.sendAudit); err != nil && ctx.Err() == nil {
 				a.log.Warn("forwarding audit entries failed", "err", err,
