@@ -151,21 +151,29 @@ func (s *Server) startSelf(ctx context.Context, wg *sync.WaitGroup) error {
 
 // watchSelf checks the control plane's tunnel every SelfCheckInterval,
 // and at once after its connector exits, until ctx ends or it is fenced.
+// Until the hostname first reaches this control plane it checks ten times
+// as often, so that a new control plane starts serving, and fences its
+// predecessor, soon after its connector is up.
 func (s *Server) watchSelf(ctx context.Context) {
-	tick := time.NewTicker(s.opts.SelfCheckInterval)
-	defer tick.Stop()
 	exited := false
 	for {
 		s.checkSelf(ctx, exited)
 		if s.Fenced() {
 			return
 		}
+		wait := s.opts.SelfCheckInterval
+		if !s.servedOnce() {
+			wait /= 10
+		}
+		t := time.NewTimer(wait)
 		exited = false
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
-		case <-tick.C:
+		case <-t.C:
 		case <-s.self.exited:
+			t.Stop()
 			exited = true
 		}
 	}

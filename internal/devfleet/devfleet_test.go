@@ -296,12 +296,17 @@ func waitRunning(t *testing.T, c *agentapi.Client, app string) agentapi.Unit {
 
 func getJSON(t *testing.T, url, token string, v any) {
 	t.Helper()
+	getJSONWith(t, http.DefaultClient, url, token, v)
+}
+
+func getJSONWith(t *testing.T, c *http.Client, url, token string, v any) {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Accept", "application/json")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

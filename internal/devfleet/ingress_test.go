@@ -1,0 +1,243 @@
+package devfleet
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/devopsdefender/devopsdefender/internal/agentapi"
+	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/cp"
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
+)
+
+// fixturesDir holds the real workload specs of the original system, in the
+// repository's sibling shared/ folder.
+const fixturesDir = "../../../shared/fixtures/workloads"
+
+// oracleSpec returns the oracle-readonly fixture listening on loopback
+// port instead of 0.0.0.0:8082 (test servers listen on loopback only),
+// with its expose moved to that port.
+func oracleSpec(t *testing.T, port int) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(fixturesDir, "oracle-readonly.json"))
+	if os.IsNotExist(err) {
+		t.Skip("no oracle-readonly fixture (the shared/ folder next to the repository is absent)")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := string(data)
+	p := strconv.Itoa(port)
+	for old, new := range map[string]string{"0.0.0.0:8082": "127.0.0.1:" + p,
+		`"port": 8082`: `"port": ` + p} {
+		if !strings.Contains(spec, old) {
+			t.Fatalf("the fixture no longer contains %q", old)
+		}
+		spec = strings.ReplaceAll(spec, old, new)
+	}
+	return []byte(spec)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// eventually polls cond until it holds, failing after a generous deadline.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within the deadline", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestOracleReachableThroughTheEdge deploys the oracle-readonly fixture,
+// whose expose claims the label "oracle", and reads its oracle document
+// through the edge at the workload's hostname; an invalid label in expose
+// is refused and changes nothing.
+func TestOracleReachableThroughTheEdge(t *testing.T) {
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("busybox is not installed; the oracle fixture needs it")
+	}
+	f, _ := startFleet(t)
+	st := f.State()
+	ctx := context.Background()
+	c := &agentapi.Client{BaseURL: st.Agents[0].URL, HTTP: localedge.HTTPClient(),
+		Token: mint(t, st, st.Owner.MintRequest())}
+
+	res, err := c.Deploy(ctx, oracleSpec(t, freePort(t)))
+	if err != nil {
+		t.Fatalf("Deploy: %v", err)
+	}
+	host := ingress.LabelHostname("agent-1.localhost", "oracle")
+	want := f.edge.URL(host)
+	if res.Exposed == nil || !res.Exposed.Published || res.Exposed.URL != want {
+		t.Errorf("deploy exposed = %+v, want published at %s", res.Exposed, want)
+	}
+	var body string
+	eventually(t, "the oracle document through the edge", func() bool {
+		resp, err := localedge.HTTPClient().Get(want + "/oracle.json")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == http.StatusOK
+	})
+	if !strings.Contains(body, `"oracle":"oracle-readonly"`) {
+		t.Errorf("oracle document = %q", body)
+	}
+
+	// A reserved label is refused before anything is deployed.
+	records := f.Provider().Hostnames()
+	units, _ := c.Units(ctx)
+	bad := strings.Replace(string(oracleSpec(t, freePort(t))), `"hostname_label": "oracle"`,
+		`"hostname_label": "api"`, 1)
+	bad = strings.Replace(bad, `"app_name": "oracle-readonly"`, `"app_name": "bad-oracle"`, 1)
+	_, err = c.Deploy(ctx, []byte(bad))
+	var ae *agentapi.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+		t.Errorf("deploy with a reserved label = %v, want 400", err)
+	}
+	if diff := cmp.Diff(records, f.Provider().Hostnames()); diff != "" {
+		t.Errorf("the refused deploy changed the records:\n%s", diff)
+	}
+	if after, _ := c.Units(ctx); len(after) != len(units) {
+		t.Errorf("the refused deploy reached the runtime: %d units, want %d", len(after),
+			len(units))
+	}
+}
+
+// TestSecondControlPlaneTakesOver starts a second control plane on the
+// same registry: it takes the hostname over and fences the first, which
+// stops; the agents keep serving and talk to the new control plane; and
+// only the new one reaps.
+func TestSecondControlPlaneTakesOver(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	f, err := Start(ctx, Options{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Agents: 1,
+		ReapGrace: 3 * time.Second})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		if err := f.Wait(); err != nil {
+			t.Errorf("fleet stopped with error: %v", err)
+		}
+	}()
+	st := f.State()
+	first := f.CP()
+	// An orphan agent tunnel: nothing connects it, so every probe fails.
+	ghost, err := f.Provider().CreateTunnel(ctx, "dd-dev-agent-0badcafe",
+		ingress.AgentIngress("ghost.localhost", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second, err := f.StartSecondCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first control plane did not stop after the second took over")
+	}
+	if !first.Fenced() || f.CP() != second || f.State().CPURL != second.URL {
+		t.Errorf("first fenced %v, current is second %v; want both", first.Fenced(),
+			f.CP() == second)
+	}
+	var h cpapi.Health
+	getJSONWith(t, localedge.HTTPClient(), st.DashboardURL+"health", "", &h)
+	if h.Ingress == nil || h.Ingress.TunnelID != second.TunnelID() {
+		t.Errorf("the public hostname reaches %+v, want the second control plane", h.Ingress)
+	}
+
+	// The agent keeps serving through the edge.
+	agent := &agentapi.Client{BaseURL: st.Agents[0].URL, HTTP: localedge.HTTPClient()}
+	if ah, err := agent.Health(ctx); err != nil || !ah.OK {
+		t.Fatalf("agent health after the takeover = %+v, %v", ah, err)
+	}
+
+	// The agent talks to the new control plane: it picks up a tenant set
+	// there, and the new collector scrapes it.
+	var agents []cpapi.Agent
+	getJSON(t, second.URL+"/api/agents", st.AdminToken, &agents)
+	setTenant(t, second.URL, st.AdminToken, agents[0].AgentID)
+	tenant := ghoidc.Principal{Kind: ghoidc.KindUser, Name: "dev-tenant", ID: 2002}.String()
+	eventually(t, "the agent syncs the tenant from the new control plane", func() bool {
+		ah, err := agent.Health(ctx)
+		return err == nil && ah.Tenant == tenant
+	})
+	takeover := time.Now().UTC().Truncate(time.Second)
+	eventually(t, "the new control plane scrapes the agent", func() bool {
+		getJSON(t, second.URL+"/api/agents", st.AdminToken, &agents)
+		seen, _ := time.Parse(time.RFC3339, agents[0].LastSeen)
+		return agents[0].Status == "healthy" && !seen.Before(takeover)
+	})
+
+	// Only the new control plane reaps the orphan.
+	eventually(t, "the orphan is reaped", func() bool {
+		info, err := f.Provider().Tunnel(ctx, ghost.ID)
+		return err == nil && info.Deleted()
+	})
+	var reaped, stonith audit.Page
+	getJSON(t, second.URL+"/api/audit?action="+string(cp.ActionIngressReaped), st.AdminToken,
+		&reaped)
+	if len(reaped.Entries) == 0 {
+		t.Error("no reaping entry in the audit log")
+	}
+	for _, e := range reaped.Entries {
+		if e.Actor.Name != "cp:"+second.TunnelID() {
+			t.Errorf("reaping entry by %s, want only the new control plane", e.Actor)
+		}
+	}
+	getJSON(t, second.URL+"/api/audit?action="+string(audit.ActionStonith), st.AdminToken,
+		&stonith)
+	if len(stonith.Entries) != 1 || stonith.Entries[0].Actor.Name != "cp:"+second.TunnelID() {
+		t.Errorf("stonith entries = %+v, want one by the new control plane", stonith.Entries)
+	}
+}
+
+func setTenant(t *testing.T, cpURL, adminToken, agentID string) {
+	t.Helper()
+	body := `{"tenant":{"kind":"user","name":"dev-tenant","id":2002}}`
+	req, _ := http.NewRequest("POST", cpURL+"/api/agents/"+agentID+"/tenant",
+		strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("setting the tenant = %d", resp.StatusCode)
+	}
+}
