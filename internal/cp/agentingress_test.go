@@ -93,7 +93,8 @@ func TestAgentIngressOnlyOwnTunnel(t *testing.T) {
 	e := newTestEnv(t, nil)
 	a, b := e.register(t, "alpha"), e.register(t, "beta")
 	body := `{"claims":[{"app":"x","hostname_label":"x","port":1}]}`
-	if rec := e.do("POST", "/agents/"+b.AgentID+"/ingress", body, bearer(a.AgentToken)); rec.Code != 401 {
+	rec := e.do("POST", "/agents/"+b.AgentID+"/ingress", body, bearer(a.AgentToken))
+	if rec.Code != 401 {
 		t.Errorf("agent A on agent B's ingress = %d, want 401", rec.Code)
 	}
 	if _, ok := e.ingress.Hostnames()["beta-x.localhost"]; ok {

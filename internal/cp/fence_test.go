@@ -170,6 +170,16 @@ func TestSecondControlPlaneFencesTheFirst(t *testing.T) {
 			h.Ingress)
 	}
 
+	page := first.srv.Handler()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("Authorization", "Bearer "+testAdminToken)
+	page.ServeHTTP(rec, req)
+	if want := "tunnel " + first.srv.TunnelID(); !strings.Contains(rec.Body.String(), want) ||
+		!strings.Contains(rec.Body.String(), "serving app.localhost") {
+		t.Errorf("fleet page lacks %q and the serving state", want)
+	}
+
 	second := e.newCP(t, nil)
 	second.run(t)
 	select {

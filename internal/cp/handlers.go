@@ -287,7 +287,7 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	page := dashboard.FleetPage{Env: s.opts.Env, Hostname: s.opts.Hostname,
-		Now: s.opts.Now(), RefreshSecs: s.refreshSecs()}
+		Now: s.opts.Now(), RefreshSecs: s.refreshSecs(), Ingress: pageIngress(s.ingressHealth())}
 	for i := range agents {
 		page.Agents = append(page.Agents, pageAgent(&agents[i]))
 	}
@@ -317,6 +317,20 @@ func (s *Server) agentPage(w http.ResponseWriter, r *http.Request) error {
 // data, but not more than every 2 seconds.
 func (s *Server) refreshSecs() int {
 	return max(2, int(s.opts.ScrapeInterval/time.Second))
+}
+
+// pageIngress converts the control plane's tunnel state for the fleet
+// page.
+func pageIngress(h *cpapi.CPIngress) *dashboard.Ingress {
+	if h == nil {
+		return nil
+	}
+	in := &dashboard.Ingress{TunnelID: h.TunnelID, Serving: h.Serving, Fenced: h.Fenced,
+		FencedReason: h.FencedReason, Connector: "none"}
+	if c := h.Connector; c != nil {
+		in.Connector, in.Restarts = string(c.State), c.Restarts
+	}
+	return in
 }
 
 func pageAgent(a *fleet.Agent) dashboard.Agent {

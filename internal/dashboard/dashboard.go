@@ -94,6 +94,23 @@ type FleetPage struct {
 	RefreshSecs int
 	// Agents are shown in this order.
 	Agents []Agent
+	// Ingress is the control plane's own tunnel; nil shows none.
+	Ingress *Ingress
+}
+
+// Ingress is the control plane's own tunnel as the fleet page shows it.
+type Ingress struct {
+	TunnelID string
+	// Connector is the state of the connector (cloudflared) carrying it,
+	// e.g. "running" or "backoff", and Restarts how often it restarted.
+	Connector string
+	Restarts  int
+	// Serving is true when the hostname reaches this control plane.
+	Serving bool
+	// Fenced is true once a newer control plane took over; FencedReason
+	// says what showed it.
+	Fenced       bool
+	FencedReason string
 }
 
 // AgentPage is the control plane's page about one agent.

@@ -69,6 +69,17 @@ func TestGolden(t *testing.T) {
 			return RenderFleet(w, FleetPage{Env: "dev", Hostname: "app.localhost", Now: now,
 				RefreshSecs: 5, Agents: agents})
 		}},
+		{"fleet_ingress", func(w io.Writer) error {
+			return RenderFleet(w, FleetPage{Env: "dev", Hostname: "app.localhost", Now: now,
+				Ingress: &Ingress{TunnelID: "5f0c2a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
+					Connector: "running", Restarts: 2, Serving: true}})
+		}},
+		{"fleet_fenced", func(w io.Writer) error {
+			return RenderFleet(w, FleetPage{Env: "dev", Hostname: "app.localhost", Now: now,
+				Ingress: &Ingress{TunnelID: "5f0c2a9e-1b2c-4d3e-8f90-a1b2c3d4e5f6",
+					Connector: "backoff", Fenced: true,
+					FencedReason: "the control plane's tunnel was deleted"}})
+		}},
 		{"fleet_empty", func(w io.Writer) error {
 			return RenderFleet(w, FleetPage{Env: "dev", Hostname: "app.localhost", Now: now})
 		}},
