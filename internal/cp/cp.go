@@ -141,7 +141,8 @@ type Options struct {
 	// fail before it is reaped. Zero means [reap.DefaultMinFailures].
 	ReapFailures int
 
-	// HTTPClient scrapes agents. Nil means a client that does not follow
+	// HTTPClient scrapes agents, probes orphan tunnels and the control
+	// plane's own hostname. Nil means a client that does not follow
 	// redirects; the dev launcher injects one that resolves *.localhost.
 	HTTPClient *http.Client
 

@@ -4,6 +4,21 @@
 // edge standing in for Cloudflare, and N agents, each with its own local
 // workload runtime running real processes. Every piece speaks the real
 // protocol, so the production code paths run unchanged.
+//
+// Ingress runs the control plane's production code against the local
+// edge's provider (localedge.Provider, the stand-in for the Cloudflare
+// account): the control plane creates its own tunnel for app.<domain>
+// and one per agent registration, with the same ingress rules as in
+// production, whose services are "http://localhost:PORT" inside a VM.
+// The stand-in for cloudflared (localedge.Connector) maps them back to
+// this machine: the control plane's connector maps the dashboard service
+// (:8080) to its loopback listener, an agent's maps its dashboard and API
+// services (:8080, :8081) to the agent's loopback listener, and every
+// other service, a workload's exposed port, is dialled as written, since
+// the workloads run on this machine. Agents find the control plane by
+// its public hostname through the edge, as in production, so a second
+// control plane ([Fleet.StartSecondCP]) takes the fleet over by taking
+// the hostname over, and fences the first, which stops.
 package devfleet
 
 import (
