@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -225,7 +226,11 @@ func (s *Server) checkSelf(ctx context.Context, connectorExited bool) {
 		strike = "the connector is down and the hostname does not answer"
 	default:
 		s.setServing(false)
-		s.log.WarnContext(ctx, "self-check inconclusive", "tunnel_id", own, "err", err)
+		level := slog.LevelWarn
+		if !served {
+			level = slog.LevelDebug // waiting for the cutover is normal
+		}
+		s.log.Log(ctx, level, "self-check inconclusive", "tunnel_id", own, "err", err)
 		return
 	}
 	s.strike(ctx, strike)
