@@ -492,8 +492,11 @@ func (p *Provider) serve(w http.ResponseWriter, r *http.Request, host string) bo
 	}
 	log := p.edge.log
 	if rt.down != nil {
-		httpapi.WriteError(log, w, r, &httpapi.Error{Status: StatusTunnelDown,
-			Code: CodeTunnelDown, Message: rt.down.Error()})
+		// Expected while connectors start or after a tunnel is deleted,
+		// so it is no error of the edge's.
+		log.Info("tunnel down", "hostname", host, "reason", rt.down.Error())
+		httpapi.WriteJSON(w, StatusTunnelDown, httpapi.Body{Code: CodeTunnelDown,
+			Message: rt.down.Error()})
 		return true
 	}
 	if code, isStatus := strings.CutPrefix(rt.rule.Service, "http_status:"); isStatus {
