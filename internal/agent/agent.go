@@ -23,6 +23,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
@@ -97,6 +98,12 @@ type Options struct {
 
 	// Build is the build identifier shown on /health.
 	Build string
+
+	// TrustAuthority, when set, has the agent's quotes appraised by an
+	// Intel Trust Authority (or the local one of the dev fleet) and sends
+	// the token with the quote. Nil sends the quote alone, for a control
+	// plane that verifies quotes itself.
+	TrustAuthority *ita.Client
 
 	// ReattestInterval is how often the agent proves to the control plane
 	// again that it runs in the same TD. Zero means 10m.

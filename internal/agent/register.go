@@ -145,6 +145,10 @@ func (a *Agent) freshEvidence(ctx context.Context, purpose string) (string, agen
 	if err != nil {
 		return "", agentapi.Evidence{}, err
 	}
+	if a.opts.TrustAuthority != nil {
+		ev, err := a.trustAuthorityEvidence(ctx, rd)
+		return n.Nonce, ev, err
+	}
 	att, err := a.opts.Runtime.Attest(ctx, rd[:])
 	if err != nil {
 		return "", agentapi.Evidence{}, fmt.Errorf("attesting: %w", err)

@@ -41,6 +41,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
@@ -108,9 +109,12 @@ type Fleet struct {
 	verifier  *ghoidc.Verifier
 	githubURL string
 	sim       *tdx.Simulator
-	edge      *localedge.Edge
-	provider  *localedge.Provider
-	cp        *ControlPlane // guarded by mu
+	// taURL is the local Trust Authority; taVerifier checks its tokens.
+	taURL      string
+	taVerifier *ita.Verifier
+	edge       *localedge.Edge
+	provider   *localedge.Provider
+	cp         *ControlPlane // guarded by mu
 
 	// ctx is the fleet's lifetime; every component stops when it ends.
 	ctx    context.Context
@@ -125,6 +129,8 @@ type secrets struct {
 	AdminToken  string `json:"admin_token"`
 	MintSecret  string `json:"oidc_mint_secret"`
 	OAuthSecret string `json:"oauth_client_secret"`
+	// TrustAuthorityKey is the local Trust Authority's API key.
+	TrustAuthorityKey string `json:"trust_authority_key"`
 }
 
 // Start starts every component, waits until each agent has registered,
@@ -194,6 +200,9 @@ func (f *Fleet) start(ctx context.Context) error {
 		return err
 	}
 	if err := f.startIssuer(ctx); err != nil {
+		return err
+	}
+	if err := f.startTrustAuthority(ctx); err != nil {
 		return err
 	}
 	if err := f.startEdge(ctx); err != nil {
@@ -304,14 +313,16 @@ func loadSecrets(dir string) (secrets, error) {
 		if err := json.Unmarshal(data, &s); err != nil {
 			return s, fmt.Errorf("devfleet: decoding %s: %w", path, err)
 		}
-		if s.AdminToken != "" && s.MintSecret != "" && s.OAuthSecret != "" {
+		if s.AdminToken != "" && s.MintSecret != "" && s.OAuthSecret != "" &&
+			s.TrustAuthorityKey != "" {
 			return s, nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return s, fmt.Errorf("devfleet: reading secrets: %w", err)
 	}
 	s = secrets{AdminToken: cmp.Or(s.AdminToken, randomHex(32)),
-		MintSecret: cmp.Or(s.MintSecret, randomHex(32)), OAuthSecret: randomHex(32)}
+		MintSecret:  cmp.Or(s.MintSecret, randomHex(32)),
+		OAuthSecret: cmp.Or(s.OAuthSecret, randomHex(32)), TrustAuthorityKey: randomHex(32)}
 	data, err = json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return s, fmt.Errorf("devfleet: encoding secrets: %w", err)

@@ -3,7 +3,6 @@ package devfleet
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,7 +22,6 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
-	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 	"github.com/devopsdefender/devopsdefender/internal/runtime/server"
 	"github.com/devopsdefender/devopsdefender/internal/websession"
@@ -241,9 +239,7 @@ func (f *Fleet) runCP(ctx context.Context, ln net.Listener) (*ControlPlane, erro
 // through the local GitHub, and publishes agents and itself on the local
 // edge; its connector maps its tunnel's dashboard service to url.
 func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.Server, error) {
-	roots := x509.NewCertPool()
-	roots.AddCert(f.sim.Root())
-	appraiser, err := ita.NewDirect(ita.DirectOptions{SimulatedRoots: roots, Logger: f.log})
+	pol, err := f.policy(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +257,7 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.
 		Store: store, Env: "dev", Hostname: f.cpHost(), Domain: f.opts.Domain,
 		AdminToken: f.secrets.AdminToken, Ingress: f.provider, PublicURL: f.edge.URL,
 		Connect:   f.connector(map[string]string{ingress.DefaultService: url}),
-		Appraiser: appraiser, Owner: f.owner(), CIVerifier: f.verifier, Sessions: sessions,
+		Appraiser: f.taVerifier, Policy: pol, Owner: f.owner(), CIVerifier: f.verifier, Sessions: sessions,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build, Logger: f.log,
 		ScrapeInterval: time.Second, SelfCheckInterval: f.opts.SelfCheckInterval,
 		FenceGrace: 200 * time.Millisecond, ReapEvery: 2, ReapGrace: f.opts.ReapGrace,
@@ -374,8 +370,15 @@ func (f *Fleet) startAgent(ctx context.Context, name string,
 	// production, so it follows the hostname to a newer control plane.
 	connect := f.connector(map[string]string{ingress.DefaultService: origin,
 		ingress.LocalService(ingress.AgentAPIPort): origin})
+	ta, err := f.trustAuthorityClient()
+	if err != nil {
+		ln.Close()
+		fwd.Close()
+		return nil, fmt.Errorf("devfleet: %w", err)
+	}
 	ag, err := agent.New(agent.Options{
 		VMName: name, Runtime: rt, Verifier: verifier, Owner: f.owner(), Audit: fwd,
+		TrustAuthority:  ta,
 		ControlPlaneURL: f.dashboardOrigin(), Origin: origin, SyncInterval: 2 * time.Second,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build,
 		Logger: f.log.With("agent", name),
