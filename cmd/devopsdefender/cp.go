@@ -21,7 +21,6 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/cloudflare"
-	"github.com/devopsdefender/devopsdefender/internal/ita"
 )
 
 const cpHelp = `usage: devopsdefender cp [flags]
@@ -33,9 +32,18 @@ own Cloudflare tunnel. A new control plane takes its hostname over and
 fences the older one (STONITH), which refuses writes and powers off.
 
 Each flag falls back to the environment variable named in its description.
-The admin token (DD_ADMIN_TOKEN, at least 32 characters) authorizes
-GET /api/agents and the dashboard; prefer the environment to the flag so it
-does not show in the process list.
+The admin token (DD_ADMIN_TOKEN, at least 32 characters) is the fleet
+admin's bearer token for the API and pages; prefer the environment to the
+flag so it does not show in the process list. People sign in with GitHub
+when DD_GITHUB_CLIENT_ID and DD_GITHUB_CLIENT_SECRET name an OAuth app whose
+callback is PUBLIC-URL/auth/github/callback.
+
+Attestation: --attestation direct verifies TDX quotes against Intel's root;
+ita verifies Intel Trust Authority tokens (DD_ITA_JWKS_URL, DD_ITA_ISSUER,
+Intel's by default). The measurement policy comes from DD_POLICY_MRTD,
+DD_POLICY_RTMR0..3, DD_POLICY_TCB_STATUS, DD_POLICY_OUTOFDATE_GRACE and
+DD_POLICY_MODE; production and staging refuse to start without an enforced
+policy.
 
 Cloudflare credentials come from the environment only, never from flags:
 CLOUDFLARE_API_TOKEN, CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_ZONE_ID (or
@@ -64,6 +72,8 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	poweroff := fs.String("poweroff-cmd", envOr("DD_POWEROFF_CMD", ""),
 		"command run once a newer control plane fenced this one, e.g. 'systemctl poweroff'; "+
 			"empty: the process just exits (DD_POWEROFF_CMD)")
+	var ident cpIdentityFlags
+	ident.register(fs)
 	attest := fs.String("attestation", envOr("DD_ATTESTATION", "direct"),
 		"how agents' evidence is appraised: direct (verify TDX quotes against Intel's root) "+
 			"or none (record it unverified; not in production or staging) (DD_ATTESTATION)")
@@ -89,7 +99,11 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	appraiser, err := newAppraiser(e, *attest, log)
+	appraiser, err := newAppraiser(ctx, e, *attest, log)
+	if err != nil {
+		return err
+	}
+	pol, err := newPolicy(e, log)
 	if err != nil {
 		return err
 	}
@@ -98,10 +112,10 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	srv, err := cp.New(cp.Options{
+	opts := cp.Options{
 		Store: store, Env: string(e), Domain: *domain, Hostname: *hostname,
 		AdminToken: *adminToken, Ingress: provider, Build: buildVersion(), Logger: log,
-		Appraiser: appraiser, AcceptUnverified: appraiser == nil,
+		Appraiser: appraiser, AcceptUnverified: appraiser == nil, Policy: pol,
 		Connect: func(token string, onExit func(cloudflared.Exit)) (cp.Connector, error) {
 			sup, err := superviseCloudflared(*cloudflaredBin, token, onExit, log)
 			if err != nil {
@@ -110,7 +124,11 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return sup, nil
 		},
 		PowerOff: powerOffCommand(*poweroff, log),
-	})
+	}
+	if err := ident.apply(ctx, e, *hostname, store, &opts, log); err != nil {
+		return err
+	}
+	srv, err := cp.New(opts)
 	if err != nil {
 		return err
 	}
@@ -176,21 +194,6 @@ func powerOffCommand(command string, log *slog.Logger) func(context.Context) err
 		log.Info("power-off command ran", "command", command)
 		return nil
 	}
-}
-
-// newAppraiser returns the appraiser for --attestation, or nil for none.
-// TODO(#3): the Trust Authority token mode.
-func newAppraiser(e fleetenv.Env, mode string, log *slog.Logger) (ita.Appraiser, error) {
-	switch mode {
-	case "direct":
-		return ita.NewDirect(ita.DirectOptions{Logger: log})
-	case "none":
-		if err := e.RequireReal("unverified attestation", true); err != nil {
-			return nil, err
-		}
-		return nil, nil
-	}
-	return nil, usagef("--attestation %q: use direct or none", mode)
 }
 
 // serveUntilDone serves h on addr and runs bg alongside until ctx ends.
