@@ -73,16 +73,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.BadRequest("%s", err.Error())
 	}
-	if err := attestbind.VerifySignature(keys.Signing, body,
-		r.Header.Get(attestbind.SignatureHeader)); err != nil {
-		return httpapi.Unauthorized("request signature refused")
-	}
-	nonce, ok := s.nonces.consume(req.Nonce)
-	if !ok {
-		return httpapi.Unauthorized("nonce unknown, used or expired")
-	}
 	ctx := r.Context()
-	at, err := s.appraise(ctx, attestbind.PurposeRegister, nonce, keys, req.Evidence)
+	at, err := s.checkRegistration(ctx, body, r.Header.Get(attestbind.SignatureHeader), &req,
+		keys)
 	if err != nil {
 		s.log.WarnContext(ctx, "registration refused", "vm_name", req.VMName, "err", err)
 		s.record(ctx, audit.Event{Actor: audit.Anonymous(r.RemoteAddr),
@@ -126,6 +119,20 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, cpapi.RegisterResponse{
 		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token,
 		TunnelToken: tunnelToken})
+}
+
+// checkRegistration checks a well-formed registration: its signature, its
+// nonce, then its evidence and the policy. Every refusal is audited.
+func (s *Server) checkRegistration(ctx context.Context, body []byte, sig string,
+	req *cpapi.RegisterRequest, keys attestbind.Keys) (fleet.Attestation, error) {
+	if err := attestbind.VerifySignature(keys.Signing, body, sig); err != nil {
+		return fleet.Attestation{}, httpapi.Unauthorized("request signature refused")
+	}
+	nonce, ok := s.nonces.consume(req.Nonce)
+	if !ok {
+		return fleet.Attestation{}, httpapi.Unauthorized("nonce unknown, used or expired")
+	}
+	return s.appraise(ctx, attestbind.PurposeRegister, nonce, keys, req.Evidence)
 }
 
 func (s *Server) validateRegister(req *cpapi.RegisterRequest) error {
