@@ -352,7 +352,8 @@ func (f *Fleet) PrintSummary(w io.Writer) {
 	fmt.Fprintf(w, "DevOps Defender dev fleet is up (state in %s)\n\n", f.opts.StateDir)
 	state := filepath.Join(f.opts.StateDir, StateFile)
 	fmt.Fprintf(w, "  dashboard:    %s\n", st.DashboardURL)
-	fmt.Fprintf(w, "                sign in with the admin token: jq -r .admin_token %s\n", state)
+	fmt.Fprintf(w, "                sign in with GitHub as dev-admin (or dev-tenant) on the local GitHub\n")
+	fmt.Fprintf(w, "                API: bearer admin token, jq -r .admin_token %s\n", state)
 	fmt.Fprintf(w, "  control plane %s\n", st.CPURL)
 	for _, a := range st.Agents {
 		fmt.Fprintf(w, "  agent %-8s %s\n", a.Name, a.URL)
