@@ -112,8 +112,8 @@ func TestRegisterStoresUnverified(t *testing.T) {
 		t.Fatal(err)
 	}
 	const prefix = "dd-dev-agent-"
-	if !strings.HasPrefix(resp.AgentID, prefix) || len(resp.AgentID) != len(prefix)+8 {
-		t.Errorf("agent_id %q, want dd-dev-agent-<8 hex>", resp.AgentID)
+	if !strings.HasPrefix(resp.AgentID, prefix) || len(resp.AgentID) != len(prefix)+16 {
+		t.Errorf("agent_id %q, want dd-dev-agent-<16 hex>", resp.AgentID)
 	}
 	if resp.Hostname != "web.localhost" || resp.URL != "http://web.localhost" {
 		t.Errorf("hostname %q url %q", resp.Hostname, resp.URL)

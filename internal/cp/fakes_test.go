@@ -43,7 +43,7 @@ type testIngress struct {
 	urls      map[string]string // hostname -> URL; default http://<hostname>
 }
 
-func newTestIngress(t *testing.T, now func() time.Time) *testIngress {
+func newTestIngress(t testing.TB, now func() time.Time) *testIngress {
 	t.Helper()
 	edge, err := localedge.New(localedge.Options{Port: 1})
 	if err != nil {
@@ -142,7 +142,7 @@ func newTestEnv(t *testing.T, mutate func(*Options)) *testEnv {
 	return newTestEnvAt(t, filepath.Join(t.TempDir(), "fleet.db"), mutate)
 }
 
-func newTestEnvAt(t *testing.T, dbPath string, mutate func(*Options)) *testEnv {
+func newTestEnvAt(t testing.TB, dbPath string, mutate func(*Options)) *testEnv {
 	t.Helper()
 	store, err := fleet.Open(context.Background(), dbPath, fleet.Options{})
 	if err != nil {

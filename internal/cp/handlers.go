@@ -185,10 +185,7 @@ func (s *Server) agentHostname(vmName string) string {
 // newAgent builds the record of a registration and its fresh token.
 func (s *Server) newAgent(ctx context.Context, req *cpapi.RegisterRequest,
 	keys attestbind.Keys, at fleet.Attestation) (fleet.Agent, string, error) {
-	id, err := s.newAgentID(ctx)
-	if err != nil {
-		return fleet.Agent{}, "", err
-	}
+	id := s.newAgentID()
 	token := newSecret("dd_agent_")
 	return fleet.Agent{
 		ID:           id,
@@ -204,22 +201,13 @@ func (s *Server) newAgent(ctx context.Context, req *cpapi.RegisterRequest,
 	}, token, nil
 }
 
-// newAgentID returns an unused id "dd-<env>-agent-<8 hex>". The caller
-// holds regMu, so the id stays unused until it is stored.
-func (s *Server) newAgentID(ctx context.Context) (string, error) {
-	for range 4 {
-		var b [4]byte
-		rand.Read(b[:])
-		id := fmt.Sprintf("dd-%s-agent-%s", s.opts.Env, hex.EncodeToString(b[:]))
-		_, err := s.store.Get(ctx, id)
-		if errors.Is(err, fleet.ErrNotFound) {
-			return id, nil
-		}
-		if err != nil {
-			return "", fmt.Errorf("choosing agent id: %w", err)
-		}
-	}
-	return "", errors.New("choosing agent id: every candidate was taken")
+// newAgentID returns a fresh id "dd-<env>-agent-<16 hex>". 64 random
+// bits make a collision negligible; the store's primary key refuses one
+// all the same.
+func (s *Server) newAgentID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("dd-%s-agent-%s", s.opts.Env, hex.EncodeToString(b[:]))
 }
 
 // newSecret returns a random 256-bit token with a recognisable prefix, so
