@@ -214,10 +214,11 @@ func (p *proc) hasExited() bool {
 	}
 }
 
-// TODO(#2): set PR_SET_CHILD_SUBREAPER so that orphaned grandchildren are
-// reaped here as under PID 1 (easyenclave.md §7.5). It needs a reaper that
-// leaves the statuses of os/exec's own children alone, which EasyEnclave's
-// once-a-second reaper does not (§3.2).
+// The runtime does not become a child subreaper (PR_SET_CHILD_SUBREAPER,
+// a MAY of easyenclave.md §7.5): a reaper would race os/exec for the exit
+// statuses of our own children, as EasyEnclave's once-a-second reaper does
+// (§3.2). Orphaned grandchildren are reaped by init instead, and every
+// workload's process group is signalled as a whole when it stops.
 
 // signalGroup signals every process of the group led by pgid. The leader is
 // the group's id for as long as any member lives, so the signal cannot hit
