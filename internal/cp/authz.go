@@ -38,6 +38,8 @@ type caller struct {
 	actor audit.Actor
 	// agents are the agents a tenant or tenant CI holds.
 	agents map[string]bool
+	// userID is a signed-in person's GitHub id; zero otherwise.
+	userID int64
 }
 
 // sees reports whether the caller may see agent a.
@@ -45,8 +47,17 @@ func (c *caller) sees(a *fleet.Agent) bool {
 	switch c.role {
 	case roleAdmin, roleFleetCI:
 		return true
-	case roleTenant, roleTenantCI:
+	case roleTenantCI:
 		return a.Tenant != nil && c.agents[a.ID]
+	case roleTenant:
+		// The session lists the agents its person held at sign-in; the
+		// agent's tenant may have changed since. A user tenant is checked
+		// again by id.
+		// TODO(#4): re-check org and repo tenancy during a session too.
+		if a.Tenant == nil || !c.agents[a.ID] {
+			return false
+		}
+		return a.Tenant.Kind != ghoidc.KindUser || a.Tenant.ID == c.userID
 	}
 	return false
 }
@@ -190,7 +201,7 @@ func (s *Server) sessionCaller(ctx context.Context, sess *websession.Session) (*
 	for _, id := range sess.Agents {
 		held[id] = true
 	}
-	return &caller{role: roleTenant, actor: actor, agents: held}, nil
+	return &caller{role: roleTenant, actor: actor, agents: held, userID: sess.UserID}, nil
 }
 
 // identifyCI verifies a GitHub Actions OIDC token and classifies its

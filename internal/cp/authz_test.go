@@ -329,3 +329,22 @@ func mustURL(s string) *url.URL {
 	}
 	return u
 }
+
+func TestTenantLosesAgentWhenReassigned(t *testing.T) {
+	m := newMatrixEnv(t)
+	c := m.login(t, websession.DevTenantLogin)
+	other := ghoidc.Principal{Kind: ghoidc.KindUser, Name: "someone-else", ID: 31337}
+	if _, err := m.store.SetTenant(context.Background(), m.b, &other); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", m.appURL+"/agent/"+m.b, nil)
+	req.Header.Set("Accept", "text/html")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("former tenant's agent page = %d, want 404", resp.StatusCode)
+	}
+}
