@@ -12,10 +12,35 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/cloudflared"
 )
 
+// Link is one connector's hold on a tunnel: a [*Connection] in the
+// process that owns the edge, or a connection stream of a [Client] in
+// another process.
+type Link interface {
+	// TunnelID returns the id of the held tunnel.
+	TunnelID() string
+
+	// Done is closed when the link ends: the tunnel was deleted, the link
+	// was closed, or the edge became unreachable.
+	Done() <-chan struct{}
+
+	// Close ends the link. It is safe to call more than once.
+	Close()
+}
+
+// Linker opens links to tunnels by token, as cloudflared connects with
+// TUNNEL_TOKEN. [*Provider] and [*Client] are Linkers.
+type Linker interface {
+	// Link opens a link to the live tunnel whose token is token; services
+	// is as for [Provider.Connect]. ctx bounds only the opening: the link
+	// lasts until the tunnel is deleted or the link is closed.
+	Link(ctx context.Context, token string, services map[string]string) (Link, error)
+}
+
 // ConnectorOptions configures a [Connector].
 type ConnectorOptions struct {
-	// Provider holds the tunnel. Required.
-	Provider *Provider
+	// Provider opens the connector's links: the edge's own [*Provider], or
+	// a [*Client] of another process's edge. Required.
+	Provider Linker
 
 	// Token is the tunnel token. Required. It is never logged.
 	Token string
@@ -128,7 +153,7 @@ func (c *Connector) Run(ctx context.Context) error {
 func (c *Connector) runOnce(ctx context.Context) (exit cloudflared.Exit, ran bool) {
 	c.set(cloudflared.StateStarting, nil)
 	start := c.opts.Now()
-	conn, err := c.opts.Provider.Connect(c.opts.Token, c.opts.Services)
+	conn, err := c.opts.Provider.Link(ctx, c.opts.Token, c.opts.Services)
 	if err != nil {
 		c.log.WarnContext(ctx, "connector could not connect", "err", err)
 		return cloudflared.Exit{Code: 1, Err: err.Error(), At: start}, false

@@ -10,6 +10,11 @@
 // it holds a tunnel with the tunnel token and maps the tunnel's
 // "http://localhost:PORT" services to origins on this machine.
 //
+// [NewAPI] serves a Provider over HTTP, and [Client] is the provider, and
+// the connectors' [Linker], of another process on that edge: a second
+// control plane started next to a running dev fleet creates its tunnels
+// and holds them on the first one's edge.
+//
 // Hostnames live under a domain that defaults to "localhost", whose
 // subdomains browsers resolve to loopback. Go's resolver does not, so
 // [Dialer] maps them to 127.0.0.1 for the fleet's own HTTP clients.

@@ -80,7 +80,14 @@ type record struct {
 	created  time.Time
 }
 
-var _ ingress.Provider = (*Provider)(nil)
+var (
+	_ ingress.Provider = (*Provider)(nil)
+	_ Linker           = (*Provider)(nil)
+)
+
+// errTokenRefused is matched by [Provider.Connect]'s error when no live
+// tunnel has the token, so that the API can tell it from a bad origin.
+var errTokenRefused = errors.New("localedge: tunnel token refused")
 
 // NewProvider returns a provider that routes on e. An edge has at most
 // one provider; its own [Edge.Publish] routes take precedence over
@@ -404,14 +411,26 @@ func (p *Provider) Connect(token string, services map[string]string) (*Connectio
 			continue
 		}
 		if t.info.Deleted() {
-			return nil, errors.New("localedge: the tunnel was deleted")
+			return nil, fmt.Errorf("%w: the tunnel was deleted", errTokenRefused)
 		}
 		c := &Connection{p: p, tunnelID: t.info.ID, services: parsed, done: make(chan struct{})}
 		t.conns = append(t.conns, c)
 		p.log.Info("connector connected", "tunnel_id", t.info.ID, "name", t.info.Name)
 		return c, nil
 	}
-	return nil, errors.New("localedge: the tunnel token is not valid")
+	return nil, fmt.Errorf("%w: no live tunnel has it", errTokenRefused)
+}
+
+// Link implements [Linker] with [Provider.Connect]. ctx is not used: a
+// connection opens without waiting.
+func (p *Provider) Link(ctx context.Context, token string,
+	services map[string]string) (Link, error) {
+	c, err := p.Connect(token, services)
+	if err != nil {
+		// A nil *Connection in a Link would not compare equal to nil.
+		return nil, err
+	}
+	return c, nil
 }
 
 // TunnelID returns the id of the connection's tunnel.
