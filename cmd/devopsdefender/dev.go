@@ -21,9 +21,16 @@ examples/ticker.json. When ready it writes STATE-DIR/dev.json (URLs, the
 admin token, the OIDC issuer) for the client verbs. Running it again on the
 same state dir keeps the registry. Ctrl-C stops everything.
 
+A second 'dev' on a state dir whose fleet runs is refused.
+
   devopsdefender dev token --state-dir DIR [flags]
 prints a GitHub-Actions-style OIDC token from the running fleet's local
 issuer, for trying the rules with curl ('dev token -h' for its flags).
+
+  devopsdefender dev cp --state-dir DIR [flags]
+starts a second control plane for the running fleet, in this process, as
+a new control-plane VM would boot: it takes the fleet's hostname over and
+fences the running control plane, which stops ('dev cp -h').
 
 Flags:
 `
@@ -31,6 +38,9 @@ Flags:
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "token" {
 		return runDevToken(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "cp" {
+		return runDevCP(ctx, args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -58,9 +68,65 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	f.PrintSummary(stdout)
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-f.CP().Done():
+		if ctx.Err() == nil {
+			fmt.Fprintln(stderr, "a newer control plane fenced this fleet's own one, "+
+				"which stopped; the agents follow the new one")
+		}
+		<-ctx.Done()
+	}
 	fmt.Fprintln(stderr, "stopping the dev fleet")
 	return f.Wait()
+}
+
+const devCPHelp = `usage: devopsdefender dev cp --state-dir DIR [flags]
+
+Starts a new control plane for the dev fleet running on DIR (started by
+'devopsdefender dev'), as a new control-plane VM boots in production: on
+the same registry, it creates its own tunnel for app.localhost on the
+fleet's edge, takes the hostname over, and fences the running control
+plane, which stops while the agents keep serving and re-attach to the new
+one. dev.json then points at the new control plane. It runs until Ctrl-C,
+or until a newer control plane fences it in turn; then it exits.
+
+Flags:
+`
+
+func runDevCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dev cp", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", "./.devopsdefender/dev", "the running fleet's state directory")
+	listen := fs.String("listen", "127.0.0.1:0", "the control plane's own loopback address")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.Usage = func() { fmt.Fprint(stderr, devCPHelp); fs.PrintDefaults() }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("unexpected arguments: %v", fs.Args())
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+
+	f, err := devfleet.Join(ctx, devfleet.JoinOptions{StateDir: *stateDir, Listen: *listen,
+		Build: buildVersion(), Logger: log})
+	if err != nil {
+		return err
+	}
+	c := f.CP()
+	fmt.Fprintf(stdout, "control plane %s now serves %s\n", c.URL, f.State().DashboardURL)
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(stderr, "stopping the control plane")
+	case <-c.Done():
+		fmt.Fprintln(stderr, "this control plane was fenced (a newer one took over, or the "+
+			"fleet's edge went away): exiting")
+	}
+	return f.Close()
 }
 
 // newLogger returns a text logger at the named level.

@@ -32,7 +32,7 @@ func (f *Fleet) startTrustAuthority(ctx context.Context) error {
 	}
 	f.goService("trust-authority", func() error { return serveHTTP(ctx, ln, auth.Handler()) })
 
-	f.taURL = url
+	f.taURL, f.taJWKSURL = url, auth.JWKSURL()
 	f.taVerifier, err = ita.NewVerifier(ctx, ita.VerifierOptions{JWKSURL: auth.JWKSURL(),
 		Issuer: auth.URL(), Logger: f.log})
 	if err != nil {

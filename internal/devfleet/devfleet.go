@@ -32,6 +32,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +40,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gofrs/flock"
+
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/tdx"
@@ -111,10 +115,24 @@ type Fleet struct {
 	sim       *tdx.Simulator
 	// taURL is the local Trust Authority; taVerifier checks its tokens.
 	taURL      string
+	taJWKSURL  string
 	taVerifier *ita.Verifier
 	edge       *localedge.Edge
 	provider   *localedge.Provider
 	cp         *ControlPlane // guarded by mu
+
+	// account and links are how control planes and connectors reach the
+	// edge's provider: the provider itself, or its API when the control
+	// plane joined the fleet from another process ([Join]). publicURL
+	// gives a hostname's URL on the edge.
+	account    ingress.Provider
+	links      localedge.Linker
+	publicURL  func(hostname string) string
+	edgeAPIURL string
+
+	// lock is held while the fleet runs, so that a second fleet cannot
+	// start on the same state dir.
+	lock *flock.Flock
 
 	// ctx is the fleet's lifetime; every component stops when it ends.
 	ctx    context.Context
@@ -131,6 +149,9 @@ type secrets struct {
 	OAuthSecret string `json:"oauth_client_secret"`
 	// TrustAuthorityKey is the local Trust Authority's API key.
 	TrustAuthorityKey string `json:"trust_authority_key"`
+	// EdgeAPIToken authorizes the edge provider's API, which control
+	// planes joining the fleet from another process use.
+	EdgeAPIToken string `json:"edge_api_token"`
 }
 
 // Start starts every component, waits until each agent has registered,
@@ -190,6 +211,9 @@ func (f *Fleet) start(ctx context.Context) error {
 	if err := os.MkdirAll(f.opts.StateDir, 0o700); err != nil {
 		return fmt.Errorf("devfleet: creating state dir: %w", err)
 	}
+	if err := f.lockStateDir(); err != nil {
+		return err
+	}
 	s, err := loadSecrets(f.opts.StateDir)
 	if err != nil {
 		return err
@@ -237,6 +261,9 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 		OIDCAudience:   Audience,
 		OIDCMintSecret: f.secrets.MintSecret,
 		Owner:          Owner{Kind: string(KindOwner), Name: OwnerName, ID: OwnerID},
+		Services: Services{Domain: f.opts.Domain, EdgePort: f.edgePort(),
+			EdgeAPIURL: f.edgeAPIURL, TrustAuthorityURL: f.taURL,
+			TrustAuthorityJWKSURL: f.taJWKSURL, GitHubURL: f.githubURL},
 	}
 	for _, a := range agents {
 		st.Agents = append(st.Agents, StateAgent{Name: a.name, URL: a.publicURL(),
@@ -246,6 +273,16 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 	f.state = st
 	f.mu.Unlock()
 	return writeState(f.opts.StateDir, st)
+}
+
+// edgePort returns the local edge's port.
+func (f *Fleet) edgePort() int {
+	u, err := url.Parse(f.publicURL("localhost"))
+	if err != nil {
+		return 0
+	}
+	port, _ := strconv.Atoi(u.Port())
+	return port
 }
 
 // startSimulator loads or creates the simulated TD shared by every agent
@@ -283,7 +320,51 @@ func (f *Fleet) Wait() error {
 	f.wg.Wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.lock != nil {
+		if err := f.lock.Unlock(); err != nil {
+			f.errs = append(f.errs, fmt.Errorf("devfleet: unlocking the state dir: %w", err))
+		}
+		f.lock = nil
+	}
 	return errors.Join(f.errs...)
+}
+
+// lockFile is held, in the state dir, by the process running the fleet.
+const lockFile = "dev.lock"
+
+// ErrRunning is matched (with errors.Is) by the error of [Start] when a
+// fleet already runs on the state dir.
+var ErrRunning = errors.New("devfleet: a dev fleet is already running on this state dir")
+
+// lockStateDir takes the state dir's lock, which two fleets on one
+// registry, one set of runtime sockets and one dev.json would fight
+// over. The kernel drops the lock when the process ends, however it ends.
+func (f *Fleet) lockStateDir() error {
+	l := flock.New(filepath.Join(f.opts.StateDir, lockFile), flock.SetPermissions(0o600))
+	ok, err := l.TryLock()
+	if err != nil {
+		return fmt.Errorf("devfleet: locking the state dir: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("%w (%s); to start a second control plane for it, run "+
+			"`devopsdefender dev cp --state-dir %s`", ErrRunning, f.opts.StateDir,
+			f.opts.StateDir)
+	}
+	f.lock = l
+	return nil
+}
+
+// running reports whether a fleet holds the lock of dir.
+func running(dir string) (bool, error) {
+	l := flock.New(filepath.Join(dir, lockFile), flock.SetPermissions(0o600))
+	ok, err := l.TryLock()
+	if err != nil {
+		return false, fmt.Errorf("devfleet: checking the state dir's lock: %w", err)
+	}
+	if ok {
+		return false, l.Unlock()
+	}
+	return true, nil
 }
 
 // goService runs fn in a goroutine owned by the fleet and records its error.
@@ -314,15 +395,17 @@ func loadSecrets(dir string) (secrets, error) {
 			return s, fmt.Errorf("devfleet: decoding %s: %w", path, err)
 		}
 		if s.AdminToken != "" && s.MintSecret != "" && s.OAuthSecret != "" &&
-			s.TrustAuthorityKey != "" {
+			s.TrustAuthorityKey != "" && s.EdgeAPIToken != "" {
 			return s, nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return s, fmt.Errorf("devfleet: reading secrets: %w", err)
 	}
 	s = secrets{AdminToken: cmp.Or(s.AdminToken, randomHex(32)),
-		MintSecret:  cmp.Or(s.MintSecret, randomHex(32)),
-		OAuthSecret: cmp.Or(s.OAuthSecret, randomHex(32)), TrustAuthorityKey: randomHex(32)}
+		MintSecret:        cmp.Or(s.MintSecret, randomHex(32)),
+		OAuthSecret:       cmp.Or(s.OAuthSecret, randomHex(32)),
+		TrustAuthorityKey: cmp.Or(s.TrustAuthorityKey, randomHex(32)),
+		EdgeAPIToken:      cmp.Or(s.EdgeAPIToken, randomHex(32))}
 	data, err = json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return s, fmt.Errorf("devfleet: encoding secrets: %w", err)

@@ -28,8 +28,14 @@ import (
 // the test ends.
 func startFleet(t *testing.T) (*Fleet, context.CancelFunc) {
 	t.Helper()
+	return startFleetIn(t, t.TempDir())
+}
+
+// startFleetIn is startFleet on the state dir dir.
+func startFleetIn(t *testing.T, dir string) (*Fleet, context.CancelFunc) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	f, err := Start(ctx, Options{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Agents: 1})
+	f, err := Start(ctx, Options{StateDir: dir, Listen: "127.0.0.1:0", Agents: 1})
 	if err != nil {
 		cancel()
 		t.Fatalf("Start: %v", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/devopsdefender/devopsdefender/examples"
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/cp"
@@ -23,6 +24,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/ingress/localedge"
+	"github.com/devopsdefender/devopsdefender/internal/runtime"
 )
 
 // fixturesDir holds the real workload specs of the original system, in the
@@ -111,6 +113,12 @@ func TestOracleReachableThroughTheEdge(t *testing.T) {
 	})
 	if !strings.Contains(body, `"oracle":"oracle-readonly"`) {
 		t.Errorf("oracle document = %q", body)
+	}
+	var agents []cpapi.Agent
+	getJSON(t, f.CP().URL+"/api/agents", st.AdminToken, &agents)
+	if len(agents) != 1 || len(agents[0].Exposed) != 1 || agents[0].Exposed[0].URL != want ||
+		agents[0].TunnelID == "" {
+		t.Errorf("/api/agents = %+v, want the oracle exposed at %s and a tunnel", agents, want)
 	}
 
 	// A reserved label is refused before anything is deployed.
@@ -239,5 +247,105 @@ func setTenant(t *testing.T, cpURL, adminToken, agentID string) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("setting the tenant = %d", resp.StatusCode)
+	}
+}
+
+// TestJoinTakesOver starts a second control plane the way `devopsdefender
+// dev cp` does, through the running fleet's services rather than its
+// objects: the edge provider's API, the issuer, the Trust Authority and
+// the state dir's files.
+func TestJoinTakesOver(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	f, err := Start(ctx, Options{StateDir: dir, Listen: "127.0.0.1:0", Agents: 1})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		if err := f.Wait(); err != nil {
+			t.Errorf("fleet stopped with error: %v", err)
+		}
+	}()
+	st := f.State()
+	first := f.CP()
+
+	joined, err := Join(ctx, JoinOptions{StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := joined.Close(); err != nil {
+			t.Errorf("joined control plane stopped with error: %v", err)
+		}
+	}()
+	second := joined.CP()
+	select {
+	case <-first.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first control plane did not stop after the second joined")
+	}
+	if !first.Fenced() {
+		t.Error("the first control plane stopped without being fenced")
+	}
+	got, err := LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.CPURL != second.URL || got.AdminToken != st.AdminToken {
+		t.Errorf("dev.json after the join: cp_url %s, admin token kept %v; want %s, true",
+			got.CPURL, got.AdminToken == st.AdminToken, second.URL)
+	}
+
+	// The public hostname reaches the new control plane, which knows the
+	// agent; the agent re-attaches and keeps serving deployments.
+	var h cpapi.Health
+	getJSONWith(t, localedge.HTTPClient(), st.DashboardURL+"health", "", &h)
+	if h.Ingress == nil || h.Ingress.TunnelID != second.TunnelID() {
+		t.Errorf("the public hostname reaches %+v, want the joined control plane", h.Ingress)
+	}
+	takeover := time.Now().UTC().Truncate(time.Second)
+	eventually(t, "the joined control plane scrapes the agent", func() bool {
+		var agents []cpapi.Agent
+		getJSON(t, second.URL+"/api/agents", st.AdminToken, &agents)
+		if len(agents) != 1 {
+			return false
+		}
+		seen, _ := time.Parse(time.RFC3339, agents[0].LastSeen)
+		return agents[0].Status == "healthy" && !seen.Before(takeover)
+	})
+	agent := &agentapi.Client{BaseURL: st.Agents[0].URL, HTTP: localedge.HTTPClient(),
+		Token: mint(t, st, st.Owner.MintRequest())}
+	hello, err := examples.FS.ReadFile("hello.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := agent.Deploy(ctx, hello)
+	if err != nil {
+		t.Fatalf("deploying after the takeover: %v", err)
+	}
+	if u := waitUnit(t, agent, res.ID); u.Status != runtime.StatusCompleted {
+		t.Errorf("hello after the takeover: %s", u.Status)
+	}
+}
+
+func TestStartAndJoinCheckTheLock(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Join(context.Background(), JoinOptions{StateDir: dir}); !errors.Is(err,
+		ErrNotRunning) {
+		t.Errorf("Join with no fleet = %v, want ErrNotRunning", err)
+	}
+
+	f, _ := startFleetIn(t, dir)
+	_, err := Start(context.Background(), Options{StateDir: dir, Listen: "127.0.0.1:0"})
+	if !errors.Is(err, ErrRunning) {
+		t.Fatalf("a second Start on a running state dir = %v, want ErrRunning", err)
+	}
+	// The refused fleet touched nothing: the running one still serves.
+	var agents []cpapi.Agent
+	getJSON(t, f.CP().URL+"/api/agents", f.State().AdminToken, &agents)
+	if len(agents) != 1 || agents[0].Status == "" {
+		t.Errorf("agents after a refused second fleet = %+v", agents)
 	}
 }

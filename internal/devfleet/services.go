@@ -88,7 +88,26 @@ func (f *Fleet) startEdge(ctx context.Context) error {
 		return err
 	}
 	f.edge = edge
+	f.account, f.links, f.publicURL = f.provider, f.provider, edge.URL
 	f.goService("edge", func() error { return serveHTTP(ctx, ln, edge) })
+	return f.startEdgeAPI(ctx)
+}
+
+// startEdgeAPI serves the edge provider's API on loopback, the stand-in
+// for Cloudflare's API, for control planes that join the fleet from
+// another process.
+func (f *Fleet) startEdgeAPI(ctx context.Context) error {
+	api, err := localedge.NewAPI(f.provider, localedge.APIOptions{
+		Token: f.secrets.EdgeAPIToken, Logger: f.log})
+	if err != nil {
+		return fmt.Errorf("devfleet: %w", err)
+	}
+	ln, url, err := listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	f.edgeAPIURL = url
+	f.goService("edge-api", func() error { return serveHTTP(ctx, ln, api) })
 	return nil
 }
 
@@ -255,7 +274,7 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.
 	}
 	return cp.New(cp.Options{
 		Store: store, Env: "dev", Hostname: f.cpHost(), Domain: f.opts.Domain,
-		AdminToken: f.secrets.AdminToken, Ingress: f.provider, PublicURL: f.edge.URL,
+		AdminToken: f.secrets.AdminToken, Ingress: f.account, PublicURL: f.publicURL,
 		Connect:   f.connector(map[string]string{ingress.DefaultService: url}),
 		Appraiser: f.taVerifier, Policy: pol, Owner: f.owner(), CIVerifier: f.verifier, Sessions: sessions,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build, Logger: f.log,
@@ -269,14 +288,14 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.
 // reaches the tunnel's services at the origins in services.
 func (f *Fleet) connector(services map[string]string) cp.ConnectFunc {
 	return func(token string, onExit func(cloudflared.Exit)) (cp.Connector, error) {
-		return localedge.NewConnector(localedge.ConnectorOptions{Provider: f.provider,
+		return localedge.NewConnector(localedge.ConnectorOptions{Provider: f.links,
 			Token: token, Services: services, OnExit: onExit, Logger: f.log})
 	}
 }
 
 // dashboardOrigin is the control plane's origin as browsers reach it.
 func (f *Fleet) dashboardOrigin() string {
-	return f.edge.URL(cpHostLabel + "." + f.opts.Domain)
+	return f.publicURL(cpHostLabel + "." + f.opts.Domain)
 }
 
 // startGitHub serves the local stand-in for github.com's OAuth and API at

@@ -36,6 +36,28 @@ type State struct {
 	Owner Owner `json:"owner"`
 
 	Agents []StateAgent `json:"agents"`
+
+	// Services locate the fleet's local stand-ins, for a control plane
+	// that joins the fleet from another process (`devopsdefender dev cp`).
+	Services Services `json:"services"`
+}
+
+// Services are the addresses of a running dev fleet's local stand-ins.
+// Their credentials stay in the state dir's secrets.json.
+type Services struct {
+	// Domain is the parent domain of fleet hostnames.
+	Domain string `json:"domain"`
+	// EdgePort is the local edge's loopback port.
+	EdgePort int `json:"edge_port"`
+	// EdgeAPIURL is the edge provider's API, the stand-in for
+	// Cloudflare's.
+	EdgeAPIURL string `json:"edge_api_url"`
+	// TrustAuthorityURL and TrustAuthorityJWKSURL locate the local Trust
+	// Authority and the keys its tokens are signed with.
+	TrustAuthorityURL     string `json:"trust_authority_url"`
+	TrustAuthorityJWKSURL string `json:"trust_authority_jwks_url"`
+	// GitHubURL is the local GitHub, as browsers reach it on the edge.
+	GitHubURL string `json:"github_url"`
 }
 
 // Owner is a GitHub principal as dev.json records it.
