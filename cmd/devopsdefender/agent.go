@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 )
 
@@ -30,6 +33,11 @@ plane created at registration, with the tunnel token in cloudflared's
 environment (TUNNEL_TOKEN), and reports its state on /health. --expose
 publishes ports of boot workloads under hostname labels; deployed
 workloads publish theirs with "expose" in their spec.
+
+Registration carries the runtime's TDX quote, bound to the control plane's
+nonce and the agent's keys. With --ita-url the agent also has the quote
+appraised by Intel Trust Authority and sends the token, for a control plane
+that runs with --attestation ita.
 
 Each flag falls back to the environment variable named in its description.
 
@@ -59,6 +67,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"cloudflared binary carrying the agent's tunnel; empty runs none (DD_CLOUDFLARED)")
 	expose := fs.String("expose", envOr("DD_EXPOSE", ""),
 		"boot workloads' hostname claims, LABEL:PORT[,LABEL:PORT...] (DD_EXPOSE)")
+	itaURL := fs.String("ita-url", envOr("DD_ITA_BASE_URL", ""),
+		"Intel Trust Authority API base URL, for a control plane that appraises "+
+			"Trust Authority tokens (--attestation ita); its API key comes from "+
+			"DD_ITA_API_KEY only (DD_ITA_BASE_URL)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, agentHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
@@ -90,6 +102,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer verifier.Close()
+	ta, err := trustAuthorityClient(*itaURL, os.Getenv("DD_ITA_API_KEY"), log)
+	if err != nil {
+		return err
+	}
 	rt, err := runtime.NewClient(runtime.ClientOptions{SocketPath: *socket,
 		Token: envOr("EE_TOKEN", "")})
 	if err != nil {
@@ -105,7 +121,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	opts := agent.Options{VMName: *vmName, Runtime: rt, Verifier: verifier, Owner: principal,
 		ControlPlaneURL: *cpURL, Origin: *origin, Expose: claims, Build: buildVersion(),
-		Logger: log}
+		TrustAuthority: ta, Logger: log}
 	if *cloudflaredBin != "" {
 		opts.Connect = func(token string, onExit func(cloudflared.Exit)) (agent.Connector, error) {
 			sup, err := superviseCloudflared(*cloudflaredBin, token, onExit, log)
@@ -124,6 +140,23 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"listen", ln.Addr().String(), "cp_url", *cpURL, "owner", principal.String(),
 		"cloudflared", *cloudflaredBin, "expose", *expose)
 	return a.Serve(ctx, ln)
+}
+
+// trustAuthorityClient returns the agent's Trust Authority client, or nil
+// when no URL is configured: the control plane then appraises the quote
+// itself.
+func trustAuthorityClient(url, apiKey string, log *slog.Logger) (*ita.Client, error) {
+	if url == "" {
+		return nil, nil
+	}
+	if apiKey == "" {
+		return nil, usagef("--ita-url needs the Trust Authority API key in DD_ITA_API_KEY")
+	}
+	c, err := ita.NewClient(ita.ClientOptions{BaseURL: url, APIKey: apiKey, Logger: log})
+	if err != nil {
+		return nil, usagef("--ita-url: %v", err)
+	}
+	return c, nil
 }
 
 // parseExpose reads "LABEL:PORT[,LABEL:PORT...]" (the reference's

@@ -86,8 +86,11 @@ func run(ctx context.Context, args []string, envMode string, stdout, stderr io.W
 // selectMode takes the mode from the first argument when it names one,
 // else from DD_MODE, so boot specs that set only DD_MODE keep working.
 func selectMode(args []string, envMode string) (string, []string) {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	if len(args) > 0 && isMode(args[0]) {
 		return args[0], args[1:]
+	}
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") && envMode == "" {
+		return args[0], args[1:] // an unknown mode, reported as such
 	}
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") && envMode == "" {
 		return "help", nil
@@ -96,6 +99,12 @@ func selectMode(args []string, envMode string) (string, []string) {
 		return envMode, args
 	}
 	return "", args
+}
+
+// isMode reports whether name names a mode.
+func isMode(name string) bool {
+	_, ok := modes()[name]
+	return ok
 }
 
 func usage(w io.Writer) {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,8 @@ func TestSelectMode(t *testing.T) {
 		{nil, "agent", "agent", nil},
 		{nil, "", "", nil},
 		{[]string{"-h"}, "", "help", nil},
+		{[]string{"quote", "q.dat"}, "verify", "verify", []string{"quote", "q.dat"}},
+		{[]string{"nonsense"}, "", "nonsense", nil},
 	}
 	for _, tt := range tests {
 		mode, rest := selectMode(tt.args, tt.env)
@@ -124,4 +127,21 @@ func writeFile(t *testing.T, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+func TestTrustAuthorityClient(t *testing.T) {
+	if c, err := trustAuthorityClient("", "", nil); c != nil || err != nil {
+		t.Errorf("no URL = %v, %v; want no client", c, err)
+	}
+	if _, err := trustAuthorityClient("https://api.trustauthority.intel.com", "",
+		nil); !errors.As(err, new(*usageError)) {
+		t.Errorf("a URL without DD_ITA_API_KEY = %v, want a usage error", err)
+	}
+	if _, err := trustAuthorityClient("not a url", "key", nil); err == nil {
+		t.Error("a bad URL was accepted")
+	}
+	c, err := trustAuthorityClient("https://api.trustauthority.intel.com", "key", nil)
+	if c == nil || err != nil {
+		t.Errorf("URL and key = %v, %v; want a client", c, err)
+	}
 }

@@ -122,6 +122,20 @@ func TestAuthorityEndToEnd(t *testing.T) {
 	if claims["dd_local_authority"] != true {
 		t.Error("token is not marked as the local authority's")
 	}
+
+	// A quote sent along must be the one the token appraised.
+	other, err := sim.Quote(ctx, tdx.ReportData{1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, q := range map[string][]byte{"not a quote": []byte("not a quote"),
+		"another quote": other} {
+		_, err := ta.ver.Appraise(ctx, Evidence{Token: tok, Quote: q, ReportData: expected})
+		var ee *EvidenceError
+		if !errors.As(err, &ee) || ee.Reason != ReasonQuote {
+			t.Errorf("%s with the token: %v, want %q", name, err, ReasonQuote)
+		}
+	}
 }
 
 // TestAuthorityDirectReportData: a quote made directly over the expected

@@ -1,6 +1,7 @@
 package ita
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/endpoint"
 	"github.com/devopsdefender/devopsdefender/internal/jwks"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 )
 
 // maxTokenSize bounds the tokens we parse; ITA's are a few KiB.
@@ -139,7 +141,34 @@ func (v *Verifier) Appraise(ctx context.Context, ev Evidence) (*Appraisal, error
 	if err := a.CheckBinding(ev.ReportData); err != nil {
 		return nil, err
 	}
+	if err := checkQuoteMatches(ev.Quote, a); err != nil {
+		return nil, err
+	}
 	return a, nil
+}
+
+// checkQuoteMatches checks that a quote sent along with a token is the one
+// the token appraised, so that no record shows a quote the Trust
+// Authority did not see. The token vouches for the quote's signature;
+// this only parses the quote and compares what the token states of it.
+func checkQuoteMatches(quote []byte, a *Appraisal) error {
+	if len(quote) == 0 {
+		return nil
+	}
+	m, err := tdx.Parse(quote)
+	if err != nil {
+		return &EvidenceError{Reason: ReasonQuote, Err: err}
+	}
+	want := &a.Measurements
+	same := bytes.Equal(m.MRTD, want.MRTD) && m.ReportData == want.ReportData
+	for i := range m.RTMR {
+		same = same && bytes.Equal(m.RTMR[i], want.RTMR[i])
+	}
+	if !same {
+		return &EvidenceError{Reason: ReasonQuote,
+			Err: errors.New("the quote is not the one the token appraised")}
+	}
+	return nil
 }
 
 // Verify checks raw and returns its appraisal. An invalid, expired or
