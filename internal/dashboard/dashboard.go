@@ -81,6 +81,9 @@ type Agent struct {
 	LastError    string
 	Attestation  Attestation
 	Units        []agentapi.Unit
+	// Exposed are the hostnames the agent's workloads published; the
+	// agent page lists them.
+	Exposed []agentapi.Exposed
 }
 
 // FleetPage is the control plane's fleet overview.

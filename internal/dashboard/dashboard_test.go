@@ -87,6 +87,15 @@ func TestGolden(t *testing.T) {
 			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
 				RefreshSecs: 5, Agent: agents[1]})
 		}},
+		{"agent_exposed", func(w io.Writer) error {
+			a := agents[0]
+			a.Exposed = []agentapi.Exposed{
+				{App: "oracle", Label: "oracle", Port: 8082, Hostname: "web-oracle.localhost",
+					URL: "http://web-oracle.localhost:8080", Published: true},
+				{App: "api", Label: "rpc", Port: 9000, Hostname: "web-rpc.localhost"}}
+			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
+				Agent: a})
+		}},
 		{"agent_verified", func(w io.Writer) error {
 			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
 				Agent: verified})
