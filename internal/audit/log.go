@@ -82,15 +82,6 @@ var migrations = []string{
 // runs it once at start, before [Open]; it is safe to run again and from
 // several processes at once. db must use the driver modernc.org/sqlite.
 func Migrate(ctx context.Context, db *sql.DB) error {
-	// The version table itself is created outside the ladder, idempotently,
-	// so that each step below can begin by writing to it.
-	_, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS audit_schema (
-		id      INTEGER PRIMARY KEY CHECK (id = 1),
-		version INTEGER NOT NULL
-	) STRICT`)
-	if err != nil {
-		return fmt.Errorf("audit: creating schema table: %w", err)
-	}
 	for {
 		done, err := migrateStep(ctx, db)
 		if err != nil {
@@ -104,24 +95,32 @@ func Migrate(ctx context.Context, db *sql.DB) error {
 
 // migrateStep applies one step of [migrations] and its version bump in one
 // transaction, so a crash leaves the tables at a whole version.
+//
+// The transaction is BEGIN IMMEDIATE whatever the connection's default: it
+// takes the write lock before anything is read, so a second migrating
+// process waits on the busy timeout and then sees the new version. A
+// deferred transaction would read first and could then fail at once, busy
+// timeout or not, when another process had committed in between
+// (SQLITE_BUSY_SNAPSHOT).
 func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
-	tx, err := db.BeginTx(ctx, nil)
+	conn, err := db.Conn(ctx)
 	if err != nil {
+		return false, fmt.Errorf("migration connection: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return false, fmt.Errorf("beginning migration: %w", err)
 	}
-	defer tx.Rollback()
+	committed := false
+	defer func() {
+		if !committed {
+			conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
 
-	// Writing first takes the write lock before anything is read, so a
-	// second migrating process waits here and then sees the new version.
-	_, err = tx.ExecContext(ctx,
-		"INSERT INTO audit_schema (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+	v, err := schemaVersion(ctx, conn)
 	if err != nil {
-		return false, fmt.Errorf("locking schema: %w", err)
-	}
-	var v int
-	if err := tx.QueryRowContext(ctx,
-		"SELECT version FROM audit_schema WHERE id = 1").Scan(&v); err != nil {
-		return false, fmt.Errorf("reading schema version: %w", err)
+		return false, err
 	}
 	switch {
 	case v > len(migrations):
@@ -130,17 +129,41 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 	case v == len(migrations):
 		return true, nil
 	}
-	if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+	if _, err := conn.ExecContext(ctx, migrations[v]); err != nil {
 		return false, fmt.Errorf("migrating to version %d: %w", v+1, err)
 	}
-	if _, err := tx.ExecContext(ctx,
+	if _, err := conn.ExecContext(ctx,
 		"UPDATE audit_schema SET version = ? WHERE id = 1", v+1); err != nil {
 		return false, fmt.Errorf("setting version %d: %w", v+1, err)
 	}
-	if err := tx.Commit(); err != nil {
+	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
 		return false, fmt.Errorf("committing version %d: %w", v+1, err)
 	}
+	committed = true
 	return false, nil
+}
+
+// schemaVersion reads the version of the audit tables, creating the
+// version table, which lives outside the ladder, on first use.
+func schemaVersion(ctx context.Context, conn *sql.Conn) (int, error) {
+	_, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS audit_schema (
+		id      INTEGER PRIMARY KEY CHECK (id = 1),
+		version INTEGER NOT NULL
+	) STRICT`)
+	if err != nil {
+		return 0, fmt.Errorf("creating schema table: %w", err)
+	}
+	_, err = conn.ExecContext(ctx,
+		"INSERT INTO audit_schema (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+	if err != nil {
+		return 0, fmt.Errorf("initialising schema version: %w", err)
+	}
+	var v int
+	if err := conn.QueryRowContext(ctx,
+		"SELECT version FROM audit_schema WHERE id = 1").Scan(&v); err != nil {
+		return 0, fmt.Errorf("reading schema version: %w", err)
+	}
+	return v, nil
 }
 
 // Options configures [Open].

@@ -17,6 +17,13 @@ import (
 func TestMigrateConcurrently(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "cp.db")
 	dbs := []*sql.DB{openDB(t, path), openDB(t, path), openDB(t, path)}
+	// The file exists, in WAL mode, before the race, as the control plane's
+	// store leaves it: turning a new file to WAL from several connections
+	// at once can deadlock in the rollback journal, which SQLite breaks by
+	// failing one connection at once, whatever the busy timeout.
+	if err := dbs[0].Ping(); err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(dbs))
 	for i := range dbs {
