@@ -28,6 +28,13 @@ import (
 // tunnel or record does not exist.
 var ErrNotFound = errors.New("ingress: not found")
 
+// ErrHostnameTaken is matched (with errors.Is) by a provider's error when
+// a hostname's DNS record belongs to something the tunnel may not take it
+// from: a tunnel of another environment, a tunnel the provider cannot
+// read, or a record that points at no tunnel. The record is left as it
+// was.
+var ErrHostnameTaken = errors.New("ingress: hostname taken")
+
 // Provider creates and removes tunnels and their DNS records. Every method
 // takes the caller's context; implementations retry transient failures
 // themselves, so an error is final for this call.
@@ -35,13 +42,19 @@ type Provider interface {
 	// CreateTunnel creates a remotely managed tunnel named name, applies
 	// in's ingress rules and points a DNS record for each of in's
 	// hostnames at it. A failure removes the tunnel again, so a failed
-	// create leaves nothing that serves.
+	// create leaves nothing that serves. A record is moved from another
+	// tunnel only if that tunnel is of the same environment (by its name,
+	// [ParseResourceName]); otherwise the call fails with
+	// [ErrHostnameTaken].
 	CreateTunnel(ctx context.Context, name string, in Ingress) (Tunnel, error)
 
 	// ReplaceIngress replaces the whole ingress configuration of a tunnel
 	// with in, points a record for each hostname at the tunnel, and
 	// removes the records of hostnames it no longer serves (only those
 	// still pointing at this tunnel). The tunnel and its token stay.
+	// Records are moved as by CreateTunnel, and a hostname held by
+	// another environment fails the call with [ErrHostnameTaken] before
+	// anything changes.
 	ReplaceIngress(ctx context.Context, tunnelID string, in Ingress) error
 
 	// DeleteTunnel drops the tunnel's connections, deletes the tunnel and

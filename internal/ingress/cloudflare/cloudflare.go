@@ -9,7 +9,10 @@
 // list is read to its last page and checked against the totals the API
 // reports, so a short or failed list marks the view degraded instead of
 // silently dropping live resources; records are looked up by exact name
-// and never duplicated; a failed create removes its tunnel; an ingress
+// and never duplicated, moved only away from a tunnel of the provider's
+// own environment (the reference rewrote whatever CNAME held a name, so a
+// preview could take production's), and never written over a record that
+// points at no tunnel; a failed create removes its tunnel; an ingress
 // change removes the records of hostnames it drops; Access cleanup never
 // deletes a wildcard app DevOps Defender did not make, and its failure
 // never fails the caller.
@@ -30,6 +33,7 @@ import (
 	"github.com/cloudflare/cloudflare-go/v6/option"
 	"github.com/cloudflare/cloudflare-go/v6/zero_trust"
 
+	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
 )
 
@@ -51,6 +55,12 @@ type Options struct {
 	// outside it are refused, so no record is written into a zone that
 	// does not serve it. Required.
 	Domain string
+
+	// Env is the environment whose tunnels this provider makes, e.g.
+	// "production" or "pr-7". Several environments may share the zone: a
+	// record is moved from another tunnel only if that tunnel's name
+	// belongs to Env ([ingress.ParseResourceName]). Required.
+	Env string
 
 	// BaseURL is the API root. Empty means [DefaultBaseURL]; tests point it
 	// at a cftest server.
@@ -144,6 +154,9 @@ func (o *Options) validate() error {
 		if err := ingress.ValidateHostname(o.Domain); err != nil {
 			errs = append(errs, fmt.Errorf("domain: %w", err))
 		}
+	}
+	if _, err := fleetenv.Parse(o.Env); err != nil {
+		errs = append(errs, fmt.Errorf("env: %w", err))
 	}
 	if o.RequestTimeout < 0 || o.MaxAttempts < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0 {
 		errs = append(errs, errors.New("timeouts, attempts and backoffs must not be negative"))

@@ -21,6 +21,7 @@ import (
 const (
 	testToken  = "test-api-token-0123456789"
 	testDomain = "d.example"
+	testEnv    = "pr-7"
 )
 
 // sleeps records the waits between attempts instead of sleeping.
@@ -55,7 +56,7 @@ func newFixture(t *testing.T, maxPerPage int, edit func(*Options)) *fixture {
 	fake := cftest.New(t, cftest.Options{Token: testToken, MaxPerPage: maxPerPage})
 	sl := &sleeps{}
 	opts := Options{APIToken: testToken, AccountID: fake.AccountID(), ZoneID: fake.ZoneID(),
-		Domain: testDomain, BaseURL: fake.URL(), Sleep: sl.sleep,
+		Domain: testDomain, Env: testEnv, BaseURL: fake.URL(), Sleep: sl.sleep,
 		RequestTimeout: 5 * time.Second}
 	if edit != nil {
 		edit(&opts)
@@ -370,7 +371,8 @@ func TestTunnel(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	const secret = "secret-token-value"
-	good := Options{APIToken: secret, AccountID: "a", ZoneID: "z", Domain: "d.example"}
+	good := Options{APIToken: secret, AccountID: "a", ZoneID: "z", Domain: "d.example",
+		Env: "pr-7"}
 	if _, err := New(good); err != nil {
 		t.Fatalf("New(good) = %v", err)
 	}
@@ -380,6 +382,8 @@ func TestNewValidates(t *testing.T) {
 		"no zone":    func(o *Options) { o.ZoneID = " " },
 		"no domain":  func(o *Options) { o.Domain = "" },
 		"bad domain": func(o *Options) { o.Domain = "Not A Domain" },
+		"no env":     func(o *Options) { o.Env = "" },
+		"bad env":    func(o *Options) { o.Env = "PR 7" },
 		"negative":   func(o *Options) { o.MaxAttempts = -1 },
 	} {
 		o := good

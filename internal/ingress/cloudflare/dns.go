@@ -14,32 +14,57 @@ import (
 // whatever the size.
 const recordsPerPage = 500
 
-// upsertRecords points a proxied CNAME for each hostname at the tunnel, in
-// order (cf.md §3).
-func (p *Provider) upsertRecords(ctx context.Context, tunnelID string, hostnames []string) error {
-	target := ingress.TunnelTarget(tunnelID)
+// heldName is a hostname with the CNAME that holds it, nil for none.
+type heldName struct {
+	name string
+	rec  *ingress.Record
+}
+
+// lookupRecords finds the record of each hostname and checks that the
+// tunnel may take it ([Provider.mayTake]) before anything is written, so
+// that a refused name leaves every record, and the tunnel's rules, as
+// they were. tunnelID is "" for a tunnel about to be created.
+func (p *Provider) lookupRecords(ctx context.Context, tunnelID string,
+	hostnames []string) ([]heldName, error) {
+	held := make([]heldName, 0, len(hostnames))
 	for _, h := range hostnames {
-		if err := p.upsertRecord(ctx, h, target); err != nil {
-			return fmt.Errorf("pointing %s at the tunnel: %w", h, err)
+		rec, err := p.findCNAME(ctx, h)
+		if err == nil {
+			err = p.mayTake(ctx, rec, tunnelID)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pointing %s at the tunnel: %w", h, err)
+		}
+		held = append(held, heldName{name: h, rec: rec})
+	}
+	return held, nil
+}
+
+// upsertRecords points a proxied CNAME for each name looked up by
+// [Provider.lookupRecords] at the tunnel, in order (cf.md §3).
+func (p *Provider) upsertRecords(ctx context.Context, tunnelID string, held []heldName) error {
+	for _, h := range held {
+		if err := p.upsertRecord(ctx, h.name, h.rec, tunnelID); err != nil {
+			return fmt.Errorf("pointing %s at the tunnel: %w", h.name, err)
 		}
 	}
 	return nil
 }
 
-// upsertRecord makes name a proxied CNAME to target: it updates the
-// record if there is one (which moves a hostname from an old tunnel to a
-// new one, the control-plane cutover of cf.md §2.4), and creates it
-// otherwise. If the create races with another writer (or an earlier
-// attempt that did succeed) and Cloudflare answers "already exists", the
-// record is looked up again and updated, so a name never gets two
-// records. A name held by an A or AAAA record is an error.
-func (p *Provider) upsertRecord(ctx context.Context, name, target string) error {
-	rec, err := p.findCNAME(ctx, name)
-	if err != nil {
-		return err
-	}
+// upsertRecord makes name a proxied CNAME to the tunnel: it updates rec
+// if there is one (which moves a hostname from an old tunnel of this
+// environment to a new one, the control-plane cutover of cf.md §2.4), and
+// creates it otherwise. If the create races with another writer (or an
+// earlier attempt that did succeed) and Cloudflare answers "already
+// exists", the record is looked up and checked again, so a name never
+// gets two records and a record another environment wrote in between is
+// not taken. A name held by an A or AAAA record fails with
+// [ingress.ErrHostnameTaken].
+func (p *Provider) upsertRecord(ctx context.Context, name string, rec *ingress.Record,
+	tunnelID string) error {
+	target := ingress.TunnelTarget(tunnelID)
 	if rec == nil {
-		err = p.createRecord(ctx, name, target)
+		err := p.createRecord(ctx, name, target)
 		apiErr, ok := asAPIError(err)
 		if !ok || !apiErr.Exists() {
 			return err
@@ -48,13 +73,51 @@ func (p *Provider) upsertRecord(ctx context.Context, name, target string) error 
 			return err
 		}
 		if rec == nil {
-			return fmt.Errorf("a record that is not a CNAME holds the name: %w", apiErr)
+			return fmt.Errorf("a record that is not a CNAME holds the name (%w): %w",
+				ingress.ErrHostnameTaken, apiErr)
+		}
+		if err := p.mayTake(ctx, rec, tunnelID); err != nil {
+			return err
 		}
 	}
 	if rec.Content == target && rec.Proxied {
 		return nil
 	}
 	return p.updateRecord(ctx, rec.ID, name, target)
+}
+
+// mayTake checks that the tunnel may take rec over: a record pointing at
+// the tunnel already, or at a tunnel (live or soft-deleted) whose name
+// says it belongs to this provider's environment. Anything else fails
+// with [ingress.ErrHostnameTaken] and is never overwritten: a record that
+// points at no tunnel (somebody's own CNAME), a tunnel of another
+// environment sharing the zone (a preview taking production's name), or a
+// tunnel this account cannot read. A nil rec is free.
+func (p *Provider) mayTake(ctx context.Context, rec *ingress.Record, tunnelID string) error {
+	if rec == nil {
+		return nil
+	}
+	holder := rec.TunnelID()
+	switch {
+	case holder == "":
+		return fmt.Errorf("%w: the record points at %q, not at a tunnel",
+			ingress.ErrHostnameTaken, rec.Content)
+	case holder == tunnelID:
+		return nil
+	}
+	t, err := p.Tunnel(ctx, holder)
+	if errors.Is(err, ingress.ErrNotFound) {
+		return fmt.Errorf("%w: the record points at tunnel %s, which this account does not "+
+			"have", ingress.ErrHostnameTaken, holder)
+	}
+	if err != nil {
+		return err
+	}
+	if n, ok := ingress.ParseResourceName(t.Name); !ok || n.Env != p.opts.Env {
+		return fmt.Errorf("%w: the record points at tunnel %s (%q), which is not of "+
+			"environment %q", ingress.ErrHostnameTaken, holder, t.Name, p.opts.Env)
+	}
+	return nil
 }
 
 // findCNAME returns the CNAME named name, or nil.

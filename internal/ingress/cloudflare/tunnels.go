@@ -21,9 +21,11 @@ const rollbackTimeout = 2 * time.Minute
 // CreateTunnel implements [ingress.Provider]: POST cfd_tunnel with
 // config_src "cloudflare" (cloudflared ignores a remote configuration
 // otherwise, cf.md §1), read the token, PUT the ingress rules, and upsert
-// one proxied CNAME per hostname, primary first (cf.md §2.2). If any step
-// after the POST fails, the tunnel and its records are deleted again,
-// instead of being left for reaping (cf.md §9 item 15).
+// one proxied CNAME per hostname, primary first (cf.md §2.2). The records
+// are looked up first: if one may not be taken ([Provider.mayTake]) no
+// tunnel is made. If any step after the POST fails, the tunnel and its
+// records are deleted again, instead of being left for reaping (cf.md §9
+// item 15).
 func (p *Provider) CreateTunnel(ctx context.Context, name string,
 	in ingress.Ingress) (ingress.Tunnel, error) {
 	if name == "" {
@@ -32,11 +34,15 @@ func (p *Provider) CreateTunnel(ctx context.Context, name string,
 	if err := p.checkIngress(in); err != nil {
 		return ingress.Tunnel{}, err
 	}
+	held, err := p.lookupRecords(ctx, "", in.Hostnames())
+	if err != nil {
+		return ingress.Tunnel{}, fmt.Errorf("cloudflare: creating tunnel %s: %w", name, err)
+	}
 	t, err := p.newTunnel(ctx, name)
 	if err != nil {
 		return ingress.Tunnel{}, fmt.Errorf("cloudflare: creating tunnel %s: %w", name, err)
 	}
-	if err := p.setUp(ctx, &t, in); err != nil {
+	if err := p.setUp(ctx, &t, in, held); err != nil {
 		p.rollback(ctx, t)
 		return ingress.Tunnel{}, fmt.Errorf("cloudflare: setting up tunnel %s: %w", name, err)
 	}
@@ -66,8 +72,10 @@ func (p *Provider) newTunnel(ctx context.Context, name string) (ingress.Tunnel, 
 	return ingress.Tunnel{ID: res.ID, Name: res.Name, CreatedAt: res.CreatedAt}, nil
 }
 
-// setUp gives a new tunnel its token, rules and records.
-func (p *Provider) setUp(ctx context.Context, t *ingress.Tunnel, in ingress.Ingress) error {
+// setUp gives a new tunnel its token, rules and the records looked up
+// for in's hostnames.
+func (p *Provider) setUp(ctx context.Context, t *ingress.Tunnel, in ingress.Ingress,
+	held []heldName) error {
 	token, err := p.token(ctx, t.ID)
 	if err != nil {
 		return err
@@ -76,7 +84,7 @@ func (p *Provider) setUp(ctx context.Context, t *ingress.Tunnel, in ingress.Ingr
 	if err := p.putIngress(ctx, t.ID, in); err != nil {
 		return err
 	}
-	if err := p.upsertRecords(ctx, t.ID, in.Hostnames()); err != nil {
+	if err := p.upsertRecords(ctx, t.ID, held); err != nil {
 		return err
 	}
 	p.cleanupAccess(ctx, in.Hostnames())
@@ -134,7 +142,8 @@ func (p *Provider) putIngress(ctx context.Context, tunnelID string, in ingress.I
 // reference it also removes the records of hostnames the new rules drop
 // (cf.md §9 item 12), but only records still pointing at this tunnel. If
 // the old rules cannot be read, the change still goes ahead and the
-// dropped records are left for reaping.
+// dropped records are left for reaping. A hostname whose record may not
+// be taken ([Provider.mayTake]) fails the call before the rules change.
 func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 	in ingress.Ingress) error {
 	if err := p.checkIngress(in); err != nil {
@@ -148,10 +157,14 @@ func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 		p.log.WarnContext(ctx, "reading old ingress rules failed", "tunnel_id", tunnelID,
 			"err", err)
 	}
+	held, err := p.lookupRecords(ctx, tunnelID, in.Hostnames())
+	if err != nil {
+		return fmt.Errorf("cloudflare: replacing ingress of %s: %w", tunnelID, err)
+	}
 	if err := p.putIngress(ctx, tunnelID, in); err != nil {
 		return fmt.Errorf("cloudflare: replacing ingress of %s: %w", tunnelID, err)
 	}
-	if err := p.upsertRecords(ctx, tunnelID, in.Hostnames()); err != nil {
+	if err := p.upsertRecords(ctx, tunnelID, held); err != nil {
 		return fmt.Errorf("cloudflare: replacing ingress of %s: %w", tunnelID, err)
 	}
 	if err := p.dropRecords(ctx, tunnelID, dropped(old, in)); err != nil {

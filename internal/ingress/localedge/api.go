@@ -155,8 +155,11 @@ func (a *api) authenticate(next http.Handler) http.Handler {
 func providerError(err error) error {
 	he := &httpapi.Error{Status: http.StatusBadRequest, Code: httpapi.CodeBadRequest,
 		Message: err.Error(), Err: err}
-	if errors.Is(err, ingress.ErrNotFound) {
+	switch {
+	case errors.Is(err, ingress.ErrNotFound):
 		he.Status, he.Code = http.StatusNotFound, httpapi.CodeNotFound
+	case errors.Is(err, ingress.ErrHostnameTaken):
+		he.Status, he.Code = http.StatusConflict, httpapi.CodeConflict
 	}
 	return he
 }

@@ -771,3 +771,24 @@ func FuzzAPIBodies(f *testing.F) {
 		}
 	})
 }
+
+// TestClientHostnameTaken: the provider's refusal to move another
+// environment's hostname reaches the client as ingress.ErrHostnameTaken.
+func TestClientHostnameTaken(t *testing.T) {
+	f := newAPIFixture(t)
+	ctx := context.Background()
+	if _, err := f.p.CreateTunnel(ctx, "dd-pr-7-agent-01",
+		ingress.AgentIngress("shop.localhost", nil)); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(f.p)
+	_, err := f.c.CreateTunnel(ctx, "dd-dev-agent-02", ingress.AgentIngress("shop.localhost", nil))
+	var ae *APIError
+	if !errors.Is(err, ingress.ErrHostnameTaken) || !errors.As(err, &ae) ||
+		ae.Status != http.StatusConflict {
+		t.Errorf("taking another environment's hostname = %v, want a 409 ErrHostnameTaken", err)
+	}
+	if diff := cmp.Diff(before, snapshot(f.p)); diff != "" {
+		t.Errorf("the refused call changed the provider (-before +after):\n%s", diff)
+	}
+}

@@ -77,12 +77,18 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("localedge API answered %d %s: %s", e.Status, e.Code, e.Message)
 }
 
-// Is reports whether e is [ingress.ErrNotFound]. A bare 404 without the
+// Is reports whether e is [ingress.ErrNotFound] or
+// [ingress.ErrHostnameTaken], by status and code. A bare 404 without the
 // code (a route this server lacks) is not: that is no statement about a
 // tunnel.
 func (e *APIError) Is(target error) bool {
-	return target == ingress.ErrNotFound && e.Status == http.StatusNotFound &&
-		e.Code == httpapi.CodeNotFound
+	switch target {
+	case ingress.ErrNotFound:
+		return e.Status == http.StatusNotFound && e.Code == httpapi.CodeNotFound
+	case ingress.ErrHostnameTaken:
+		return e.Status == http.StatusConflict && e.Code == httpapi.CodeConflict
+	}
+	return false
 }
 
 // NewClient validates opts and returns a client. It makes no request.

@@ -46,11 +46,13 @@ type ProviderOptions struct {
 // for cloudflared) holds it, and its services "http://localhost:PORT" are
 // reached through that connector; one record per hostname points at one
 // tunnel, and creating or replacing an ingress moves the hostname to the
-// new tunnel (the control plane's cutover); deleting a tunnel drops its
-// connections, which makes its connectors exit, soft-deletes it, and
-// removes the records still pointing at it. An unknown hostname gets 404,
-// a deleted or unconnected tunnel 530, an unreachable origin 502, and a
-// hostname no rule matches the catch-all's status.
+// new tunnel (the control plane's cutover) if the old one is of the same
+// environment, and fails with [ingress.ErrHostnameTaken] otherwise;
+// deleting a tunnel drops its connections, which makes its connectors
+// exit, soft-deletes it, and removes the records still pointing at it.
+// An unknown hostname gets 404, a deleted or unconnected tunnel 530, an
+// unreachable origin 502, and a hostname no rule matches the catch-all's
+// status.
 //
 // It is safe for concurrent use.
 type Provider struct {
@@ -160,6 +162,9 @@ func (p *Provider) CreateTunnel(ctx context.Context, name string,
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.mayTakeLocked(name, "", in.Hostnames()); err != nil {
+		return ingress.Tunnel{}, err
+	}
 	t := &tunnel{info: ingress.TunnelInfo{ID: newID(), Name: name, CreatedAt: p.nowLocked(),
 		Status: "inactive"}, token: "ledge_" + strings.ReplaceAll(newID()+newID(), "-", ""),
 		rules: in.Rules()}
@@ -172,7 +177,37 @@ func (p *Provider) CreateTunnel(ctx context.Context, name string,
 		Token: t.token}, nil
 }
 
-// upsertLocked points a record for each hostname at the tunnel.
+// mayTakeLocked checks that the tunnel named name (id "" for one not yet
+// made) may take every hostname's record: a record moves only from a
+// tunnel, live or deleted, of the same environment by name
+// ([ingress.ParseResourceName]), as the Cloudflare provider moves only
+// its own environment's. The edge stands in for a zone that several
+// environments could share, so the taking tunnel's name says which
+// environment is asking. Anything else fails with
+// [ingress.ErrHostnameTaken].
+func (p *Provider) mayTakeLocked(name, tunnelID string, hostnames []string) error {
+	taker, takerOK := ingress.ParseResourceName(name)
+	for _, h := range hostnames {
+		r, ok := p.records[h]
+		if !ok || r.tunnelID == tunnelID {
+			continue
+		}
+		holder, known := p.tunnels[r.tunnelID]
+		if !known {
+			return fmt.Errorf("localedge: %s points at unknown tunnel %s: %w", h, r.tunnelID,
+				ingress.ErrHostnameTaken)
+		}
+		if n, ok := ingress.ParseResourceName(holder.info.Name); !ok || !takerOK ||
+			n.Env != taker.Env {
+			return fmt.Errorf("localedge: %s is held by tunnel %s (%q) of another "+
+				"environment: %w", h, r.tunnelID, holder.info.Name, ingress.ErrHostnameTaken)
+		}
+	}
+	return nil
+}
+
+// upsertLocked points a record for each hostname at the tunnel; check
+// [Provider.mayTakeLocked] first.
 func (p *Provider) upsertLocked(tunnelID string, hostnames []string) {
 	for _, h := range hostnames {
 		if r, ok := p.records[h]; ok {
@@ -206,6 +241,9 @@ func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 	defer p.mu.Unlock()
 	t, err := p.liveLocked(tunnelID)
 	if err != nil {
+		return err
+	}
+	if err := p.mayTakeLocked(t.info.Name, tunnelID, in.Hostnames()); err != nil {
 		return err
 	}
 	old := t.rules

@@ -30,7 +30,7 @@ func newPagedFleet(t *testing.T) *pagedFleet {
 	t.Helper()
 	fake := cftest.New(t, cftest.Options{MaxPerPage: 2, Now: func() time.Time { return now }})
 	p, err := cloudflare.New(cloudflare.Options{APIToken: "t", AccountID: fake.AccountID(),
-		ZoneID: fake.ZoneID(), Domain: domain, BaseURL: fake.URL(), MaxAttempts: 1,
+		ZoneID: fake.ZoneID(), Domain: domain, Env: env, BaseURL: fake.URL(), MaxAttempts: 1,
 		Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
