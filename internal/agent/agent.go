@@ -88,6 +88,13 @@ type Options struct {
 	// its origin.
 	Connect ConnectFunc
 
+	// KeyPath is the PEM file that keeps the agent's keys across
+	// restarts; it is created (mode 0600) if missing. A restarted agent
+	// that shows the same keys keeps its VM name, and its tenant, even
+	// while its old process still answers. Empty keeps fresh keys in
+	// memory only.
+	KeyPath string
+
 	// HTTPClient calls the control plane. Nil means a client with a 30s
 	// timeout.
 	HTTPClient *http.Client
@@ -135,6 +142,9 @@ type Agent struct {
 	integrity integrity
 	tunnel    tunnelRunner
 	expose    exposeState
+
+	// regBackoff paces registration attempts; tests shorten it.
+	regBackoff backoff
 
 	mu       sync.Mutex
 	reg      registration      // guarded by mu
@@ -196,11 +206,12 @@ func New(opts Options) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	k, err := newKeys()
+	log = log.With("component", "agent", "vm", opts.VMName)
+	k, err := loadKeys(opts.KeyPath, log)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a := &Agent{opts: opts, log: log.With("component", "agent", "vm", opts.VMName), keys: k}
+	a := &Agent{opts: opts, log: log, keys: k, regBackoff: defaultRegBackoff}
 	if len(opts.Expose) > 0 {
 		a.setClaims(slices.Clone(opts.Expose))
 	}
@@ -230,7 +241,8 @@ func checkURLs(opts Options) error {
 // for the runtime and registers with the control plane. The HTTP API is up
 // before registration so that the VM can be inspected while the control
 // plane is unreachable. Serve returns when ctx ends, after shutting the
-// server down, or when registration is refused for good.
+// server down, or when the runtime never becomes ready. A control plane
+// that refuses the agent does not end it: the agent keeps trying.
 func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	a.started = a.opts.Now()
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}

@@ -7,12 +7,15 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -237,9 +240,12 @@ func TestRuntimeDownIsBadGateway(t *testing.T) {
 // agents whose request is signed and whose evidence binds that nonce and
 // the agent's keys, or refuses them.
 type fakeCP struct {
-	t      *testing.T
-	refuse bool
-	got    chan cpapi.RegisterRequest
+	t *testing.T
+	// refusals are the statuses of the first registrations, refused in
+	// this order; the next ones are accepted.
+	mu       sync.Mutex
+	refusals []int
+	got      chan cpapi.RegisterRequest
 	// claims receives the bodies of POST /agents/{id}/ingress.
 	claims chan []ingress.Claim
 }
@@ -271,8 +277,8 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var req cpapi.RegisterRequest
 	json.Unmarshal(body, &req)
 	f.got <- req
-	if f.refuse {
-		httpapi.WriteJSON(w, http.StatusForbidden, httpapi.Body{Code: "FORBIDDEN", Message: "no"})
+	if status := f.refusal(); status != 0 {
+		httpapi.WriteJSON(w, status, httpapi.Body{Code: http.StatusText(status), Message: "no"})
 		return
 	}
 	if err := f.check(body, r.Header.Get(attestbind.SignatureHeader), &req); err != nil {
@@ -283,6 +289,19 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	httpapi.WriteJSON(w, 200, cpapi.RegisterResponse{AgentID: "dd-test-agent-1",
 		Hostname: "vm-1.example", URL: "https://vm-1.example", AgentToken: "secret-agent-token",
 		TunnelToken: "secret-tunnel-token"})
+}
+
+// refusal returns the status that refuses the next registration, or 0 to
+// accept it.
+func (f *fakeCP) refusal() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.refusals) == 0 {
+		return 0
+	}
+	status := f.refusals[0]
+	f.refusals = f.refusals[1:]
+	return status
 }
 
 // serveIngress accepts the agent's claims and answers with their URLs.
@@ -375,25 +394,74 @@ func TestRegistration(t *testing.T) {
 	}
 }
 
-func TestRegistrationRefusedStopsTheAgent(t *testing.T) {
+// TestRegistrationRetriesRefusals: refusals (a stale nonce after a
+// cutover, a name still held, a policy not yet updated) do not stop the
+// agent; it retries with the same keys until the control plane accepts.
+func TestRegistrationRetriesRefusals(t *testing.T) {
 	rt := startRuntime(t)
-	cp := &fakeCP{t: t, refuse: true, got: make(chan cpapi.RegisterRequest, 10)}
+	refusals := []int{http.StatusUnauthorized, http.StatusConflict, http.StatusForbidden}
+	cp := &fakeCP{t: t, refusals: refusals, got: make(chan cpapi.RegisterRequest, 10)}
 	cpSrv := httptest.NewServer(cp)
 	defer cpSrv.Close()
+	var logs syncBuffer
 	a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
-		ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1"})
+		ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1",
+		KeyPath: filepath.Join(t.TempDir(), "agent-key.pem"),
+		Logger:  slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.regBackoff = backoff{base: time.Millisecond, max: 4 * time.Millisecond}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = a.Serve(context.Background(), ln)
-	var re *refusedError
-	if !errors.As(err, &re) || re.status != http.StatusForbidden {
-		t.Errorf("Serve = %v, want the refusal", err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx, ln) }()
+
+	for i := range len(refusals) + 1 {
+		select {
+		case req := <-cp.got:
+			if req.SigningKey != a.keys.signingB64() {
+				t.Errorf("attempt %d signed with key %s, want the agent's", i+1, req.SigningKey)
+			}
+		case err := <-done:
+			t.Fatalf("Serve returned %v after %d registration attempts", err, i)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no registration attempt %d", i+1)
+		}
 	}
+	for !a.Registered() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, status := range refusals {
+		if want := "status=" + strconv.Itoa(status); !strings.Contains(logs.String(), want) {
+			t.Errorf("no log of the refusal with %s", want)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+// syncBuffer is a log sink safe for the agent's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func waitStatus(t *testing.T, rt *runtime.Client, id, want string) {

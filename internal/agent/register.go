@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"time"
@@ -18,26 +19,54 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 )
 
-// registerLoop registers with the control plane, retrying transport
-// errors, 429 and 5xx with a capped backoff. Any other 4xx means the
-// control plane refuses this agent, which retrying cannot change.
+// registerLoop registers with the control plane, retrying every failure
+// until it succeeds or ctx ends. Refusals are retried too: a nonce from a
+// control plane that a newer one replaced meanwhile earns a 401, a VM
+// name still held by the agent's previous process a 409, and an agent
+// that exits cannot recover from either.
 func (a *Agent) registerLoop(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		err := a.register(ctx)
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		wait := a.regBackoff.wait(attempt)
 		var re *refusedError
 		if errors.As(err, &re) {
-			a.log.Error("registration refused", "status", re.status, "err", err)
-			return err
+			a.log.Warn("registration refused; retrying", "status", re.status,
+				"code", re.body.Code, "attempt", attempt, "wait", wait, "err", err)
+		} else {
+			a.log.Warn("registration failed; retrying", "attempt", attempt, "wait", wait,
+				"err", err)
 		}
-		wait := min(time.Duration(attempt)*time.Second, 30*time.Second)
-		a.log.Warn("registration failed; retrying", "attempt", attempt, "wait", wait, "err", err)
 		if err := sleep(ctx, wait); err != nil {
 			return err
 		}
 	}
+}
+
+// backoff is a capped exponential backoff with jitter: attempt n waits
+// between half and all of min(base*2^(n-1), max), so that agents refused
+// together (a control plane cutover) do not come back in step.
+type backoff struct {
+	base, max time.Duration
+}
+
+// defaultRegBackoff retries soon after a transient failure and settles at
+// a minute for a control plane that keeps refusing.
+var defaultRegBackoff = backoff{base: time.Second, max: time.Minute}
+
+func (b backoff) wait(attempt int) time.Duration {
+	d := b.base
+	for i := 1; i < attempt && d < b.max; i++ {
+		d *= 2
+	}
+	d = min(d, b.max)
+	half := d / 2
+	return half + rand.N(d-half+1)
 }
 
 // reattestLoop proves the agent's TD to the control plane again every
@@ -89,7 +118,7 @@ func (e *refusedError) Error() string {
 // register performs one registration attempt: nonce, evidence bound to
 // the nonce and the agent's keys, signed request.
 func (a *Agent) register(ctx context.Context) error {
-	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeRegister)
+	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeRegister, "/register/nonce", "")
 	if err != nil {
 		return err
 	}
@@ -114,7 +143,10 @@ func (a *Agent) register(ctx context.Context) error {
 // reattest sends fresh evidence for the registered agent.
 func (a *Agent) reattest(ctx context.Context) error {
 	reg := a.registered()
-	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeReattest)
+	// The agent's own nonce route, with its credential: its allowance
+	// cannot be used up by anonymous callers of /register/nonce.
+	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeReattest,
+		"/agents/"+reg.agentID+"/nonce", reg.token)
 	if err != nil {
 		return err
 	}
@@ -130,11 +162,13 @@ func (a *Agent) reattest(ctx context.Context) error {
 	return nil
 }
 
-// freshEvidence gets a nonce from the control plane and has the runtime
-// attest to report data that binds it to the agent's keys.
-func (a *Agent) freshEvidence(ctx context.Context, purpose string) (string, agentapi.Evidence, error) {
+// freshEvidence gets a nonce from the control plane's noncePath (with the
+// agent credential token, if any) and has the runtime attest to report
+// data that binds it to the agent's keys.
+func (a *Agent) freshEvidence(ctx context.Context, purpose, noncePath,
+	token string) (string, agentapi.Evidence, error) {
 	var n cpapi.NonceResponse
-	if err := a.callCP(ctx, http.MethodPost, "/register/nonce", "", struct{}{}, &n); err != nil {
+	if err := a.callCP(ctx, http.MethodPost, noncePath, token, struct{}{}, &n); err != nil {
 		return "", agentapi.Evidence{}, err
 	}
 	raw, err := base64.StdEncoding.DecodeString(n.Nonce)

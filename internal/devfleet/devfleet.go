@@ -64,6 +64,9 @@ const (
 	cpOwnerLabel  = "control-plane"
 )
 
+// maxAgents bounds a dev fleet's agents.
+const maxAgents = 64
+
 // Options configures a dev fleet.
 type Options struct {
 	// StateDir holds the registry, keys and dev.json. Required.
@@ -185,8 +188,8 @@ func newFleet(opts Options) (*Fleet, error) {
 	if opts.Agents == 0 {
 		opts.Agents = 1
 	}
-	if opts.Agents < 0 || opts.Agents > 64 {
-		return nil, fmt.Errorf("devfleet: agents %d must be in 1..64", opts.Agents)
+	if opts.Agents < 0 || opts.Agents > maxAgents {
+		return nil, fmt.Errorf("devfleet: agents %d must be in 1..%d", opts.Agents, maxAgents)
 	}
 	if opts.Domain == "" {
 		opts.Domain = "localhost"

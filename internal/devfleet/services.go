@@ -281,6 +281,9 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.
 		ScrapeInterval: time.Second, SelfCheckInterval: f.opts.SelfCheckInterval,
 		FenceGrace: 200 * time.Millisecond, ReapEvery: 2, ReapGrace: f.opts.ReapGrace,
 		ReapFailures: 2,
+		// Every dev agent registers from loopback, one address: give it
+		// room for a whole fleet registering at once.
+		NonceBurst: 4 * maxAgents,
 	})
 }
 
@@ -400,7 +403,8 @@ func (f *Fleet) startAgent(ctx context.Context, name string,
 		TrustAuthority:  ta,
 		ControlPlaneURL: f.dashboardOrigin(), Origin: origin, SyncInterval: 2 * time.Second,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build,
-		Logger: f.log.With("agent", name),
+		KeyPath: filepath.Join(dir, "agent-key.pem"),
+		Logger:  f.log.With("agent", name),
 		Connect: func(token string, onExit func(cloudflared.Exit)) (agent.Connector, error) {
 			return connect(token, onExit)
 		},

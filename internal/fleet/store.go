@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -217,8 +218,11 @@ func (s *Store) Close() error {
 
 // Register stores a new agent. In the same transaction it removes every
 // other agent with the same VMName, which it returns so that the caller can
-// release what they held (their ingress). It fails with [ErrExists] if the
-// id is taken, and changes nothing on any error.
+// release what they held (their ingress). A nil a.Tenant is taken from a
+// replaced record only if that record has a's signing key (see
+// [SameSigningKey]): a restarted agent keeps its tenant, a newcomer
+// under the same name starts without one. Register fails with [ErrExists]
+// if the id is taken, and changes nothing on any error.
 func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err error) {
 	if err := a.validate(); err != nil {
 		return nil, fmt.Errorf("fleet: registering agent: %w", err)
@@ -257,12 +261,15 @@ func (s *Store) registerTx(ctx context.Context, tx *sql.Tx, a Agent, rec []any) 
 	if err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
 	}
-	// The tenant belongs to the VM, not to one registration of it: a VM
-	// that registers again (after a reboot) stays with its tenant.
-	if a.Tenant == nil && len(replaced) > 0 && replaced[0].Tenant != nil {
-		a.Tenant = replaced[0].Tenant
-		if rec, err = encodeAgent(&a); err != nil {
-			return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+	// The tenant outlives one registration only for the holder of the
+	// same signing key, i.e. the same agent restarted. Anyone else who
+	// gets the name must not get the tenant's trust with it.
+	if a.Tenant == nil {
+		if t := inheritedTenant(&a, replaced); t != nil {
+			a.Tenant = t
+			if rec, err = encodeAgent(&a); err != nil {
+				return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+			}
 		}
 	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM agents WHERE vm_name = ?", a.VMName); err != nil {
@@ -274,6 +281,23 @@ func (s *Store) registerTx(ctx context.Context, tx *sql.Tx, a Agent, rec []any) 
 	return replaced, nil
 }
 
+// inheritedTenant returns the tenant a registration of a takes over from
+// the records it replaces: that of a record with a's signing key, or nil.
+func inheritedTenant(a *Agent, replaced []Agent) *ghoidc.Principal {
+	for _, old := range replaced {
+		if old.Tenant != nil && SameSigningKey(&old, a) {
+			return old.Tenant
+		}
+	}
+	return nil
+}
+
+// SameSigningKey reports whether a and b hold the same, non-empty, signing
+// key: whether b is a registration of the agent process that a was.
+func SameSigningKey(a, b *Agent) bool {
+	return len(a.SigningKey) > 0 && bytes.Equal(a.SigningKey, b.SigningKey)
+}
+
 // Get returns the agent with the given id, or [ErrNotFound].
 func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
 	row := s.db.QueryRowContext(ctx, "SELECT "+agentColumns+" FROM agents WHERE id = ?", id)
@@ -283,6 +307,20 @@ func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
 	}
 	if err != nil {
 		return Agent{}, fmt.Errorf("fleet: reading agent %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// ByVMName returns the agent registered under vmName, or [ErrNotFound].
+func (s *Store) ByVMName(ctx context.Context, vmName string) (Agent, error) {
+	row := s.db.QueryRowContext(ctx, "SELECT "+agentColumns+" FROM agents WHERE vm_name = ?",
+		vmName)
+	a, err := scanAgent(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Agent{}, fmt.Errorf("fleet: vm %s: %w", vmName, ErrNotFound)
+	}
+	if err != nil {
+		return Agent{}, fmt.Errorf("fleet: reading vm %s: %w", vmName, err)
 	}
 	return a, nil
 }

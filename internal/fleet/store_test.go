@@ -81,6 +81,9 @@ func TestRegisterGetList(t *testing.T) {
 	if _, err := s.Get(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get(unknown) error = %v, want ErrNotFound", err)
 	}
+	if _, err := s.ByVMName(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ByVMName(unknown) error = %v, want ErrNotFound", err)
+	}
 }
 
 func TestRegisterReplacesSameVMName(t *testing.T) {
@@ -402,18 +405,57 @@ func TestTenantPersists(t *testing.T) {
 	if got, _ := s.Get(ctx, a.ID); got.Tenant != nil {
 		t.Errorf("tenant after clearing = %v", got.Tenant)
 	}
-	// A new registration of the same VM keeps the VM's tenant.
-	if _, err := s.SetTenant(ctx, a.ID, acme); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Register(ctx, newAgent("dd-test-agent-2", "vm-1", "tok2")); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := s.Get(ctx, "dd-test-agent-2"); got.Tenant == nil || *got.Tenant != *acme {
-		t.Errorf("tenant after re-registration = %v, want %v", got.Tenant, acme)
-	}
 	if _, err := s.SetTenant(ctx, "nope", acme); !errors.Is(err, ErrNotFound) {
 		t.Errorf("SetTenant of an unknown agent = %v", err)
+	}
+}
+
+// TestReRegistrationTenant checks that a registration replacing a record
+// of the same VM name takes its tenant over only with the same signing
+// key.
+func TestReRegistrationTenant(t *testing.T) {
+	acme := &ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "acme", ID: 7}
+	globex := &ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "globex", ID: 8}
+	keyA, keyB := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	tests := map[string]struct {
+		oldKey, newKey []byte
+		newTenant      *ghoidc.Principal
+		want           *ghoidc.Principal
+	}{
+		"same key keeps the tenant":       {oldKey: keyA, newKey: keyA, want: acme},
+		"other key starts without tenant": {oldKey: keyA, newKey: keyB},
+		"no recorded key proves nothing":  {oldKey: nil, newKey: nil},
+		"an explicit tenant wins":         {oldKey: keyA, newKey: keyA, newTenant: globex, want: globex},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			s := openStore(t, filepath.Join(t.TempDir(), "fleet.db"))
+			old := newAgent("dd-test-agent-1", "vm-1", "tok")
+			old.SigningKey = tt.oldKey
+			if _, err := s.Register(ctx, old); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.SetTenant(ctx, old.ID, acme); err != nil {
+				t.Fatal(err)
+			}
+			a := newAgent("dd-test-agent-2", "vm-1", "tok2")
+			a.SigningKey, a.Tenant = tt.newKey, tt.newTenant
+			replaced, err := s.Register(ctx, a)
+			if err != nil || len(replaced) != 1 {
+				t.Fatalf("Register = %v, %v; want the old record replaced", ids(replaced), err)
+			}
+			got, err := s.Get(ctx, a.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got.Tenant); diff != "" {
+				t.Errorf("tenant after re-registration (-want +got):\n%s", diff)
+			}
+			if byName, err := s.ByVMName(ctx, "vm-1"); err != nil || byName.ID != a.ID {
+				t.Errorf("ByVMName = %s, %v; want %s", byName.ID, err, a.ID)
+			}
+		})
 	}
 }
 

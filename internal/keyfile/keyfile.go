@@ -1,6 +1,7 @@
 // Package keyfile keeps a signing key in a PEM file, so that what was
 // signed with it, and what others cached of its public half, stays valid
-// across restarts. The local token issuers of dev mode use it.
+// across restarts. The local token issuers of dev mode and the agent's
+// identity (agent --key-file) use it.
 //
 // The file is created with mode 0600 by writing a temporary file, syncing
 // it and renaming it into place, so a crash never leaves a truncated key.
