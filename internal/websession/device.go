@@ -232,56 +232,59 @@ func (s *Service) devicePoll(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("websession: reading device code: %w", err)
 	}
-	if err := s.checkPoll(ctx, hash, row, now); err != nil {
+	approver, err := s.checkPoll(ctx, hash, row, now)
+	if err != nil {
 		return err
 	}
-	return s.issueDeviceToken(w, r, hash, row)
+	return s.issueDeviceToken(w, r, hash, row, approver)
 }
 
 // checkPoll records the poll and returns the error answer for every state
-// but "approved".
+// but "approved", for which it returns the approving browser session.
 func (s *Service) checkPoll(ctx context.Context, hash string, row *deviceRow,
-	now time.Time) error {
+	now time.Time) (*Session, error) {
 	if !now.Before(row.expires) || row.state == "consumed" {
-		return &httpapi.Error{Status: http.StatusBadRequest, Code: CodeExpiredToken,
+		return nil, &httpapi.Error{Status: http.StatusBadRequest, Code: CodeExpiredToken,
 			Message: "device code expired or already used; start again"}
 	}
 	_, err := s.cfg.DB.ExecContext(ctx,
 		`UPDATE websession_devices SET last_poll = ? WHERE code_hash = ?`, now.Unix(), hash)
 	if err != nil {
-		return fmt.Errorf("websession: recording poll: %w", err)
+		return nil, fmt.Errorf("websession: recording poll: %w", err)
 	}
 	if now.Unix()-row.lastPoll < int64(s.cfg.PollInterval/time.Second) {
-		return &httpapi.Error{Status: http.StatusTooManyRequests, Code: CodeSlowDown,
+		return nil, &httpapi.Error{Status: http.StatusTooManyRequests, Code: CodeSlowDown,
 			Message: fmt.Sprintf("poll at most every %s", s.cfg.PollInterval)}
 	}
 	switch row.state {
 	case "pending":
-		return &httpapi.Error{Status: http.StatusPreconditionRequired,
+		return nil, &httpapi.Error{Status: http.StatusPreconditionRequired,
 			Code: CodeAuthorizationPending, Message: "waiting for approval"}
 	case "denied":
 		if _, err := s.consumeDevice(ctx, s.cfg.DB, hash, "denied"); err != nil {
-			return err
+			return nil, err
 		}
-		return &httpapi.Error{Status: http.StatusForbidden, Code: CodeAccessDenied,
+		return nil, &httpapi.Error{Status: http.StatusForbidden, Code: CodeAccessDenied,
 			Message: "the device was denied"}
 	}
 	// The approver must still be signed in: a session revoked since (a
 	// stolen cookie ended by its owner) must not leave a device behind.
-	if _, err := s.lookup(ctx, row.approver, ClientBrowser); err != nil {
+	approver, err := s.lookup(ctx, row.approver, ClientBrowser)
+	if err != nil {
 		if _, err := s.consumeDevice(ctx, s.cfg.DB, hash, "approved"); err != nil {
-			return err
+			return nil, err
 		}
-		return &httpapi.Error{Status: http.StatusForbidden, Code: CodeAccessDenied,
+		return nil, &httpapi.Error{Status: http.StatusForbidden, Code: CodeAccessDenied,
 			Message: "the approving session has ended", Err: err}
 	}
-	return nil
+	return approver, nil
 }
 
 // issueDeviceToken consumes the approved code and creates the device's
-// session in one transaction, so two polls cannot both get a token.
+// session in one transaction, so two polls cannot both get a token. The
+// session lives no longer than its approver's.
 func (s *Service) issueDeviceToken(w http.ResponseWriter, r *http.Request, hash string,
-	row *deviceRow) error {
+	row *deviceRow, approver *Session) error {
 	ctx := r.Context()
 	tx, err := s.cfg.DB.BeginTx(ctx, nil)
 	if err != nil {
@@ -296,7 +299,7 @@ func (s *Service) issueDeviceToken(w http.ResponseWriter, r *http.Request, hash 
 		return &httpapi.Error{Status: http.StatusBadRequest, Code: CodeExpiredToken,
 			Message: "device code already used; start again"}
 	}
-	token, sess, err := s.createSession(ctx, tx, row.grant, ClientDevice, row.approver)
+	token, sess, err := s.createSession(ctx, tx, row.grant, ClientDevice, approver)
 	if err != nil {
 		return fmt.Errorf("websession: issuing device token: %w", err)
 	}
@@ -309,7 +312,7 @@ func (s *Service) issueDeviceToken(w http.ResponseWriter, r *http.Request, hash 
 		Details: map[string]any{"client": string(ClientDevice), "approved_by": row.approver}})
 	w.Header().Set("Cache-Control", "no-store")
 	return httpapi.WriteJSON(w, http.StatusOK, DeviceToken{AccessToken: token,
-		TokenType: "Bearer", ExpiresIn: int(s.cfg.DeviceTokenTTL / time.Second),
+		TokenType: "Bearer", ExpiresIn: int(sess.Expires.Sub(sess.Created) / time.Second),
 		Login: sess.Login, Role: sess.Role})
 }
 

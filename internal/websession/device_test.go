@@ -122,8 +122,12 @@ func TestDeviceFlowApproveAndPoll(t *testing.T) {
 	if code != http.StatusOK || sess.Client != ClientDevice || sess.Login != DevAdminLogin {
 		t.Fatalf("bearer: %d %+v, want dev-admin's device session", code, sess)
 	}
-	if !sess.Expires.Equal(f.clock.Now().Add(-DefaultPollInterval).Add(DefaultDeviceTokenTTL)) {
-		t.Errorf("device session expires %v", sess.Expires)
+	// The device lives no longer than the browser session that approved it.
+	approver, _ := b.session()
+	if !sess.Expires.Equal(approver.Expires) ||
+		tok.ExpiresIn != int(approver.Expires.Sub(sess.Created)/time.Second) {
+		t.Errorf("device session expires %v in %ds, want with its approver at %v",
+			sess.Expires, tok.ExpiresIn, approver.Expires)
 	}
 	// A device cannot approve further devices.
 	other := n.start()
@@ -170,6 +174,30 @@ func TestDeviceTokenRevoked(t *testing.T) {
 		}},
 		{"expired", func(f *fleet, _ *browser, _ pairedDevice) {
 			f.clock.Add(DefaultDeviceTokenTTL)
+		}},
+		{"approver signed out", func(f *fleet, b *browser, _ pairedDevice) {
+			b.do("POST", f.appURL+LogoutPath, url.Values{}, "Origin", f.appURL)
+		}},
+		{"approver signed in again", func(f *fleet, b *browser, _ pairedDevice) {
+			b.login(DevAdminLogin, "/")
+		}},
+		{"approver revoked", func(f *fleet, b *browser, _ pairedDevice) {
+			approver, _ := b.session()
+			if err := f.svc.Revoke(context.Background(), approver.ID); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"approver expired", func(f *fleet, _ *browser, _ pairedDevice) {
+			f.clock.Add(DefaultSessionTTL)
+		}},
+		{"approver revoked behind the cascade", func(f *fleet, b *browser, _ pairedDevice) {
+			// As if the device's row had been written after its parent
+			// was revoked: only the parent is marked.
+			approver, _ := b.session()
+			if _, err := f.svc.cfg.DB.Exec(`UPDATE websession_sessions SET revoked_at = 1
+				WHERE id = ?`, approver.ID); err != nil {
+				t.Fatal(err)
+			}
 		}},
 	}
 	for _, tt := range tests {

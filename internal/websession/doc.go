@@ -36,6 +36,10 @@
 // code and a short user code; a signed-in person approves the user code on
 // GET /auth/device; POST /auth/device/poll then answers a bearer token for a
 // new session row of its own (client "device"), revocable like any other.
+// The device session names the approving browser session as its parent
+// and ends with it: it expires no later, and signing out, signing in again
+// from that browser or revoking the parent revokes it, so a stolen cookie
+// cannot mint a device that outlives the victim's sign-out.
 //
 // A [LocalProvider] is the dev-mode stand-in for github.com: the OAuth
 // endpoints and the few API routes the broker calls, with a page to pick a

@@ -154,7 +154,7 @@ func (s *Service) signIn(w http.ResponseWriter, r *http.Request, who Identity,
 		}
 	}
 	g := grant{Login: who.Login, UserID: who.ID, Role: class.Role, Agents: class.Agents}
-	value, sess, err := s.createSession(ctx, s.cfg.DB, g, ClientBrowser, "")
+	value, sess, err := s.createSession(ctx, s.cfg.DB, g, ClientBrowser, nil)
 	if err != nil {
 		return err
 	}

@@ -81,8 +81,9 @@ type Options struct {
 	// [DefaultSessionTTL].
 	SessionTTL time.Duration
 
-	// DeviceTokenTTL is the life of a device-flow bearer token. Zero means
-	// [DefaultDeviceTokenTTL].
+	// DeviceTokenTTL is the longest life of a device-flow bearer token; a
+	// token also ends with the browser session that approved it. Zero
+	// means [DefaultDeviceTokenTTL].
 	DeviceTokenTTL time.Duration
 
 	// DeviceCodeTTL is how long a device code waits for approval, and how

@@ -130,9 +130,10 @@ func secretID(secret string) string {
 }
 
 // createSession records a session for who and returns the value to put in
-// its cookie or bearer token.
+// its cookie or bearer token. A device session names the browser session
+// that approved it as parent, and expires no later than it.
 func (s *Service) createSession(ctx context.Context, db execer, who grant,
-	client Client, parent string) (value string, sess *Session, err error) {
+	client Client, parent *Session) (value string, sess *Session, err error) {
 	secret, id := newSecret()
 	ttl, codec, name := s.cfg.SessionTTL, s.cookie, codecCookie
 	if client == ClientDevice {
@@ -142,7 +143,13 @@ func (s *Service) createSession(ctx context.Context, db execer, who grant,
 	row := &sessionRow{
 		Session: Session{ID: id, Login: who.Login, UserID: who.UserID, Role: who.Role,
 			Client: client, Agents: nonNil(who.Agents), Created: now, Expires: now.Add(ttl)},
-		owner: s.cfg.Owner.String(), parent: parent,
+		owner: s.cfg.Owner.String(),
+	}
+	if parent != nil {
+		row.parent = parent.ID
+		if parent.Expires.Before(row.Expires) {
+			row.Expires = parent.Expires
+		}
 	}
 	if value, err = codec.Encode(name, secret); err != nil {
 		return "", nil, fmt.Errorf("encoding session: %w", err)
@@ -224,7 +231,26 @@ func (s *Service) lookup(ctx context.Context, id string, client Client) (*Sessio
 		// against another principal.
 		return nil, fmt.Errorf("%w: other fleet owner", ErrInvalidSession)
 	}
+	if client == ClientDevice {
+		if err := s.checkParent(ctx, row.parent); err != nil {
+			return nil, err
+		}
+	}
 	return &row.Session, nil
+}
+
+// checkParent refuses a device session whose approving browser session
+// has ended. [Service.Revoke] also ends a session's devices, but checking
+// here covers expiry, a parent pruned from the table, and a token issued
+// while its parent was being revoked.
+func (s *Service) checkParent(ctx context.Context, parent string) error {
+	if parent == "" {
+		return fmt.Errorf("%w: no approving session", ErrInvalidSession)
+	}
+	if _, err := s.lookup(ctx, parent, ClientBrowser); err != nil {
+		return fmt.Errorf("approving session: %w", err)
+	}
+	return nil
 }
 
 type sessionKey struct{}
@@ -290,11 +316,12 @@ func wantsHTML(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
-// Revoke ends the session with the given id. Ending an ended session is
-// not an error.
+// Revoke ends the session with the given id and the device sessions it
+// approved, so a device paired from a stolen cookie ends when the cookie's
+// owner signs out. Ending an ended session is not an error.
 func (s *Service) Revoke(ctx context.Context, id string) error {
 	_, err := s.cfg.DB.ExecContext(ctx, `UPDATE websession_sessions SET revoked_at = ?
-		WHERE id = ? AND revoked_at IS NULL`, s.now().Unix(), id)
+		WHERE (id = ? OR parent = ?) AND revoked_at IS NULL`, s.now().Unix(), id, id)
 	if err != nil {
 		return fmt.Errorf("websession: revoking session: %w", err)
 	}

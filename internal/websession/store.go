@@ -52,6 +52,11 @@ var migrations = [][]string{
 			secret BLOB NOT NULL
 		) STRICT`,
 	},
+	// v2. Revoking a session also revokes the device sessions it
+	// approved, found by parent.
+	{
+		`CREATE INDEX websession_sessions_parent ON websession_sessions (parent)`,
+	},
 }
 
 // Migrate creates or updates this package's tables in db. It is safe to

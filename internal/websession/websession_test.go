@@ -123,7 +123,7 @@ func TestSessionSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	value, sess, err := first.createSession(ctx, opts.DB,
-		grant{Login: "alice", UserID: 42, Role: RoleAdmin}, ClientBrowser, "")
+		grant{Login: "alice", UserID: 42, Role: RoleAdmin}, ClientBrowser, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestCookieIsNotABearerToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	value, _, err := svc.createSession(ctx, opts.DB,
-		grant{Login: "alice", UserID: 42, Role: RoleAdmin}, ClientBrowser, "")
+		grant{Login: "alice", UserID: 42, Role: RoleAdmin}, ClientBrowser, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,8 +183,9 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		}
 	}
 	var v int
-	if err := db.QueryRow(`SELECT version FROM websession_schema`).Scan(&v); err != nil || v != 1 {
-		t.Errorf("version %d, %v; want 1", v, err)
+	err := db.QueryRow(`SELECT version FROM websession_schema`).Scan(&v)
+	if err != nil || v != len(migrations) {
+		t.Errorf("version %d, %v; want %d", v, err, len(migrations))
 	}
 }
 
@@ -198,9 +199,9 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := grant{Login: "alice", UserID: 42, Role: RoleAdmin}
-	_, old, _ := svc.createSession(ctx, opts.DB, g, ClientBrowser, "")
+	_, old, _ := svc.createSession(ctx, opts.DB, g, ClientBrowser, nil)
 	c.Add(DefaultSessionTTL + 25*time.Hour)
-	_, live, _ := svc.createSession(ctx, opts.DB, g, ClientBrowser, "")
+	_, live, _ := svc.createSession(ctx, opts.DB, g, ClientBrowser, nil)
 	n, err := svc.Prune(ctx)
 	if err != nil || n != 1 {
 		t.Fatalf("Prune = %d, %v; want 1", n, err)
