@@ -33,17 +33,18 @@ fences the older one (STONITH), which refuses writes and powers off.
 
 Each flag falls back to the environment variable named in its description.
 The admin token (DD_ADMIN_TOKEN, at least 32 characters) is the fleet
-admin's bearer token for the API and pages; prefer the environment to the
-flag so it does not show in the process list. People sign in with GitHub
-when DD_GITHUB_CLIENT_ID and DD_GITHUB_CLIENT_SECRET name an OAuth app whose
-callback is PUBLIC-URL/auth/github/callback.
+admin's bearer token for the API and pages; like every secret it comes from
+the environment only, so it does not show in the process list. People sign
+in with GitHub when DD_GITHUB_CLIENT_ID and DD_GITHUB_CLIENT_SECRET name an
+OAuth app whose callback is PUBLIC-URL/auth/github/callback.
 
-Attestation: --attestation direct verifies TDX quotes against Intel's root;
-ita verifies Intel Trust Authority tokens (DD_ITA_JWKS_URL, DD_ITA_ISSUER,
-Intel's by default). The measurement policy comes from DD_POLICY_MRTD,
-DD_POLICY_RTMR0..3, DD_POLICY_TCB_STATUS, DD_POLICY_OUTOFDATE_GRACE and
-DD_POLICY_MODE; production and staging refuse to start without an enforced
-policy.
+Attestation: --attestation direct verifies TDX quotes against Intel's root
+and, with --collateral, the platform's TCB level and PCK revocation against
+Intel PCS collateral; ita verifies Intel Trust Authority tokens
+(DD_ITA_JWKS_URL, DD_ITA_ISSUER, Intel's by default). The measurement
+policy comes from DD_POLICY_MRTD, DD_POLICY_RTMR0..3, DD_POLICY_TCB_STATUS,
+DD_POLICY_OUTOFDATE_GRACE and DD_POLICY_MODE; production and staging refuse
+to start without an enforced policy.
 
 Cloudflare credentials come from the environment only, never from flags:
 CLOUDFLARE_API_TOKEN, CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_ZONE_ID (or
@@ -64,7 +65,6 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	env := fs.String("env", envOr("DD_ENV", ""), "environment label, e.g. production, pr-42 (DD_ENV)")
 	domain := fs.String("domain", envOr("DD_CF_DOMAIN", ""), "parent domain of agent hostnames (DD_CF_DOMAIN)")
 	hostname := fs.String("hostname", envOr("DD_HOSTNAME", ""), "the control plane's own hostname (DD_HOSTNAME)")
-	adminToken := fs.String("admin-token", envOr("DD_ADMIN_TOKEN", ""), "fleet admin bearer token (DD_ADMIN_TOKEN)")
 	ingressMode := fs.String("ingress", envOr("DD_INGRESS", "cloudflare"),
 		"ingress provider: cloudflare (the local edge runs only in 'dev') (DD_INGRESS)")
 	cloudflaredBin := fs.String("cloudflared", envOr("DD_CLOUDFLARED", "cloudflared"),
@@ -75,8 +75,14 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var ident cpIdentityFlags
 	ident.register(fs)
 	attest := fs.String("attestation", envOr("DD_ATTESTATION", "direct"),
-		"how agents' evidence is appraised: direct (verify TDX quotes against Intel's root) "+
-			"or none (record it unverified; not in production or staging) (DD_ATTESTATION)")
+		"how agents' evidence is appraised: direct (verify TDX quotes against Intel's root "+
+			"and --collateral), ita (verify Intel Trust Authority tokens) or none (record it "+
+			"unverified; not in production or staging) (DD_ATTESTATION)")
+	collateral := fs.String("collateral", envOr("DD_COLLATERAL", ""),
+		"Intel collateral for --attestation direct, to check the TCB level and PCK revocation: "+
+			"pcs (fetch from Intel PCS), a directory of saved PCS responses, or none (not in "+
+			"production or staging); default pcs in production and staging, none elsewhere "+
+			"(DD_COLLATERAL)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, cpHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
@@ -95,11 +101,12 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usagef("--ingress %q: only \"cloudflare\" is available; "+
 			"'devopsdefender dev' runs the local edge", *ingressMode)
 	}
-	provider, err := newCloudflare(*domain, log)
+	provider, err := newCloudflare(*domain, e, log)
 	if err != nil {
 		return err
 	}
-	appraiser, err := newAppraiser(ctx, e, *attest, log)
+	appraiser, err := newAppraiser(ctx, e,
+		appraiserConfig{mode: *attest, collateral: *collateral}, log)
 	if err != nil {
 		return err
 	}
@@ -114,8 +121,8 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer store.Close()
 	opts := cp.Options{
 		Store: store, Env: string(e), Domain: *domain, Hostname: *hostname,
-		AdminToken: *adminToken, Ingress: provider, Build: buildVersion(), Logger: log,
-		Appraiser: appraiser, AcceptUnverified: appraiser == nil, Policy: pol,
+		AdminToken: os.Getenv("DD_ADMIN_TOKEN"), Ingress: provider, Build: buildVersion(),
+		Logger: log, Appraiser: appraiser, AcceptUnverified: appraiser == nil, Policy: pol,
 		Connect: func(token string, onExit func(cloudflared.Exit)) (cp.Connector, error) {
 			sup, err := superviseCloudflared(*cloudflaredBin, token, onExit, log)
 			if err != nil {
@@ -134,6 +141,7 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("control plane starting", "build", buildVersion(), "env", e, "listen", *listen,
 		"db", *db, "hostname", *hostname, "domain", *domain, "ingress", *ingressMode,
+		"attestation", *attest,
 		"cf_account_id", provider.AccountID(), "cf_zone_id", provider.ZoneID(),
 		"cloudflared", *cloudflaredBin, "poweroff_cmd", *poweroff)
 	return serveUntilDone(ctx, *listen, srv.Handler(), srv.Run)
@@ -141,7 +149,8 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // newCloudflare builds the Cloudflare provider from the environment. The
 // API token is read from the environment only and never logged.
-func newCloudflare(domain string, log *slog.Logger) (*cloudflare.Provider, error) {
+func newCloudflare(domain string, env fleetenv.Env, log *slog.Logger) (*cloudflare.Provider,
+	error) {
 	get := func(names ...string) string {
 		for _, n := range names {
 			if v := strings.TrimSpace(os.Getenv(n)); v != "" {
@@ -154,7 +163,7 @@ func newCloudflare(domain string, log *slog.Logger) (*cloudflare.Provider, error
 		APIToken:  get("CLOUDFLARE_API_TOKEN", "DD_CF_API_TOKEN"),
 		AccountID: get("CLOUDFLARE_ACCOUNT_ID", "DD_CF_ACCOUNT_ID"),
 		ZoneID:    get("CLOUDFLARE_ZONE_ID", "DD_CF_ZONE_ID"),
-		Domain:    domain, BaseURL: get("DD_CF_API_BASE"), Logger: log,
+		Domain:    domain, Env: string(env), BaseURL: get("DD_CF_API_BASE"), Logger: log,
 	}
 	var missing []string
 	for name, v := range map[string]string{"CLOUDFLARE_API_TOKEN": opts.APIToken,

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/cp"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
@@ -15,6 +18,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ita"
 	"github.com/devopsdefender/devopsdefender/internal/policy"
+	"github.com/devopsdefender/devopsdefender/internal/tdx"
 	"github.com/devopsdefender/devopsdefender/internal/websession"
 )
 
@@ -96,15 +100,47 @@ func (f *cpIdentityFlags) applySessions(ctx context.Context, e fleetenv.Env, hos
 	return nil
 }
 
+// appraiserConfig is how the control plane appraises agents' evidence.
+type appraiserConfig struct {
+	// mode is --attestation: direct, ita or none.
+	mode string
+	// collateral is --collateral, for direct: pcs, none, a directory, or
+	// empty for the environment's default.
+	collateral string
+	// client fetches collateral from Intel PCS; nil means tdx.PCS's own.
+	client *http.Client
+	// now pins the time quotes are checked at; nil means time.Now.
+	now func() time.Time
+}
+
 // newAppraiser returns the appraiser for --attestation, or nil for none:
-// direct verifies quotes against Intel's root, ita verifies Intel Trust
-// Authority tokens (DD_ITA_JWKS_URL and DD_ITA_ISSUER, Intel's by
-// default).
-func newAppraiser(ctx context.Context, e fleetenv.Env, mode string,
+// direct verifies quotes against Intel's root and, with collateral, their
+// TCB level and revocation; ita verifies Intel Trust Authority tokens
+// (DD_ITA_JWKS_URL and DD_ITA_ISSUER, Intel's by default).
+func newAppraiser(ctx context.Context, e fleetenv.Env, c appraiserConfig,
 	log *slog.Logger) (ita.Appraiser, error) {
-	switch mode {
+	if c.mode != "direct" && c.collateral != "" {
+		log.Warn("--collateral is ignored unless --attestation is direct",
+			"attestation", c.mode)
+	}
+	switch c.mode {
 	case "direct":
-		return ita.NewDirect(ita.DirectOptions{Logger: log})
+		spec := cmp.Or(c.collateral, defaultCollateral(e))
+		col, err := newCollateral(e, spec, c.client)
+		if err != nil {
+			return nil, err
+		}
+		if spec == "pcs" {
+			if col, err = tdx.NewCollateralCache(col, pcsCacheTTL, c.now); err != nil {
+				return nil, err
+			}
+		}
+		if col == nil {
+			log.Warn("no Intel collateral: TCB level and PCK revocation are not checked")
+		} else {
+			log.Info("quotes appraised with Intel collateral", "collateral", spec)
+		}
+		return ita.NewDirect(ita.DirectOptions{Collateral: col, Now: c.now, Logger: log})
 	case "ita":
 		return ita.NewVerifier(ctx, ita.VerifierOptions{JWKSURL: os.Getenv("DD_ITA_JWKS_URL"),
 			Issuer: os.Getenv("DD_ITA_ISSUER"), Logger: log})
@@ -114,7 +150,44 @@ func newAppraiser(ctx context.Context, e fleetenv.Env, mode string,
 		}
 		return nil, nil
 	}
-	return nil, usagef("--attestation %q: use direct, ita or none", mode)
+	return nil, usagef("--attestation %q: use direct, ita or none", c.mode)
+}
+
+// pcsCacheTTL is how long collateral fetched from Intel PCS is reused: a
+// new CRL or TCB info is seen at most an hour late, and PCS is spared a
+// handful of requests per quote.
+const pcsCacheTTL = time.Hour
+
+// newCollateral returns the Intel PCS collateral for --collateral: "pcs"
+// fetches it from Intel with client, a directory serves saved PCS
+// responses (see tdx.CollateralDir), and "none" gives nil, which leaves
+// the TCB level unknown, so production and staging refuse it. Empty means
+// pcs in production and staging and none elsewhere, where fleets run
+// simulated TDs or hosts without outbound access to Intel.
+func newCollateral(e fleetenv.Env, spec string, client *http.Client) (tdx.CollateralGetter,
+	error) {
+	switch cmp.Or(spec, defaultCollateral(e)) {
+	case "pcs":
+		return tdx.PCS{Client: client}, nil
+	case "none":
+		if err := e.RequireReal("appraisal without Intel collateral", true); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
+	fi, err := os.Stat(spec)
+	if err != nil || !fi.IsDir() {
+		return nil, usagef("--collateral %q: use pcs, none or a directory of saved "+
+			"Intel PCS responses", spec)
+	}
+	return tdx.CollateralDir(spec), nil
+}
+
+func defaultCollateral(e fleetenv.Env) string {
+	if e.Protected() {
+		return "pcs"
+	}
+	return "none"
 }
 
 // newPolicy reads the measurement policy from DD_POLICY_* (see package

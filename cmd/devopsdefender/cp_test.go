@@ -48,8 +48,9 @@ func setCloudflareEnv(t *testing.T, token, account, zone, base string) {
 
 func TestCPIngressConfiguration(t *testing.T) {
 	setCloudflareEnv(t, "", "", "", "")
+	t.Setenv("DD_ADMIN_TOKEN", strings.Repeat("a", 40))
 	base := []string{"cp", "--env", "pr-1", "--hostname", "pr-1.example.com",
-		"--domain", "example.com", "--admin-token", strings.Repeat("a", 40),
+		"--domain", "example.com",
 		"--db", filepath.Join(t.TempDir(), "r.db"), "--attestation", "none"}
 	tests := []struct {
 		name  string
@@ -88,14 +89,15 @@ func TestCPPublishesItselfOnCloudflare(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := freeTCPPort(t)
+	t.Setenv("DD_ADMIN_TOKEN", strings.Repeat("a", 40))
 	ctx, cancel := context.WithCancel(context.Background())
 	var stdout, stderr lockedBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"cp", "--env", "pr-1", "--listen", "127.0.0.1:" + port,
 			"--db", filepath.Join(dir, "cp", "registry.db"), "--hostname", "pr-1.example.com",
-			"--domain", "example.com", "--admin-token", strings.Repeat("a", 40),
-			"--attestation", "none", "--cloudflared", bin}, "", &stdout, &stderr)
+			"--domain", "example.com", "--attestation", "none", "--cloudflared", bin},
+			"", &stdout, &stderr)
 	}()
 	defer func() {
 		cancel()

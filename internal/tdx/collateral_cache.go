@@ -1,0 +1,89 @@
+package tdx
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// maxCachedCollateral bounds a [CollateralCache]. A fleet has a few
+// platform families, each with one TCB info, beside one QE identity and
+// three CRLs.
+const maxCachedCollateral = 256
+
+// CollateralCache keeps the responses of another [CollateralGetter] for a
+// while, so that a control plane appraising every registration and
+// re-attestation asks Intel PCS once per resource and period rather than
+// several times per quote, and rides out short PCS outages. A response
+// still carries its own validity, which [Verify] checks on every use, so
+// the cache only delays by up to its TTL how soon a new CRL or TCB info is
+// seen. Failures are not kept. It is safe for concurrent use.
+type CollateralCache struct {
+	getter CollateralGetter
+	ttl    time.Duration
+	now    func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]cachedCollateral // by URL
+}
+
+type cachedCollateral struct {
+	header  map[string][]string
+	body    []byte
+	expires time.Time
+}
+
+// NewCollateralCache returns a cache of g's responses, each kept for ttl.
+// now nil means time.Now.
+func NewCollateralCache(g CollateralGetter, ttl time.Duration,
+	now func() time.Time) (*CollateralCache, error) {
+	if g == nil {
+		return nil, errors.New("tdx: collateral cache needs a getter")
+	}
+	if ttl <= 0 {
+		return nil, errors.New("tdx: collateral cache TTL must be positive")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &CollateralCache{getter: g, ttl: ttl, now: now,
+		entries: map[string]cachedCollateral{}}, nil
+}
+
+// Get returns the kept response for url, or fetches and keeps it. The
+// returned header and body are shared and must not be modified.
+func (c *CollateralCache) Get(ctx context.Context, url string) (map[string][]string, []byte,
+	error) {
+	now := c.now()
+	c.mu.Lock()
+	e, ok := c.entries[url]
+	c.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.header, e.body, nil
+	}
+	// Two callers missing at once both fetch; the cache saves the many
+	// later fetches, not the rare simultaneous one.
+	header, body, err := c.getter.Get(ctx, url)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.keep(url, cachedCollateral{header: header, body: body, expires: now.Add(c.ttl)}, now)
+	return header, body, nil
+}
+
+func (c *CollateralCache) keep(url string, e cachedCollateral, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.entries[url]; !ok && len(c.entries) >= maxCachedCollateral {
+		for u, old := range c.entries {
+			if !now.Before(old.expires) {
+				delete(c.entries, u)
+			}
+		}
+		if len(c.entries) >= maxCachedCollateral {
+			return
+		}
+	}
+	c.entries[url] = e
+}
