@@ -39,6 +39,12 @@ nonce and the agent's keys. With --ita-url the agent also has the quote
 appraised by Intel Trust Authority and sends the token, for a control plane
 that runs with --attestation ita.
 
+With --key-file, the agent keeps its key pairs in that file, so that after
+a restart it registers as the same agent: it keeps its VM name and tenant
+even while its previous process still answers. Without it, a restarted
+agent has new keys; it gets its name back once the old process stops
+answering, but not its tenant, which the fleet admin must assign again.
+
 Each flag falls back to the environment variable named in its description.
 
 Flags:
@@ -71,6 +77,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"Intel Trust Authority API base URL, for a control plane that appraises "+
 			"Trust Authority tokens (--attestation ita); its API key comes from "+
 			"DD_ITA_API_KEY only (DD_ITA_BASE_URL)")
+	keyFile := fs.String("key-file", envOr("DD_KEY_FILE", ""),
+		"PEM file keeping the agent's keys across restarts, created 0600 if missing; "+
+			"empty keeps them in memory (DD_KEY_FILE)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, agentHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
@@ -120,8 +129,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		*origin = "http://" + ln.Addr().String()
 	}
 	opts := agent.Options{VMName: *vmName, Runtime: rt, Verifier: verifier, Owner: principal,
-		ControlPlaneURL: *cpURL, Origin: *origin, Expose: claims, Build: buildVersion(),
-		TrustAuthority: ta, Logger: log}
+		ControlPlaneURL: *cpURL, Origin: *origin, Expose: claims, KeyPath: *keyFile,
+		Build: buildVersion(), TrustAuthority: ta, Logger: log}
 	if *cloudflaredBin != "" {
 		opts.Connect = func(token string, onExit func(cloudflared.Exit)) (agent.Connector, error) {
 			sup, err := superviseCloudflared(*cloudflaredBin, token, onExit, log)
@@ -138,7 +147,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log.Info("agent starting", "build", buildVersion(), "env", e, "vm", *vmName,
 		"listen", ln.Addr().String(), "cp_url", *cpURL, "owner", principal.String(),
-		"cloudflared", *cloudflaredBin, "expose", *expose)
+		"cloudflared", *cloudflaredBin, "expose", *expose, "key_file", *keyFile)
 	return a.Serve(ctx, ln)
 }
 

@@ -2,8 +2,10 @@ package cp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/devopsdefender/devopsdefender/internal/agentapi"
@@ -22,6 +24,15 @@ import (
 // agent in the registration answer and nowhere else. Later, the agent
 // posts its workloads' hostname claims with its own credential, which
 // can change only its own tunnel.
+//
+// Every hostname has one owner. A registration or a set of claims is
+// refused with 409 when one of the hostnames it would publish is the
+// control plane's own or is held by an agent with another vm_name
+// (checkHostnames), and when the provider finds the name's record held by
+// another environment's tunnel or by a record that is no tunnel's
+// (ingress.ErrHostnameTaken). Flattened names make such collisions easy
+// to construct: agent "web" claiming "shop" and agent "web-shop" would
+// both publish "web-shop.<domain>".
 
 // ActionIngressReplaced is the audit action of an agent's new claims.
 const ActionIngressReplaced audit.Action = "ingress_replaced"
@@ -41,12 +52,76 @@ func (s *Server) publicURL(hostname string) string {
 // its id and URL on a, and returns its token.
 func (s *Server) createAgentTunnel(ctx context.Context, a *fleet.Agent) (string, error) {
 	t, err := s.opts.Ingress.CreateTunnel(ctx, a.ID, ingress.AgentIngress(a.Hostname, nil))
+	if errors.Is(err, ingress.ErrHostnameTaken) {
+		return "", takenElsewhere(err)
+	}
 	if err != nil {
 		return "", httpapi.Upstream("creating the agent's tunnel failed",
 			fmt.Errorf("creating tunnel for %s: %w", a.Hostname, err))
 	}
 	a.TunnelID, a.URL = t.ID, s.publicURL(a.Hostname)
 	return t.Token, nil
+}
+
+// agentHostnames returns every hostname an agent at host publishes: its
+// dashboard, each claim's, and its API.
+func agentHostnames(host string, claims []ingress.Claim) []string {
+	return ingress.AgentIngress(host, claims).Hostnames()
+}
+
+// hostnameConflict is the refusal of a hostname somebody else holds.
+func hostnameConflict(err error, format string, args ...any) *httpapi.Error {
+	return &httpapi.Error{Status: http.StatusConflict, Code: httpapi.CodeConflict,
+		Message: fmt.Sprintf(format, args...), Err: err}
+}
+
+// takenElsewhere converts a provider's [ingress.ErrHostnameTaken]: the
+// record belongs to another environment sharing the zone, or to no
+// tunnel at all.
+func takenElsewhere(err error) *httpapi.Error {
+	return hostnameConflict(err, "a hostname is held outside this fleet (another "+
+		"environment's tunnel or a record that is not a tunnel's)")
+}
+
+// checkOwnHostnames refuses hostnames the control plane publishes for
+// itself: its dashboard and its shell.
+func (s *Server) checkOwnHostnames(hostnames []string) error {
+	own := ingress.ControlPlaneIngress(s.opts.Hostname).Hostnames()
+	for _, h := range hostnames {
+		if slices.Contains(own, h) {
+			return hostnameConflict(nil, "hostname %s is the control plane's own", h)
+		}
+	}
+	return nil
+}
+
+// checkHostnames refuses hostnames that the control plane publishes for
+// itself or that an agent with a vm_name other than vmName holds (its
+// dashboard, its API or a claim's); an agent's earlier registration keeps
+// nothing from its successor. Call it with regMu held, so that nothing
+// is published between the check and the change.
+func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []string) error {
+	if err := s.checkOwnHostnames(hostnames); err != nil {
+		return err
+	}
+	agents, err := s.store.List(ctx)
+	if err != nil {
+		return err
+	}
+	for i := range agents {
+		a := &agents[i]
+		if a.VMName == vmName || a.Hostname == "" {
+			continue
+		}
+		held := agentHostnames(a.Hostname, a.Claims)
+		for _, h := range hostnames {
+			if slices.Contains(held, h) {
+				return hostnameConflict(fmt.Errorf("held by agent %s (%s)", a.ID, a.VMName),
+					"hostname %s is held by another agent", h)
+			}
+		}
+	}
+	return nil
 }
 
 // deleteTunnel removes a tunnel, logging a failure: it runs while undoing
@@ -68,8 +143,9 @@ func (s *Server) deleteTunnel(ctx context.Context, tunnelID, name string) {
 
 // setIngress serves POST /agents/{id}/ingress: the agent's full list of
 // hostname claims replaces its tunnel's ingress. Invalid claims (a bad or
-// reserved label, a bad port, a label claimed twice) are refused with 400
-// and change nothing.
+// reserved label, a bad port, a label claimed twice) are refused with 400,
+// claims of a hostname somebody else holds with 409; neither changes
+// anything.
 func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 	var req cpapi.IngressRequest
 	if err := httpapi.DecodeBody(w, r, maxIngressBody, &req); err != nil {
@@ -89,9 +165,21 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 
 	ctx := r.Context()
 	in := ingress.AgentIngress(a.Hostname, req.Claims)
-	if err := s.opts.Ingress.ReplaceIngress(ctx, a.TunnelID, in); err != nil {
-		return httpapi.Upstream("publishing the claims failed",
-			fmt.Errorf("replacing ingress of %s: %w", a.ID, err))
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	err := s.checkHostnames(ctx, a.VMName, in.Hostnames())
+	if err == nil {
+		err = s.replaceIngress(ctx, a.ID, a.TunnelID, in)
+	}
+	var he *httpapi.Error
+	if errors.As(err, &he) && he.Status == http.StatusConflict {
+		s.log.WarnContext(ctx, "agent ingress refused", "agent_id", a.ID, "err", err)
+		s.record(ctx, audit.Event{Actor: audit.Agent(a.ID), Action: ActionIngressReplaced,
+			Target: a.ID, Outcome: audit.OutcomeDenied, Details: map[string]any{
+				"hostnames": in.Hostnames(), "reason": he.Message}})
+	}
+	if err != nil {
+		return err
 	}
 	if err := s.store.SetClaims(ctx, a.ID, req.Claims); err != nil {
 		return fmt.Errorf("storing claims of %s: %w", a.ID, err)
@@ -105,6 +193,20 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 		"hostnames", in.Hostnames())
 	return httpapi.WriteJSON(w, http.StatusOK, cpapi.IngressResponse{AgentID: a.ID,
 		Hostnames: in.Hostnames(), Exposed: exposed})
+}
+
+// replaceIngress publishes an agent's new ingress on its tunnel.
+func (s *Server) replaceIngress(ctx context.Context, agentID, tunnelID string,
+	in ingress.Ingress) error {
+	err := s.opts.Ingress.ReplaceIngress(ctx, tunnelID, in)
+	if errors.Is(err, ingress.ErrHostnameTaken) {
+		return takenElsewhere(err)
+	}
+	if err != nil {
+		return httpapi.Upstream("publishing the claims failed",
+			fmt.Errorf("replacing ingress of %s: %w", agentID, err))
+	}
+	return nil
 }
 
 // exposed lists an agent's claims with their hostnames and URLs.
@@ -126,10 +228,7 @@ func knownHostnames(agents []fleet.Agent) []string {
 		if a.Hostname == "" {
 			continue
 		}
-		hs = append(hs, a.Hostname, ingress.AgentAPIHostname(a.Hostname))
-		for _, c := range a.Claims {
-			hs = append(hs, ingress.ExtraHostname(a.Hostname, c.Label))
-		}
+		hs = append(hs, agentHostnames(a.Hostname, a.Claims)...)
 	}
 	return hs
 }

@@ -47,19 +47,24 @@ func (c *caller) sees(a *fleet.Agent) bool {
 	switch c.role {
 	case roleAdmin, roleFleetCI:
 		return true
-	case roleTenantCI:
-		return a.Tenant != nil && c.agents[a.ID]
-	case roleTenant:
-		// The session lists the agents its person held at sign-in; the
-		// agent's tenant may have changed since. A user tenant is checked
-		// again by id.
-		// TODO(#4): re-check org and repo tenancy during a session too.
-		if a.Tenant == nil || !c.agents[a.ID] {
+	case roleTenant, roleTenantCI:
+		// A session lists what its person held at sign-in, each agent with
+		// the principal it was held under; the agent's tenant may have
+		// changed since, and a holding under another principal is no
+		// holding. A user tenant is also checked again by id.
+		if a.Tenant == nil || !c.agents[holding(a.ID, *a.Tenant)] {
 			return false
 		}
-		return a.Tenant.Kind != ghoidc.KindUser || a.Tenant.ID == c.userID
+		return c.role == roleTenantCI || a.Tenant.Kind != ghoidc.KindUser ||
+			a.Tenant.ID == c.userID
 	}
 	return false
+}
+
+// holding names agent id held under tenant: what a caller's agents set
+// and a session's agent list record.
+func holding(id string, tenant ghoidc.Principal) string {
+	return id + " " + tenant.String()
 }
 
 // rule admits some roles to a route.
@@ -226,7 +231,7 @@ func (s *Server) identifyCI(ctx context.Context, tok string) (*caller, error) {
 	held := map[string]bool{}
 	for _, a := range agents {
 		if a.Tenant != nil && a.Tenant.Matches(claims) {
-			held[a.ID] = true
+			held[holding(a.ID, *a.Tenant)] = true
 			actor = audit.CI(a.Tenant.String(), claims.Repository, claims.SHA)
 		}
 	}
@@ -247,7 +252,9 @@ func (s *Server) isAdminToken(tok string) bool {
 }
 
 // TenantsOf answers websession's question at sign-in from the registry:
-// which agents does this person hold as tenant.
+// which agents does this person hold as tenant, and under which principal
+// (a user, or an org or repo the person belongs to), so that a later
+// reassignment to another principal ends the holding at once.
 func TenantsOf(store *fleet.Store) websession.TenantsFunc {
 	return func(ctx context.Context, who websession.Identity) ([]string, error) {
 		return tenantAgents(ctx, store, who)
@@ -269,7 +276,7 @@ func tenantAgents(ctx context.Context, store *fleet.Store, who websession.Identi
 			return nil, err
 		}
 		if ok {
-			held = append(held, a.ID)
+			held = append(held, holding(a.ID, *a.Tenant))
 		}
 	}
 	return held, nil

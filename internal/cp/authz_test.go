@@ -161,6 +161,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/health", "", []int{200, 200, 200, 200, 200, 200, 200, 200}},
 		{"POST", "/register/nonce", "", []int{200, 200, 200, 200, 200, 200, 200, 200}},
 		{"POST", "/register", "{}", []int{400, 400, 400, 400, 400, 400, 400, 400}},
+		{"POST", "/agents/" + m.a + "/nonce", "", []int{401, 401, 401, 401, 401, 401, 401, 200}},
+		{"POST", "/agents/" + m.b + "/nonce", "", []int{401, 401, 401, 401, 401, 401, 401, 401}},
 		{"POST", "/agents/" + m.a + "/attest", "{}", []int{401, 401, 401, 401, 401, 401, 401, 401}},
 		{"GET", "/agents/" + m.a + "/config", "", []int{401, 401, 401, 401, 401, 401, 401, 200}},
 		{"GET", "/agents/" + m.b + "/config", "", []int{401, 401, 401, 401, 401, 401, 401, 401}},
@@ -177,6 +179,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"GET", "/", "", []int{303, 200, 200, 200, 403, 403, 403, 401}},
 		{"GET", "/agent/" + m.a, "", []int{303, 200, 200, 404, 403, 403, 403, 401}},
 		{"GET", "/agent/" + m.b, "", []int{303, 200, 200, 200, 403, 403, 403, 401}},
+		// The agent page's form; a change sends the browser back to the page.
+		{"POST", "/agent/" + m.b + "/tenant", "action=set&kind=user&name=dev-tenant&id=2002",
+			[]int{401, 303, 303, 403, 403, 403, 403, 401}},
 	}
 	covered := map[string]bool{}
 	for _, tt := range tests {
@@ -186,8 +191,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 			headBefore, _ := m.store.Audit().Head(context.Background())
 			req, _ := http.NewRequest(tt.method, m.appURL+tt.path, strings.NewReader(tt.body))
 			req.Header.Set("Accept", "text/html, application/json")
-			if tt.body != "" {
+			switch {
+			case strings.HasPrefix(tt.body, "{"):
 				req.Header.Set("Content-Type", "application/json")
+			case tt.body != "":
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			}
 			if c.bearer != "" {
 				req.Header.Set("Authorization", "Bearer "+c.bearer)
@@ -215,8 +223,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 					t.Errorf("%s as %s: a refused request changed the audit log", pattern, name)
 				}
 			}
-			if resp.StatusCode == 303 && !strings.HasPrefix(resp.Header.Get("Location"),
-				websession.LoginPath) {
+			if name == "anyone" && resp.StatusCode == 303 &&
+				!strings.HasPrefix(resp.Header.Get("Location"), websession.LoginPath) {
 				t.Errorf("%s as %s: redirected to %q, want the sign-in page", pattern, name,
 					resp.Header.Get("Location"))
 			}
@@ -346,5 +354,74 @@ func TestTenantLosesAgentWhenReassigned(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("former tenant's agent page = %d, want 404", resp.StatusCode)
+	}
+}
+
+// TestOrgTenantLosesReassignedAgent: a member of an org tenant signs in
+// and sees the org's agent; once an admin gives it to another org, the
+// same session no longer sees it, and giving it back restores it.
+func TestOrgTenantLosesReassignedAgent(t *testing.T) {
+	ctx := context.Background()
+	users := append(websession.DevUsers(testOwner), websession.LocalUser{Login: "carol", ID: 777,
+		Orgs: []websession.LocalMembership{{Org: "t1", OrgID: 501, Role: "member"}}})
+	provider, err := websession.NewLocalProvider(websession.LocalProviderOptions{
+		Env: fleetenv.Dev, ClientID: "cid", ClientSecret: "csecret-0123456789", Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gh := httptest.NewServer(provider)
+	defer gh.Close()
+	ghURL := "http://github.localhost:" + portOf(gh.Listener)
+	app := httptest.NewUnstartedServer(nil)
+	appURL := "http://app.localhost:" + portOf(app.Listener)
+	e := newTestEnv(t, func(o *Options) {
+		o.Owner = testOwner
+		o.Sessions, err = websession.New(ctx, websession.Options{DB: o.Store.DB(),
+			Env: fleetenv.Dev, PublicURL: appURL, Owner: testOwner,
+			TenantAgents: TenantsOf(o.Store), HTTPClient: loopbackClient(t),
+			GitHub: websession.GitHub{ClientID: "cid", ClientSecret: "csecret-0123456789",
+				WebURL: ghURL, APIURL: ghURL, Local: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	app.Config.Handler = e.srv.Handler()
+	app.Start()
+	defer app.Close()
+
+	id := e.register(t, "beta").AgentID
+	t1 := ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "t1", ID: 501}
+	t2 := ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "t2", ID: 502}
+	if _, err := e.store.SetTenant(ctx, id, &t1); err != nil {
+		t.Fatal(err)
+	}
+	carol := loopbackClient(t)
+	if err := websessiontest.SignIn(carol, appURL, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	sees := func() bool {
+		resp, err := carol.Get(appURL + "/api/agents")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var list []cpapi.Agent
+		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+			t.Fatal(err)
+		}
+		return len(list) == 1 && list[0].AgentID == id
+	}
+
+	for _, step := range []struct {
+		tenant ghoidc.Principal
+		want   bool
+	}{{t1, true}, {t2, false}, {t1, true}} {
+		if _, err := e.store.SetTenant(ctx, id, &step.tenant); err != nil {
+			t.Fatal(err)
+		}
+		if got := sees(); got != step.want {
+			t.Errorf("held by %s: a t1 member sees it = %v, want %v", step.tenant, got,
+				step.want)
+		}
 	}
 }

@@ -194,6 +194,14 @@ type Options struct {
 
 	// NonceTTL is how long a registration nonce stays valid. Zero means 2m.
 	NonceTTL time.Duration
+
+	// NonceBurst is how many nonces one client may take at once: an
+	// anonymous caller per remote address, a registered agent per agent.
+	// A client past it gets 429 until it earns another. Zero means 20.
+	NonceBurst int
+
+	// NonceEvery is how often a client earns another nonce. Zero means 3s.
+	NonceEvery time.Duration
 }
 
 // Server is the control plane. Create it with [New], serve [Server.Handler]
@@ -217,8 +225,9 @@ type Server struct {
 
 	nonces *nonces
 
-	// regMu serialises registrations, so that publishing a hostname and
-	// recording its owner happen in the same order for all callers.
+	// regMu serialises registrations and agents' ingress changes, so
+	// that checking a hostname is free, publishing it and recording its
+	// owner happen as one step for all callers.
 	regMu sync.Mutex
 
 	// self is the control plane's own tunnel and fencing state.
@@ -244,7 +253,7 @@ func New(opts Options) (*Server, error) {
 		started:   opts.Now(),
 		adminHash: sha256.Sum256([]byte(opts.AdminToken)),
 		wake:      make(chan struct{}, 1),
-		nonces:    newNonces(opts.NonceTTL, opts.Now),
+		nonces:    newNonces(&opts),
 	}
 	s.self.fencedCh = make(chan struct{})
 	s.self.exited = make(chan struct{}, 1)
@@ -283,7 +292,7 @@ func (o *Options) validate() error {
 	if o.ScrapeInterval < 0 || o.ScrapeTimeout < 0 || o.StaleAfter < 0 ||
 		o.DeadAfter < 0 || o.ScrapeConcurrency < 0 || o.FenceGrace < 0 ||
 		o.SelfCheckInterval < 0 || o.FenceAfter < 0 || o.ReapEvery < 0 ||
-		o.ReapGrace < 0 || o.ReapFailures < 0 {
+		o.ReapGrace < 0 || o.ReapFailures < 0 || o.NonceBurst < 0 || o.NonceEvery < 0 {
 		errs = append(errs, errors.New("durations, counts and concurrency must not be negative"))
 	}
 	return errors.Join(errs...)
@@ -307,6 +316,8 @@ func (o *Options) setDefaults() {
 	setDefault(&o.DeadAfter, 15*time.Minute)
 	setDefault(&o.MaxEvidenceAge, 30*time.Minute)
 	setDefault(&o.NonceTTL, 2*time.Minute)
+	setDefault(&o.NonceEvery, defaultNonceEvery)
+	o.NonceBurst = cmp.Or(o.NonceBurst, defaultNonceBurst)
 	if o.DeadAfter < o.StaleAfter {
 		o.DeadAfter = o.StaleAfter
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/dashboard"
 	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
 
@@ -77,20 +78,34 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	at, err := s.checkRegistration(ctx, body, r.Header.Get(attestbind.SignatureHeader), &req,
 		keys)
 	if err != nil {
-		s.log.WarnContext(ctx, "registration refused", "vm_name", req.VMName, "err", err)
-		s.record(ctx, audit.Event{Actor: audit.Anonymous(r.RemoteAddr),
-			Action: audit.ActionRegistration, Outcome: audit.OutcomeDenied,
-			Details: map[string]any{"vm_name": req.VMName, "reason": publicMessage(err)}})
+		s.refuseRegistration(ctx, r, req.VMName, "", err)
+		return err
+	}
+	holder, err := s.nameHolder(ctx, req.VMName, keys)
+	if err != nil {
+		s.refuseRegistration(ctx, r, req.VMName, holderID(holder), err)
 		return err
 	}
 
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
+	if err := s.confirmHolder(ctx, req.VMName, holder); err != nil {
+		s.refuseRegistration(ctx, r, req.VMName, holderID(holder), err)
+		return err
+	}
+	if err := s.checkHostnames(ctx, req.VMName,
+		agentHostnames(s.agentHostname(req.VMName), nil)); err != nil {
+		s.refuseRegistration(ctx, r, req.VMName, "", err)
+		return err
+	}
 	a, token, err := s.newAgent(ctx, &req, keys, at)
 	if err != nil {
 		return err
 	}
 	tunnelToken, err := s.createAgentTunnel(ctx, &a)
+	if errors.Is(err, ingress.ErrHostnameTaken) {
+		s.refuseRegistration(ctx, r, req.VMName, "", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -106,11 +121,18 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		s.deleteTunnel(ctx, old.TunnelID, old.ID)
 		replacedIDs = append(replacedIDs, old.ID)
 	}
+	details := map[string]any{
+		"vm_name": a.VMName, "hostname": a.Hostname, "attestation_type": a.Attestation.Type,
+		"attestation_status": a.Attestation.Status, "mrtd": a.Attestation.MRTD,
+		"tunnel_id": a.TunnelID, "replaced": replacedIDs}
+	if dropped := droppedTenant(&a, replaced); dropped != nil {
+		details["tenant_dropped"] = dropped.String()
+		s.log.WarnContext(ctx, "tenant dropped: vm name registered with other keys",
+			"agent_id", a.ID, "vm_name", a.VMName, "tenant", dropped.String(),
+			"replaced", replacedIDs)
+	}
 	s.record(ctx, audit.Event{Actor: audit.Agent(a.ID), Action: audit.ActionRegistration,
-		Target: a.ID, Outcome: audit.OutcomeOK, Details: map[string]any{
-			"vm_name": a.VMName, "hostname": a.Hostname, "attestation_type": a.Attestation.Type,
-			"attestation_status": a.Attestation.Status, "mrtd": a.Attestation.MRTD,
-			"tunnel_id": a.TunnelID, "replaced": replacedIDs}})
+		Target: a.ID, Outcome: audit.OutcomeOK, Details: details})
 	s.log.InfoContext(ctx, "agent registered", "agent_id", a.ID, "vm_name", a.VMName,
 		"url", a.URL, "attestation_type", a.Attestation.Type,
 		"attestation_status", a.Attestation.Status, "mrtd", a.Attestation.MRTD,
@@ -119,6 +141,20 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, cpapi.RegisterResponse{
 		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token,
 		TunnelToken: tunnelToken})
+}
+
+// refuseRegistration logs and audits a refused registration. holder is
+// the agent that keeps vmName, if that is why.
+func (s *Server) refuseRegistration(ctx context.Context, r *http.Request, vmName,
+	holder string, err error) {
+	s.log.WarnContext(ctx, "registration refused", "vm_name", vmName, "holder", holder,
+		"err", err)
+	details := map[string]any{"vm_name": vmName, "reason": publicMessage(err)}
+	if holder != "" {
+		details["holder"] = holder
+	}
+	s.record(ctx, audit.Event{Actor: audit.Anonymous(r.RemoteAddr),
+		Action: audit.ActionRegistration, Outcome: audit.OutcomeDenied, Details: details})
 }
 
 // checkRegistration checks a well-formed registration: its signature, its
@@ -139,9 +175,15 @@ func (s *Server) validateRegister(req *cpapi.RegisterRequest) error {
 	if !workload.ValidLabel(req.VMName) {
 		return httpapi.BadRequest("vm_name must be a lowercase DNS label of at most 63 characters")
 	}
-	host := s.agentHostname(req.VMName)
-	if host == s.opts.Hostname || len(host) > 253 {
-		return httpapi.BadRequest("vm_name %q cannot be used in this fleet", req.VMName)
+	hostnames := agentHostnames(s.agentHostname(req.VMName), nil)
+	for _, h := range hostnames {
+		if ingress.ValidateHostname(h) != nil {
+			return httpapi.BadRequest("vm_name %q is too long for this fleet's domain",
+				req.VMName)
+		}
+	}
+	if err := s.checkOwnHostnames(hostnames); err != nil {
+		return err
 	}
 	if err := validateOrigin(req.Origin); err != nil {
 		return err
@@ -178,6 +220,9 @@ func validateOrigin(origin string) error {
 	return nil
 }
 
+// agentHostname returns the dashboard hostname of the agent vmName,
+// "<vm_name>.<Domain>"; its other hostnames are flattened from it
+// (agentHostnames).
 func (s *Server) agentHostname(vmName string) string {
 	return vmName + "." + s.opts.Domain
 }
@@ -266,6 +311,8 @@ func (s *Server) apiAgent(a *fleet.Agent) cpapi.Agent {
 		Units:        units,
 		UnitCount:    len(units),
 		Tenant:       apiPrincipal(a.Tenant),
+		TunnelID:     a.TunnelID,
+		Exposed:      s.exposed(a),
 	}
 }
 
@@ -292,20 +339,52 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) agentPage(w http.ResponseWriter, r *http.Request) error {
-	a, err := s.store.Get(r.Context(), r.PathValue("id"))
-	if errors.Is(err, fleet.ErrNotFound) || (err == nil && !callerOf(r.Context()).sees(&a)) {
-		// The same answer for a hidden agent as for a missing one, so that
-		// a tenant cannot probe for ids.
-		return httpapi.NotFound("no such agent")
-	}
+	page, err := s.agentPageData(r)
 	if err != nil {
 		return err
 	}
-	page := dashboard.AgentPage{Env: s.opts.Env, Hostname: s.opts.Hostname,
-		Now: s.opts.Now(), RefreshSecs: s.refreshSecs(), Agent: pageAgent(&a)}
 	return dashboard.Write(w, http.StatusOK, func(out io.Writer) error {
 		return dashboard.RenderAgent(out, page)
 	})
+}
+
+// agentPageWithError answers a refused tenant form with the agent page
+// and the reason, with the status of the refusal.
+func (s *Server) agentPageWithError(w http.ResponseWriter, r *http.Request, cause error) error {
+	var he *httpapi.Error
+	if !errors.As(cause, &he) {
+		return cause
+	}
+	page, err := s.agentPageData(r)
+	if err != nil {
+		return err
+	}
+	// No refresh: it would reload the form's URL, not the page.
+	page.RefreshSecs, page.Error = 0, he.Message
+	return dashboard.Write(w, he.Status, func(out io.Writer) error {
+		return dashboard.RenderAgent(out, page)
+	})
+}
+
+// agentPageData reads the agent named by the {id} path value for its
+// page, as the caller may see it.
+func (s *Server) agentPageData(r *http.Request) (dashboard.AgentPage, error) {
+	ctx := r.Context()
+	c := callerOf(ctx)
+	a, err := s.store.Get(ctx, r.PathValue("id"))
+	if errors.Is(err, fleet.ErrNotFound) || (err == nil && !c.sees(&a)) {
+		// The same answer for a hidden agent as for a missing one, so that
+		// a tenant cannot probe for ids.
+		return dashboard.AgentPage{}, httpapi.NotFound("no such agent")
+	}
+	if err != nil {
+		return dashboard.AgentPage{}, err
+	}
+	page := dashboard.AgentPage{Env: s.opts.Env, Hostname: s.opts.Hostname,
+		Now: s.opts.Now(), RefreshSecs: s.refreshSecs(), Agent: pageAgent(&a),
+		CanAssign: c.role == roleAdmin}
+	page.Agent.Exposed = s.exposed(&a)
+	return page, nil
 }
 
 // refreshSecs reloads pages about as often as the collector refreshes the
@@ -350,6 +429,7 @@ func pageAgent(a *fleet.Agent) dashboard.Agent {
 			TCBDate:    a.Attestation.TCBDate,
 			VerifiedAt: a.Attestation.VerifiedAt,
 		},
-		Units: a.Units,
+		Units:  a.Units,
+		Tenant: principalString(a.Tenant),
 	}
 }

@@ -30,6 +30,7 @@ func (s *Server) Routes() []Route {
 		{"GET /health", ruleAnyone, s.health},
 		{"POST /register/nonce", ruleAttested, s.issueNonce},
 		{"POST /register", ruleAttested, s.register},
+		{"POST /agents/{id}/nonce", ruleAgent, s.issueAgentNonce},
 		{"POST /agents/{id}/attest", ruleAgent, s.reattest},
 		{"GET /agents/{id}/config", ruleAgent, s.agentConfig},
 		{"POST /agents/{id}/audit", ruleAgent, s.importAudit},
@@ -41,6 +42,7 @@ func (s *Server) Routes() []Route {
 		{"GET /admin/cf/map", ruleAdmin, s.cfMap},
 		{"GET /{$}", rulePage, s.fleetPage},
 		{"GET /agent/{id}", rulePage, s.agentPage},
+		{"POST /agent/{id}/tenant", ruleAdmin, s.tenantForm},
 	}
 }
 

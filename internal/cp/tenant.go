@@ -1,8 +1,10 @@
 package cp
 
 import (
+	"context"
 	"errors"
 	"net/http"
+	"net/url"
 
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
@@ -24,25 +26,78 @@ func (s *Server) setTenant(w http.ResponseWriter, r *http.Request) error {
 	}
 	var p *ghoidc.Principal
 	if req.Tenant != nil {
-		parsed, err := ghoidc.ParsePrincipal(req.Tenant.Kind, req.Tenant.Name,
-			req.Tenant.ID.String())
+		parsed, err := s.parseTenant(req.Tenant.Kind, req.Tenant.Name, req.Tenant.ID.String())
 		if err != nil {
-			return httpapi.BadRequest("%s", err.Error())
-		}
-		if parsed == s.opts.Owner {
-			return httpapi.BadRequest("the fleet owner controls every agent already")
+			return err
 		}
 		p = &parsed
 	}
-
-	ctx := r.Context()
 	id := r.PathValue("id")
-	prev, err := s.store.SetTenant(ctx, id, p)
-	if errors.Is(err, fleet.ErrNotFound) {
-		return httpapi.NotFound("no such agent")
-	}
+	prev, err := s.changeTenant(r.Context(), id, p)
 	if err != nil {
 		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, cpapi.TenantResponse{AgentID: id,
+		Tenant: apiPrincipal(p), Previous: apiPrincipal(prev)})
+}
+
+// maxTenantForm bounds the agent page's tenant form.
+const maxTenantForm = 4 << 10
+
+// tenantForm serves POST /agent/{id}/tenant, the agent page's form: a
+// fleet admin assigns the agent to a tenant (action=set with kind, name
+// and id) or clears it (action=clear). It answers with the agent page
+// again, the way a browser expects a form to: a redirect after a change,
+// the page with the error after a refusal.
+func (s *Server) tenantForm(w http.ResponseWriter, r *http.Request) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxTenantForm)
+	if err := r.ParseForm(); err != nil {
+		return httpapi.BadRequest("the form could not be read")
+	}
+	var p *ghoidc.Principal
+	switch f := r.PostForm; f.Get("action") {
+	case "set":
+		parsed, err := s.parseTenant(f.Get("kind"), f.Get("name"), f.Get("id"))
+		if err != nil {
+			return s.agentPageWithError(w, r, err)
+		}
+		p = &parsed
+	case "clear":
+	default:
+		return httpapi.BadRequest(`action must be "set" or "clear"`)
+	}
+
+	id := r.PathValue("id")
+	if _, err := s.changeTenant(r.Context(), id, p); err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/agent/"+url.PathEscape(id), http.StatusSeeOther)
+	return nil
+}
+
+// parseTenant reads a tenant principal; the fleet owner is refused, since
+// it controls every agent already.
+func (s *Server) parseTenant(kind, name, id string) (ghoidc.Principal, error) {
+	p, err := ghoidc.ParsePrincipal(kind, name, id)
+	if err != nil {
+		return p, httpapi.BadRequest("%s", err.Error())
+	}
+	if p == s.opts.Owner {
+		return p, httpapi.BadRequest("the fleet owner controls every agent already")
+	}
+	return p, nil
+}
+
+// changeTenant assigns agent id to p, or clears its tenant when p is nil,
+// and audits the change. It returns the previous tenant.
+func (s *Server) changeTenant(ctx context.Context, id string,
+	p *ghoidc.Principal) (*ghoidc.Principal, error) {
+	prev, err := s.store.SetTenant(ctx, id, p)
+	if errors.Is(err, fleet.ErrNotFound) {
+		return nil, httpapi.NotFound("no such agent")
+	}
+	if err != nil {
+		return nil, err
 	}
 	action := audit.ActionTenantSet
 	if p == nil {
@@ -53,8 +108,7 @@ func (s *Server) setTenant(w http.ResponseWriter, r *http.Request) error {
 			"tenant": principalString(p), "previous": principalString(prev)}})
 	s.log.InfoContext(ctx, "agent tenant changed", "agent_id", id,
 		"tenant", principalString(p), "previous", principalString(prev))
-	return httpapi.WriteJSON(w, http.StatusOK, cpapi.TenantResponse{AgentID: id,
-		Tenant: apiPrincipal(p), Previous: apiPrincipal(prev)})
+	return prev, nil
 }
 
 // agentConfig serves GET /agents/{id}/config: what the control plane

@@ -18,8 +18,10 @@ import (
 // Service is the value of the control plane's /health "service" field.
 const Service = "cp"
 
-// NonceResponse is the body of POST /register/nonce: a fresh, single-use
-// nonce that the agent's evidence must commit to (see package attestbind).
+// NonceResponse is the body of POST /register/nonce, and of POST
+// /agents/{id}/nonce for a registered agent about to re-attest: a fresh,
+// single-use nonce that the agent's evidence must commit to (see package
+// attestbind).
 type NonceResponse struct {
 	Nonce     string `json:"nonce"` // standard base64 of 32 bytes
 	ExpiresAt string `json:"expires_at"`

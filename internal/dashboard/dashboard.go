@@ -84,6 +84,9 @@ type Agent struct {
 	// Exposed are the hostnames the agent's workloads published; the
 	// agent page lists them.
 	Exposed []agentapi.Exposed
+	// Tenant is the principal holding the agent, e.g.
+	// "user:octocat(583231)"; empty when only the fleet owner does.
+	Tenant string
 }
 
 // FleetPage is the control plane's fleet overview.
@@ -123,6 +126,11 @@ type AgentPage struct {
 	Now         time.Time
 	RefreshSecs int
 	Agent       Agent
+	// CanAssign shows the form that assigns or clears the tenant: the
+	// viewer is a fleet admin.
+	CanAssign bool
+	// Error is shown above the tenant form, e.g. after a bad principal.
+	Error string
 }
 
 // VMPage is the page an agent serves about its own VM.

@@ -96,6 +96,12 @@ func TestGolden(t *testing.T) {
 			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
 				Agent: a})
 		}},
+		{"agent_admin", func(w io.Writer) error {
+			a := agents[0]
+			a.Tenant = "user:dev-tenant(2002)"
+			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
+				Agent: a, CanAssign: true, Error: "name: not a GitHub login"})
+		}},
 		{"agent_verified", func(w io.Writer) error {
 			return RenderAgent(w, AgentPage{Env: "dev", Hostname: "app.localhost", Now: now,
 				Agent: verified})

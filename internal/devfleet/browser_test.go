@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 )
 
 // TestDashboardInABrowser signs in to the dev fleet's dashboard with a real
@@ -82,6 +84,32 @@ func TestDashboardInABrowser(t *testing.T) {
 		if !strings.Contains(fleet, want) {
 			t.Errorf("fleet page lacks %q:\n%s", want, fleet)
 		}
+	}
+
+	// The admin assigns the agent to the dev tenant with the agent page's
+	// form, and the page shows the tenant.
+	var agents []cpapi.Agent
+	getJSON(t, f.CP().URL+"/api/agents", f.State().AdminToken, &agents)
+	err = chromedp.Do(browser, chromedp.Navigate(f.State().DashboardURL+"agent/"+agents[0].AgentID),
+		chromedp.WaitVisible(chromedp.CSS(`form.tenant input[name="name"]`)),
+		chromedp.SetValue(chromedp.CSS(`form.tenant select[name="kind"]`), "user"),
+		chromedp.SendKeys(chromedp.CSS(`form.tenant input[name="name"]`), "dev-tenant"),
+		chromedp.SendKeys(chromedp.CSS(`form.tenant input[name="id"]`), "2002"),
+		chromedp.Click(chromedp.CSS(`form.tenant button[value="set"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`button[value="clear"]`)))
+	if err != nil {
+		t.Fatalf("assigning the tenant on the agent page: %v", err)
+	}
+	page, err := chromedp.Run(browser, chromedp.Text(chromedp.CSS("body")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page, "user:dev-tenant(2002) controls this agent") {
+		t.Errorf("agent page after the assignment:\n%s", page)
+	}
+	getJSON(t, f.CP().URL+"/api/agents", f.State().AdminToken, &agents)
+	if agents[0].Tenant == nil || agents[0].Tenant.Name != "dev-tenant" {
+		t.Errorf("tenant after the form = %+v, want dev-tenant", agents[0].Tenant)
 	}
 }
 
