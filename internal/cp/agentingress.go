@@ -104,24 +104,52 @@ func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []
 	if err := s.checkOwnHostnames(hostnames); err != nil {
 		return err
 	}
-	agents, err := s.store.List(ctx)
-	if err != nil {
-		return err
-	}
-	for i := range agents {
-		a := &agents[i]
-		if a.VMName == vmName || a.Hostname == "" {
-			continue
-		}
-		held := agentHostnames(a.Hostname, a.Claims)
-		for _, h := range hostnames {
-			if slices.Contains(held, h) {
+	for _, h := range hostnames {
+		for _, vm := range possibleHolders(h) {
+			if vm == vmName {
+				continue
+			}
+			a, err := s.store.ByVMName(ctx, vm)
+			if errors.Is(err, fleet.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if a.Hostname != "" && slices.Contains(agentHostnames(a.Hostname, a.Claims), h) {
 				return hostnameConflict(fmt.Errorf("held by agent %s (%s)", a.ID, a.VMName),
 					"hostname %s is held by another agent", h)
 			}
 		}
 	}
 	return nil
+}
+
+// possibleHolders lists the VM names whose agent could hold hostname h,
+// so that checking them by name costs a few indexed reads rather than a
+// scan of the registry. An agent VM holds VM.parent, its API hostname and
+// its claims' flattened names VM-LABEL.parent ([ingress.LabelHostname]),
+// so h's first label is VM itself, VM followed by "-LABEL", or the API
+// hostname of a VM whose "-agent-" marker became "-api-"
+// ([ingress.AgentAPIHostname]).
+func possibleHolders(h string) []string {
+	first, _, _ := strings.Cut(h, ".")
+	vms := []string{first}
+	for i := range len(first) {
+		if first[i] == '-' {
+			vms = append(vms, first[:i])
+		}
+	}
+	for i := 0; ; {
+		j := strings.Index(first[i:], "-api-")
+		if j < 0 {
+			break
+		}
+		vms = append(vms, first[:i+j]+"-agent-"+first[i+j+len("-api-"):])
+		i += j + 1
+	}
+	slices.Sort(vms)
+	return slices.Compact(vms)
 }
 
 // deleteTunnel removes a tunnel, logging a failure: it runs while undoing

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -215,5 +216,26 @@ func TestPreviewAgentCannotTakeProductionHostname(t *testing.T) {
 	}
 	if e.deniedAudits(t, "registration") != 1 {
 		t.Error("no denied registration entry in the audit log")
+	}
+}
+
+// TestPossibleHolders: every hostname an agent holds lists the agent's VM
+// among its possible holders, which is what lets checkHostnames read the
+// registry by name instead of scanning it.
+func TestPossibleHolders(t *testing.T) {
+	claims := []ingress.Claim{{App: "a", Label: "shop", Port: 8000},
+		{App: "b", Label: "x-api-y", Port: 8001}}
+	for _, vm := range []string{"web", "web-shop", "dd-pr-7-agent-0a1b", "a-api-b-agent-c",
+		"agent", "x"} {
+		for _, h := range agentHostnames(vm+".example.com", claims) {
+			if !slices.Contains(possibleHolders(h), vm) {
+				t.Errorf("possibleHolders(%q) = %q, want it to include %q", h,
+					possibleHolders(h), vm)
+			}
+		}
+	}
+	if got, want := possibleHolders("a-b.example.com"), []string{"a", "a-b"}; !slices.Equal(got,
+		want) {
+		t.Errorf("possibleHolders(a-b.example.com) = %q, want %q", got, want)
 	}
 }
