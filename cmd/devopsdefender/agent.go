@@ -80,6 +80,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	keyFile := fs.String("key-file", envOr("DD_KEY_FILE", ""),
 		"PEM file keeping the agent's keys across restarts, created 0600 if missing; "+
 			"empty keeps them in memory (DD_KEY_FILE)")
+	claimsFile := fs.String("claims-file", envOr("DD_CLAIMS_FILE", ""),
+		"file keeping deployed workloads' hostname claims across restarts of the agent; "+
+			"empty keeps them in memory (DD_CLAIMS_FILE)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
 	fs.Usage = func() { fmt.Fprint(stderr, agentHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
@@ -130,7 +133,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	opts := agent.Options{VMName: *vmName, Runtime: rt, Verifier: verifier, Owner: principal,
 		ControlPlaneURL: *cpURL, Origin: *origin, Expose: claims, KeyPath: *keyFile,
-		Build: buildVersion(), TrustAuthority: ta, Logger: log}
+		ClaimsPath: *claimsFile, Build: buildVersion(), TrustAuthority: ta, Logger: log}
 	if *cloudflaredBin != "" {
 		opts.Connect = func(token string, onExit func(cloudflared.Exit)) (agent.Connector, error) {
 			sup, err := superviseCloudflared(*cloudflaredBin, token, onExit, log)

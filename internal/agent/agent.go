@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"sync"
 	"time"
 
@@ -94,6 +93,12 @@ type Options struct {
 	// while its old process still answers. Empty keeps fresh keys in
 	// memory only.
 	KeyPath string
+
+	// ClaimsPath is the file that keeps the hostname claims of deployed
+	// workloads across restarts of the agent, which the runtime's
+	// workloads outlive; claims of workloads the runtime no longer runs
+	// are dropped when the agent starts. Empty keeps them in memory only.
+	ClaimsPath string
 
 	// HTTPClient calls the control plane. Nil means a client with a 30s
 	// timeout.
@@ -211,9 +216,13 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	claims, err := loadClaims(opts.ClaimsPath, opts.VMName, opts.Expose)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a := &Agent{opts: opts, log: log, keys: k, regBackoff: defaultRegBackoff}
-	if len(opts.Expose) > 0 {
-		a.setClaims(slices.Clone(opts.Expose))
+	if len(claims) > 0 {
+		a.setClaims(claims)
 	}
 	if a.opts.Auth == nil {
 		if a.opts.Auth, err = NewOIDCAuth(opts.Verifier, opts.Owner, a.Tenant); err != nil {
@@ -291,6 +300,7 @@ func (a *Agent) boot(ctx context.Context) error {
 	}
 	a.log.Info("runtime ready", "attestation_type", h.AttestationType,
 		"socket", a.opts.Runtime.SocketPath())
+	a.pruneClaims(ctx)
 	if a.opts.ControlPlaneURL == "" {
 		a.log.Warn("no control plane configured; running unregistered")
 		return nil

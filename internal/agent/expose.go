@@ -95,6 +95,7 @@ func (a *Agent) setClaims(claims []ingress.Claim) {
 	defer e.mu.Unlock()
 	e.claims, e.dirty = claims, true
 	e.version++
+	a.saveClaims(claims)
 }
 
 // publishClaims sends the claims to the control plane, if the agent is

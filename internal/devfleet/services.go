@@ -403,8 +403,9 @@ func (f *Fleet) startAgent(ctx context.Context, name string,
 		TrustAuthority:  ta,
 		ControlPlaneURL: f.dashboardOrigin(), Origin: origin, SyncInterval: 2 * time.Second,
 		HTTPClient: localedge.HTTPClient(), Build: f.opts.Build,
-		KeyPath: filepath.Join(dir, "agent-key.pem"),
-		Logger:  f.log.With("agent", name),
+		KeyPath:    filepath.Join(dir, "agent-key.pem"),
+		ClaimsPath: filepath.Join(dir, "claims.json"),
+		Logger:     f.log.With("agent", name),
 		Connect: func(token string, onExit func(cloudflared.Exit)) (agent.Connector, error) {
 			return connect(token, onExit)
 		},

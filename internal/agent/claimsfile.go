@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/runtime"
+)
+
+// Claims survive a restart of the agent (not of the VM): the runtime keeps
+// running the deployed workloads when the agent process restarts, so the
+// agent, with [Options.ClaimsPath], keeps their hostname claims in a file
+// and publishes them again after it registers. Claims of workloads the
+// runtime no longer runs are dropped then, and boot workloads' claims
+// always come from [Options.Expose].
+
+// maxClaimsFile bounds the claims file; a few hundred claims fit easily.
+const maxClaimsFile = 1 << 20
+
+// loadClaims returns the boot claims followed by the claims of deployed
+// workloads kept in path, which must be valid for the agent's VM name. A
+// missing file keeps none.
+func loadClaims(path, vmName string, boot []ingress.Claim) ([]ingress.Claim, error) {
+	claims := slices.Clone(boot)
+	if path == "" {
+		return claims, nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return claims, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading claims: %w", err)
+	}
+	if len(data) > maxClaimsFile {
+		return nil, fmt.Errorf("claims file %s is over %d bytes", path, maxClaimsFile)
+	}
+	var kept []ingress.Claim
+	if err := json.Unmarshal(data, &kept); err != nil {
+		return nil, fmt.Errorf("decoding claims file %s: %w", path, err)
+	}
+	for _, c := range kept {
+		if !isBootApp(boot, c.App) {
+			claims = ingress.WithClaim(claims, c)
+		}
+	}
+	if err := validateBootClaims(vmName, claims); err != nil {
+		return nil, fmt.Errorf("claims file %s: %w", path, err)
+	}
+	return claims, nil
+}
+
+func isBootApp(boot []ingress.Claim, app string) bool {
+	return slices.ContainsFunc(boot, func(c ingress.Claim) bool { return c.App == app })
+}
+
+// saveClaims keeps claims in the claims file, if there is one. A failure
+// is logged: the claims still hold in memory, and the next change writes
+// the file again.
+func (a *Agent) saveClaims(claims []ingress.Claim) {
+	if a.opts.ClaimsPath == "" {
+		return
+	}
+	if claims == nil {
+		claims = []ingress.Claim{}
+	}
+	data, err := json.Marshal(claims)
+	if err == nil {
+		err = renameio.WriteFile(a.opts.ClaimsPath, data, 0o600)
+	}
+	if err != nil {
+		a.log.Error("keeping hostname claims failed", "path", a.opts.ClaimsPath, "err", err)
+	}
+}
+
+// pruneClaims drops the kept claims of deployed workloads that the
+// runtime no longer runs: stopped or finished meanwhile, or unknown after
+// the VM restarted with the same disk. It keeps everything when the
+// runtime cannot be asked.
+func (a *Agent) pruneClaims(ctx context.Context) {
+	if a.opts.ClaimsPath == "" {
+		return
+	}
+	deps, err := a.opts.Runtime.List(ctx)
+	if err != nil {
+		a.log.Warn("listing workloads to check kept claims failed", "err", err)
+		return
+	}
+	a.expose.deployMu.Lock()
+	defer a.expose.deployMu.Unlock()
+	a.expose.mu.Lock()
+	cur := slices.Clone(a.expose.claims)
+	a.expose.mu.Unlock()
+	next := slices.DeleteFunc(slices.Clone(cur), func(c ingress.Claim) bool {
+		return !isBootApp(a.opts.Expose, c.App) && !slices.ContainsFunc(deps,
+			func(d runtime.Deployment) bool {
+				return d.AppName == c.App && !runtime.Terminal(d.Status)
+			})
+	})
+	if len(next) != len(cur) {
+		a.log.Info("dropped the kept claims of workloads the runtime no longer runs",
+			"kept", len(next), "dropped", len(cur)-len(next))
+		a.setClaims(next)
+	}
+}

@@ -1,0 +1,103 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/ingress"
+)
+
+// TestClaimsSurviveAnAgentRestart: a restarted agent publishes again the
+// claims of the workloads the runtime still runs, and drops those of a
+// workload the runtime no longer knows.
+func TestClaimsSurviveAnAgentRestart(t *testing.T) {
+	rt := startRuntime(t)
+	path := filepath.Join(t.TempDir(), "claims.json")
+	boot := []ingress.Claim{{App: "boot-shell", Label: "shell-ui", Port: 7681}}
+	run := func(t *testing.T) (*fakeCP, string, func()) {
+		cp := &fakeCP{t: t, got: make(chan cpapi.RegisterRequest, 10),
+			claims: make(chan []ingress.Claim, 10)}
+		cpSrv := httptest.NewServer(cp)
+		a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
+			ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1", SyncInterval: time.Hour,
+			Expose: boot, ClaimsPath: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Serve(ctx, ln) }()
+		return cp, "http://" + ln.Addr().String(), func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+			cpSrv.Close()
+		}
+	}
+
+	// The first agent process publishes two workloads' claims.
+	cp, base, stop := run(t)
+	<-cp.claims // the boot claims, after registration
+	for _, app := range []string{"oracle", "gone"} {
+		r := do(t, "POST", base+"/deploy", "good", js, `{"app_name":"`+app+`",`+
+			`"cmd":["/bin/sh","-c","sleep 30"],"expose":{"hostname_label":"`+app+
+			`","port":8082}}`)
+		if r.status != 200 {
+			t.Fatalf("deploy %s = %d %s", app, r.status, r.body)
+		}
+		<-cp.claims
+	}
+	stop()
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("claims file: %v, %v", info, err)
+	}
+
+	// The runtime stops one workload; a new agent process takes over.
+	dep, err := rt.Find(context.Background(), "gone")
+	if err != nil || dep == nil {
+		t.Fatalf("Find: %v, %v", dep, err)
+	}
+	if err := rt.Stop(context.Background(), dep.ID); err != nil {
+		t.Fatal(err)
+	}
+	cp, _, stop = run(t)
+	defer stop()
+	want := []ingress.Claim{boot[0], {App: "oracle", Label: "oracle", Port: 8082}}
+	if diff := cmp.Diff(want, <-cp.claims); diff != "" {
+		t.Errorf("claims the restarted agent published (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadClaimsRefusesBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"not json":       "{",
+		"reserved label": `[{"app":"x","label":"api","port":80}]`,
+		"bad port":       `[{"app":"x","label":"web","port":0}]`,
+	} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadClaims(path, "vm-1", nil); err == nil {
+			t.Errorf("%s: loaded", name)
+		}
+	}
+	got, err := loadClaims(filepath.Join(dir, "missing"), "vm-1", nil)
+	if err != nil || len(got) != 0 {
+		t.Errorf("a missing file = %v, %v; want no claims", got, err)
+	}
+}
