@@ -148,6 +148,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ln.Close()
 		return err
 	}
+	if *keyFile == "" {
+		log.Warn("no --key-file: a restarted agent gets new keys, so it takes its VM name " +
+			"back only after the old registration goes stale, and without its tenant")
+	}
 	log.Info("agent starting", "build", buildVersion(), "env", e, "vm", *vmName,
 		"listen", ln.Addr().String(), "cp_url", *cpURL, "owner", principal.String(),
 		"cloudflared", *cloudflaredBin, "expose", *expose, "key_file", *keyFile)

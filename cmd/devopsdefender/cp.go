@@ -231,7 +231,11 @@ func serveUntilDone(ctx context.Context, addr string, h http.Handler,
 	cancel()
 	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
-	srv.Shutdown(shutdownCtx)
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		// Requests still running (a held tunnel connection, a slow
+		// client) end now rather than outlive the server.
+		srv.Close()
+	}
 	if !bgDone {
 		bgE = <-bgErr
 	}

@@ -280,7 +280,11 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	shutdownCtx, done := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer done()
-	srv.Shutdown(shutdownCtx)
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		// Requests still running (a held tunnel connection, a slow
+		// client) end now rather than outlive the server.
+		srv.Close()
+	}
 	wg.Wait()
 
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -248,6 +249,11 @@ type fakeCP struct {
 	got      chan cpapi.RegisterRequest
 	// claims receives the bodies of POST /agents/{id}/ingress.
 	claims chan []ingress.Claim
+	// agentNonce serves POST /agents/{id}/nonce, which control planes of
+	// earlier releases lack; nonces records which nonce route each
+	// nonce came from.
+	agentNonce bool
+	nonces     []string
 }
 
 var fakeNonce = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
@@ -255,7 +261,25 @@ var fakeNonce = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
 func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/register/nonce":
+		f.noteNonce(r.URL.Path)
 		httpapi.WriteJSON(w, 200, cpapi.NonceResponse{Nonce: fakeNonce})
+		return
+	case "/agents/dd-test-agent-1/nonce":
+		if !f.agentNonce || r.Header.Get("Authorization") != "Bearer secret-agent-token" {
+			httpapi.WriteJSON(w, 404, httpapi.Body{Code: "NOT_FOUND", Message: r.URL.Path})
+			return
+		}
+		f.noteNonce(r.URL.Path)
+		httpapi.WriteJSON(w, 200, cpapi.NonceResponse{Nonce: fakeNonce})
+		return
+	case "/agents/dd-test-agent-1/attest":
+		var req cpapi.AttestRequest
+		body, _ := io.ReadAll(r.Body)
+		if json.Unmarshal(body, &req) != nil || req.Nonce != fakeNonce {
+			httpapi.WriteJSON(w, 400, httpapi.Body{Code: "BAD_REQUEST", Message: "nonce"})
+			return
+		}
+		httpapi.WriteJSON(w, 200, cpapi.Attestation{})
 		return
 	case "/register":
 	case "/agents/dd-test-agent-1/ingress":
@@ -289,6 +313,12 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	httpapi.WriteJSON(w, 200, cpapi.RegisterResponse{AgentID: "dd-test-agent-1",
 		Hostname: "vm-1.example", URL: "https://vm-1.example", AgentToken: "secret-agent-token",
 		TunnelToken: "secret-tunnel-token"})
+}
+
+func (f *fakeCP) noteNonce(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nonces = append(f.nonces, path)
 }
 
 // refusal returns the status that refuses the next registration, or 0 to
@@ -529,5 +559,47 @@ func TestPublicSourceHidesArguments(t *testing.T) {
 		if got := publicSource(in); got != want {
 			t.Errorf("publicSource(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestReattestNonceRoute: an agent re-attests with a nonce from its own
+// route, and from the public one when the control plane (of an earlier
+// release) has no such route.
+func TestReattestNonceRoute(t *testing.T) {
+	rt := startRuntime(t)
+	for _, agentNonce := range []bool{true, false} {
+		cp := &fakeCP{t: t, got: make(chan cpapi.RegisterRequest, 4), agentNonce: agentNonce}
+		cpSrv := httptest.NewServer(cp)
+		a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
+			ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1", SyncInterval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Serve(ctx, ln) }()
+		<-cp.got
+		for !a.Registered() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := a.reattest(ctx); err != nil {
+			t.Errorf("agent nonce route %v: reattest = %v", agentNonce, err)
+		}
+		cancel()
+		<-done
+		cpSrv.Close()
+		want := []string{"/register/nonce", "/register/nonce"}
+		if agentNonce {
+			want[1] = "/agents/dd-test-agent-1/nonce"
+		}
+		cp.mu.Lock()
+		if !slices.Equal(cp.nonces, want) {
+			t.Errorf("agent nonce route %v: nonces from %q, want %q", agentNonce, cp.nonces, want)
+		}
+		cp.mu.Unlock()
 	}
 }

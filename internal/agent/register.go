@@ -147,6 +147,12 @@ func (a *Agent) reattest(ctx context.Context) error {
 	// cannot be used up by anonymous callers of /register/nonce.
 	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeReattest,
 		"/agents/"+reg.agentID+"/nonce", reg.token)
+	var re *refusedError
+	if errors.As(err, &re) && (re.status == http.StatusNotFound ||
+		re.status == http.StatusMethodNotAllowed) {
+		// A control plane of an earlier release has only the public route.
+		nonce, ev, err = a.freshEvidence(ctx, attestbind.PurposeReattest, "/register/nonce", "")
+	}
 	if err != nil {
 		return err
 	}

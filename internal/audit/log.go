@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io"
@@ -113,8 +114,13 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 	}
 	committed := false
 	defer func() {
-		if !committed {
-			conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		if committed {
+			return
+		}
+		if _, err := conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK"); err != nil {
+			// The connection may still hold the write lock: drop it
+			// rather than give it back to the pool.
+			conn.Raw(func(any) error { return driver.ErrBadConn })
 		}
 	}()
 

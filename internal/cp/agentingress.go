@@ -96,8 +96,8 @@ func (s *Server) checkOwnHostnames(hostnames []string) error {
 }
 
 // checkHostnames refuses hostnames that the control plane publishes for
-// itself or that an agent with a vm_name other than vmName holds (its
-// dashboard, its API or a claim's); an agent's earlier registration keeps
+// itself or that a live (not dead) agent with a vm_name other than vmName
+// holds (its dashboard, its API or a claim's); an agent's earlier registration keeps
 // nothing from its successor. Call it with regMu held, so that nothing
 // is published between the check and the change.
 func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []string) error {
@@ -116,7 +116,10 @@ func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []
 			if err != nil {
 				return err
 			}
-			if a.Hostname != "" && slices.Contains(agentHostnames(a.Hostname, a.Claims), h) {
+			// A dead agent's record stays for the operator's view, but its
+			// names are free: it cannot serve them.
+			if a.Status != fleet.StatusDead && a.Hostname != "" &&
+				slices.Contains(agentHostnames(a.Hostname, a.Claims), h) {
 				return hostnameConflict(fmt.Errorf("held by agent %s (%s)", a.ID, a.VMName),
 					"hostname %s is held by another agent", h)
 			}

@@ -52,6 +52,8 @@ func (c *caller) sees(a *fleet.Agent) bool {
 		// the principal it was held under; the agent's tenant may have
 		// changed since, and a holding under another principal is no
 		// holding. A user tenant is also checked again by id.
+		// TODO(#4): org and repo membership is read at sign-in only: a
+		// person who leaves the org keeps its agents until the session ends.
 		if a.Tenant == nil || !c.agents[holding(a.ID, *a.Tenant)] {
 			return false
 		}

@@ -245,6 +245,7 @@ func TestRegisterReplacesSameVMName(t *testing.T) {
 	e := newTestEnv(t, nil)
 	first := e.register(t, "web")
 	other := e.register(t, "db")
+	e.clock.Advance(time.Minute) // the first "web" is gone: unseen, unreachable
 	second := e.register(t, "web")
 	if first.AgentID == second.AgentID {
 		t.Fatal("re-registration reused the agent id")

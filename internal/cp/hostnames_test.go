@@ -9,10 +9,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
+	"github.com/devopsdefender/devopsdefender/internal/fleet"
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
 )
@@ -172,6 +174,7 @@ func TestHostnameOwnershipAllowsOwnNames(t *testing.T) {
 			t.Fatalf("claim: %d %s", rec.Code, rec.Body)
 		}
 	}
+	e.clock.Advance(time.Minute)  // the first "web" is gone: unseen, unreachable
 	again := e.register(t, "web") // takes web.localhost from the first registration
 	tunnel := e.agent(t, again.AgentID).TunnelID
 	for _, h := range []string{"web.localhost", "web-agent-api.localhost"} {
@@ -237,5 +240,24 @@ func TestPossibleHolders(t *testing.T) {
 	if got, want := possibleHolders("a-b.example.com"), []string{"a", "a-b"}; !slices.Equal(got,
 		want) {
 		t.Errorf("possibleHolders(a-b.example.com) = %q, want %q", got, want)
+	}
+}
+
+// TestDeadAgentReleasesHostnames: a dead agent's record stays, but its
+// names no longer block another agent.
+func TestDeadAgentReleasesHostnames(t *testing.T) {
+	e := newTestEnv(t, nil)
+	web := e.register(t, "web")
+	if rec := e.claim(t, web, ingress.Claim{App: "x", Label: "shop", Port: 9000}); rec.Code !=
+		http.StatusOK {
+		t.Fatalf("claim: %d %s", rec.Code, rec.Body)
+	}
+	wantConflict(t, "register web-shop while web lives", e.tryRegister(t, "web-shop"))
+	if err := e.store.SetStatus(context.Background(), web.AgentID, fleet.StatusDead,
+		"no answer"); err != nil {
+		t.Fatal(err)
+	}
+	if rec := e.tryRegister(t, "web-shop"); rec.Code != http.StatusOK {
+		t.Errorf("register web-shop after web died: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -191,27 +191,44 @@ func (a *allowance) forgetFullLocked(now time.Time) {
 }
 
 // clientOf names the anonymous caller whose allowance a request spends:
-// its remote address, an IPv6 address cut to its /64, which one host
-// usually holds whole.
+// its address, an IPv6 address cut to its /64, which one host usually
+// holds whole.
 //
-// TODO(#3): behind Cloudflare the remote address is the tunnel connector
-// or an edge, shared by every caller; key on CF-Connecting-IP once the
-// control plane can be told to trust that header.
+// Behind its tunnel every caller reaches the control plane from the
+// connector (cloudflared) on loopback, and Cloudflare's edge names the
+// client in CF-Connecting-IP. The header is believed only from a
+// loopback peer, which is the local connector: a client that reaches the
+// control plane directly cannot pick whose allowance it spends.
 func clientOf(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
+	addr, ok := parseHost(r.RemoteAddr)
+	if !ok {
+		return r.RemoteAddr
 	}
-	addr, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
+	if addr.IsLoopback() {
+		if fwd, ok := parseHost(r.Header.Get(cfConnectingIP)); ok {
+			addr = fwd
+		}
 	}
-	addr = addr.Unmap()
 	if addr.Is6() {
 		p, _ := addr.Prefix(64)
 		return p.String()
 	}
 	return addr.String()
+}
+
+// cfConnectingIP is the header in which Cloudflare names the client.
+const cfConnectingIP = "CF-Connecting-IP"
+
+// parseHost parses "host:port" or a bare address, unmapping IPv4 in IPv6.
+func parseHost(s string) (netip.Addr, bool) {
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		s = host
+	}
+	addr, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return addr.Unmap(), true
 }
 
 // issueNonce serves POST /register/nonce to anyone, within the allowance

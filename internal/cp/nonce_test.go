@@ -127,20 +127,31 @@ func TestNoncePoolStaysBounded(t *testing.T) {
 
 func TestClientOf(t *testing.T) {
 	tests := []struct {
-		remote, want string
+		remote, cfIP, want string
 	}{
-		{"192.0.2.1:1234", "192.0.2.1"},
-		{"[::ffff:192.0.2.1]:1234", "192.0.2.1"},
-		{"[2001:db8:1:2:3:4:5:6]:443", "2001:db8:1:2::/64"},
-		{"[2001:db8:1:2::9]:443", "2001:db8:1:2::/64"},
-		{"[fe80::1%eth0]:80", "fe80::/64"},
-		{"not an address", "not an address"},
+		{"192.0.2.1:1234", "", "192.0.2.1"},
+		{"[::ffff:192.0.2.1]:1234", "", "192.0.2.1"},
+		{"[2001:db8:1:2:3:4:5:6]:443", "", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2::9]:443", "", "2001:db8:1:2::/64"},
+		{"[fe80::1%eth0]:80", "", "fe80::/64"},
+		{"not an address", "", "not an address"},
+		// Through the tunnel: the connector on loopback names the client.
+		{"127.0.0.1:5000", "198.51.100.7", "198.51.100.7"},
+		{"[::1]:5000", "2001:db8:9:9::1", "2001:db8:9:9::/64"},
+		{"127.0.0.1:5000", "", "127.0.0.1"},
+		{"127.0.0.1:5000", "garbage", "127.0.0.1"},
+		// A client that reaches the control plane directly cannot.
+		{"192.0.2.1:1234", "198.51.100.7", "192.0.2.1"},
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest("POST", "/register/nonce", nil)
 		r.RemoteAddr = tt.remote
+		if tt.cfIP != "" {
+			r.Header.Set("CF-Connecting-IP", tt.cfIP)
+		}
 		if got := clientOf(r); got != tt.want {
-			t.Errorf("clientOf(%q) = %q, want %q", tt.remote, got, tt.want)
+			t.Errorf("clientOf(%q, CF-Connecting-IP %q) = %q, want %q", tt.remote, tt.cfIP,
+				got, tt.want)
 		}
 	}
 }

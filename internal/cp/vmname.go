@@ -18,8 +18,9 @@ import (
 // registration alone does not prove it comes from the holder's VM: any TD
 // that passes the policy can quote arbitrary report data. So the name
 // changes hands only when the registrant shows the holder's signing key
-// (the same agent, restarted), or when the holder no longer answers as
-// itself; in that last case the tenant stays behind (see fleet.Register).
+// (the same agent, restarted), or when the holder has not been seen for
+// StaleAfter and does not answer as itself either; in that last case the
+// tenant stays behind (see fleet.Register).
 
 // conflict returns a 409 whose message is safe to show.
 func conflict(msg string) *httpapi.Error {
@@ -43,12 +44,29 @@ func (s *Server) nameHolder(ctx context.Context, vmName string,
 	if fleet.SameSigningKey(&old, &fleet.Agent{SigningKey: keys.Signing}) {
 		return &old, nil
 	}
+	// A holder seen lately keeps its name through a failed probe, as it
+	// keeps its status through a failed scrape: one lost request must not
+	// hand a live agent's name to whoever keeps asking.
+	if s.recentlySeen(&old) {
+		return &old, conflict(fmt.Sprintf("vm_name is held by an agent seen within %s; "+
+			"it can be taken over once that agent has been gone that long", s.opts.StaleAfter))
+	}
 	if err := s.probeHolder(ctx, &old); err != nil {
 		s.log.InfoContext(ctx, "vm name holder does not answer as itself", "vm_name", vmName,
 			"holder", old.ID, "err", err)
 		return &old, nil
 	}
 	return &old, conflict("vm_name is held by a live agent with other keys")
+}
+
+// recentlySeen reports whether the collector last saw agent a (or a
+// registered) within StaleAfter.
+func (s *Server) recentlySeen(a *fleet.Agent) bool {
+	seen := a.LastSeen
+	if seen.IsZero() {
+		seen = a.RegisteredAt
+	}
+	return s.opts.Now().Sub(seen) < s.opts.StaleAfter
 }
 
 // probeHolder asks the agent of record a for its /health the way the

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -108,11 +109,34 @@ func TestReRegistrationSameKeyKeepsTenant(t *testing.T) {
 // TestReRegistrationOtherKeyHolderAlive: a TD with other keys cannot take
 // the name of an agent that still answers as itself; nothing changes.
 func TestReRegistrationOtherKeyHolderAlive(t *testing.T) {
+	// Seen lately: refused without asking, even while a probe would fail.
+	t.Run("seen lately", func(t *testing.T) {
+		testHolderKeepsName(t, func(e *testEnv, id string, victim *testAgent) *fakeAgent {
+			e.clock.Advance(10 * time.Second)
+			fa := e.answerAs(t, id, victim)
+			fa.set(http.StatusServiceUnavailable, nil)
+			return fa
+		}, false)
+	})
+	// Not seen for a while, but it answers as itself.
+	t.Run("answers", func(t *testing.T) {
+		testHolderKeepsName(t, func(e *testEnv, id string, victim *testAgent) *fakeAgent {
+			e.clock.Advance(time.Minute)
+			return e.answerAs(t, id, victim)
+		}, true)
+	})
+}
+
+// testHolderKeepsName registers "web", sets up its holder with holder,
+// and checks that a registration with other keys is refused and changes
+// nothing; probed says whether the holder must have been asked.
+func testHolderKeepsName(t *testing.T,
+	holder func(e *testEnv, id string, victim *testAgent) *fakeAgent, probed bool) {
 	e := newTestEnv(t, nil)
 	victim := newTestAgent(t)
 	held := registered(t, e.registerAs(t, victim, "web"))
 	e.setTenant(t, held.AgentID, alice)
-	fa := e.answerAs(t, held.AgentID, victim)
+	fa := holder(e, held.AgentID, victim)
 	before := e.agent(t, held.AgentID)
 	owner := e.ingress.owner("web.localhost")
 	agents := len(e.ingress.List(context.Background(), ingress.ListOptions{}).Tunnels)
@@ -124,8 +148,8 @@ func TestReRegistrationOtherKeyHolderAlive(t *testing.T) {
 	if b := decodeError(t, rec); b.Code != "CONFLICT" {
 		t.Errorf("error code %q, want CONFLICT", b.Code)
 	}
-	if fa.scrapes.Load() == 0 {
-		t.Error("the holder was not probed")
+	if got := fa.scrapes.Load() > 0; got != probed {
+		t.Errorf("the holder was probed: %v, want %v", got, probed)
 	}
 	if diff := cmp.Diff(before, e.agent(t, held.AgentID)); diff != "" {
 		t.Errorf("holder's record changed (-before +after):\n%s", diff)
@@ -171,6 +195,7 @@ func TestReRegistrationOtherKeyHolderGone(t *testing.T) {
 			held := registered(t, e.registerAs(t, victim, "web"))
 			e.setTenant(t, held.AgentID, alice)
 			gone(t, e, held.AgentID, victim)
+			e.clock.Advance(time.Minute) // longer than StaleAfter
 
 			taker := registered(t, e.registerAs(t, newTestAgent(t), "web"))
 			got := e.agent(t, taker.AgentID)

@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -357,9 +358,14 @@ func (f *Fleet) lockStateDir() error {
 	return nil
 }
 
-// running reports whether a fleet holds the lock of dir.
+// running reports whether a fleet holds the lock of dir. It creates
+// nothing: a running fleet always has the lock file.
 func running(dir string) (bool, error) {
-	l := flock.New(filepath.Join(dir, lockFile), flock.SetPermissions(0o600))
+	path := filepath.Join(dir, lockFile)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	l := flock.New(path, flock.SetFlag(os.O_RDONLY))
 	ok, err := l.TryLock()
 	if err != nil {
 		return false, fmt.Errorf("devfleet: checking the state dir's lock: %w", err)

@@ -349,3 +349,16 @@ func TestStartAndJoinCheckTheLock(t *testing.T) {
 		t.Errorf("agents after a refused second fleet = %+v", agents)
 	}
 }
+
+func TestJoinWithoutAFleetCreatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Join(dir, "missing")} {
+		if _, err := Join(context.Background(), JoinOptions{StateDir: d}); !errors.Is(err,
+			ErrNotRunning) {
+			t.Errorf("Join(%s) = %v, want ErrNotRunning", d, err)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("Join left %d files behind", len(entries))
+	}
+}

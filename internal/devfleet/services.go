@@ -40,7 +40,11 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	srv.Shutdown(shutdownCtx)
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		// Requests still running (a held tunnel connection, a slow
+		// client) end now rather than outlive the server.
+		srv.Close()
+	}
 	<-errc
 	return nil
 }

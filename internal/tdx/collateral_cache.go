@@ -15,10 +15,12 @@ const maxCachedCollateral = 256
 // CollateralCache keeps the responses of another [CollateralGetter] for a
 // while, so that a control plane appraising every registration and
 // re-attestation asks Intel PCS once per resource and period rather than
-// several times per quote, and rides out short PCS outages. A response
-// still carries its own validity, which [Verify] checks on every use, so
-// the cache only delays by up to its TTL how soon a new CRL or TCB info is
-// seen. Failures are not kept. It is safe for concurrent use.
+// several times per quote. A response carries its own validity (a TCB
+// info's or CRL's next update), which [Verify] checks on every use, so the
+// cache only delays by up to its TTL how soon a new CRL or TCB info is
+// seen, and when a fetch fails it answers with the response it kept,
+// however old: a PCS outage then lasts as long as the collateral is valid.
+// Failures are not kept. It is safe for concurrent use.
 type CollateralCache struct {
 	getter CollateralGetter
 	ttl    time.Duration
@@ -65,6 +67,11 @@ func (c *CollateralCache) Get(ctx context.Context, url string) (map[string][]str
 	// Two callers missing at once both fetch; the cache saves the many
 	// later fetches, not the rare simultaneous one.
 	header, body, err := c.getter.Get(ctx, url)
+	if err != nil && ok {
+		// PCS is down: the kept response is still good for as long as
+		// its own validity, which Verify checks, says.
+		return e.header, e.body, nil
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -50,9 +50,10 @@ func TestCollateralCache(t *testing.T) {
 		{"first use fetches", 0, false, false, 1},
 		{"within the TTL is kept", 59 * time.Minute, false, false, 1},
 		{"kept even while the source fails", 0, true, false, 1},
-		{"past the TTL fetches again", time.Minute, true, true, 2},
-		{"a failure is not kept", 0, false, false, 3},
-		{"and the fresh answer is", 0, false, false, 3},
+		{"past the TTL, a failing source gets the kept answer", time.Minute, true, false, 2},
+		{"and is asked again next time", 0, true, false, 3},
+		{"a fresh answer is kept", 0, false, false, 4},
+		{"and used", 0, false, false, 4},
 	}
 	for _, tt := range tests {
 		now = now.Add(tt.advance)
@@ -62,6 +63,13 @@ func TestCollateralCache(t *testing.T) {
 				g.calls["a"], tt.wantErr, tt.wantCalls)
 		}
 	}
+
+	// With nothing kept, a failure is the caller's.
+	g.fail = true
+	if err := get("never"); err == nil {
+		t.Error("a failed fetch with nothing kept gave no error")
+	}
+	g.fail = false
 
 	// The cache is bounded; expired entries make room.
 	for i := range 2 * maxCachedCollateral {

@@ -138,14 +138,22 @@ func (e *Edge) Routes() map[string]string {
 	return out
 }
 
+// ClientIPHeader is the header in which Cloudflare's edge, and this one,
+// tell an origin the address of the client.
+const ClientIPHeader = "CF-Connecting-IP"
+
 func (e *Edge) newProxy(hostname string, target *url.URL) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Transport: e.transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.SetXForwarded()
-			// Origins see the public hostname, as behind cloudflared.
+			// Origins see the public hostname and, in CF-Connecting-IP, the
+			// client's address, as behind cloudflared.
 			pr.Out.Host = pr.In.Host
+			if host, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+				pr.Out.Header.Set(ClientIPHeader, host)
+			}
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			e.log.Warn("origin unreachable", "hostname", hostname, "err", err)
