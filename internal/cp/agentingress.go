@@ -97,29 +97,32 @@ func (s *Server) checkOwnHostnames(hostnames []string) error {
 
 // checkHostnames refuses hostnames that the control plane publishes for
 // itself or that a live (not dead) agent with a vm_name other than vmName
-// holds (its dashboard, its API or a claim's); an agent's earlier registration keeps
-// nothing from its successor. Call it with regMu held, so that nothing
-// is published between the check and the change.
+// holds (its dashboard, its API or a claim's); an agent's earlier
+// registration keeps nothing from its successor. Call it with regMu held,
+// so that nothing is published between the check and the change.
 func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []string) error {
 	if err := s.checkOwnHostnames(hostnames); err != nil {
 		return err
 	}
+	var names []string
 	for _, h := range hostnames {
-		for _, vm := range possibleHolders(h) {
-			if vm == vmName {
-				continue
-			}
-			a, err := s.store.ByVMName(ctx, vm)
-			if errors.Is(err, fleet.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			// A dead agent's record stays for the operator's view, but its
-			// names are free: it cannot serve them.
-			if a.Status != fleet.StatusDead && a.Hostname != "" &&
-				slices.Contains(agentHostnames(a.Hostname, a.Claims), h) {
+		names = append(names, possibleHolders(h)...)
+	}
+	slices.Sort(names)
+	holders, err := s.store.ByVMNames(ctx, slices.Compact(names))
+	if err != nil {
+		return err
+	}
+	for i := range holders {
+		a := &holders[i]
+		// A dead agent's record stays for the operator's view, but its
+		// names are free: it cannot serve them.
+		if a.VMName == vmName || a.Status == fleet.StatusDead || a.Hostname == "" {
+			continue
+		}
+		held := agentHostnames(a.Hostname, a.Claims)
+		for _, h := range hostnames {
+			if slices.Contains(held, h) {
 				return hostnameConflict(fmt.Errorf("held by agent %s (%s)", a.ID, a.VMName),
 					"hostname %s is held by another agent", h)
 			}
@@ -129,8 +132,8 @@ func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []
 }
 
 // possibleHolders lists the VM names whose agent could hold hostname h,
-// so that checking them by name costs a few indexed reads rather than a
-// scan of the registry. An agent VM holds VM.parent, its API hostname and
+// so that checking them by name costs one indexed read rather than a scan
+// of the registry. An agent VM holds VM.parent, its API hostname and
 // its claims' flattened names VM-LABEL.parent ([ingress.LabelHostname]),
 // so h's first label is VM itself, VM followed by "-LABEL", or the API
 // hostname of a VM whose "-agent-" marker became "-api-"

@@ -325,6 +325,25 @@ func (s *Store) ByVMName(ctx context.Context, vmName string) (Agent, error) {
 	return a, nil
 }
 
+// ByVMNames returns the agents registered under any of vmNames, in one
+// read.
+func (s *Store) ByVMNames(ctx context.Context, vmNames []string) ([]Agent, error) {
+	if len(vmNames) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(vmNames))
+	for i, n := range vmNames {
+		args[i] = n
+	}
+	marks := strings.TrimSuffix(strings.Repeat("?,", len(vmNames)), ",")
+	agents, err := queryAgents(ctx, s.db, "SELECT "+agentColumns+
+		" FROM agents WHERE vm_name IN ("+marks+") ORDER BY vm_name", args...)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: reading vms %v: %w", vmNames, err)
+	}
+	return agents, nil
+}
+
 // List returns every agent, sorted by VMName.
 func (s *Store) List(ctx context.Context) ([]Agent, error) {
 	agents, err := queryAgents(ctx, s.db, "SELECT "+agentColumns+" FROM agents ORDER BY vm_name")

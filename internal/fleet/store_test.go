@@ -84,6 +84,20 @@ func TestRegisterGetList(t *testing.T) {
 	if _, err := s.ByVMName(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("ByVMName(unknown) error = %v, want ErrNotFound", err)
 	}
+	for _, tt := range []struct {
+		names []string
+		want  []Agent
+	}{
+		{nil, nil},
+		{[]string{"nope"}, nil},
+		{[]string{"bravo", "nope", "alpha"}, []Agent{a, b}},
+		{[]string{"bravo"}, []Agent{b}},
+	} {
+		got, err := s.ByVMNames(ctx, tt.names)
+		if err != nil || !cmp.Equal(tt.want, got, cmpopts.EquateEmpty()) {
+			t.Errorf("ByVMNames(%q) = %v, %v; want %v", tt.names, ids(got), err, ids(tt.want))
+		}
+	}
 }
 
 func TestRegisterReplacesSameVMName(t *testing.T) {
