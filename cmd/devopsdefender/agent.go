@@ -26,7 +26,8 @@ Runs the in-VM agent: it waits for the workload runtime's socket, registers
 with the control plane, and serves /health, /api/units, /deploy, /exec,
 /logs/{app} and the VM's page. /deploy, /exec and /logs require a GitHub
 Actions OIDC token for the fleet's audience whose repository owner (or
-repository, for a repo principal) is the fleet owner, by name and numeric id.
+repository, for a repo principal) is the fleet owner, or the tenant the
+control plane assigned this agent to, by name and numeric id.
 
 With --cloudflared, the agent runs cloudflared for the tunnel the control
 plane created at registration, with the tunnel token in cloudflared's

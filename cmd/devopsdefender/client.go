@@ -115,6 +115,10 @@ func (t *target) devClient(ctx context.Context, hc *http.Client) (*agentapi.Clie
 	if err != nil {
 		return nil, err
 	}
+	if up, err := devfleet.Running(t.stateDir); err == nil && !up {
+		return nil, fmt.Errorf("the dev fleet of %s is not running: start it with "+
+			"`devopsdefender dev --state-dir %s`", t.stateDir, t.stateDir)
+	}
 	if t.agent == "" && len(st.Agents) == 1 {
 		t.agent = st.Agents[0].Name
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -143,5 +144,32 @@ func TestTrustAuthorityClient(t *testing.T) {
 	c, err := trustAuthorityClient("https://api.trustauthority.intel.com", "key", nil)
 	if c == nil || err != nil {
 		t.Errorf("URL and key = %v, %v; want a client", c, err)
+	}
+}
+
+// TestClientVerbsSayTheFleetIsDown: a dev.json left by a stopped fleet
+// gets a hint to start it, not a connection error.
+func TestClientVerbsSayTheFleetIsDown(t *testing.T) {
+	dir := t.TempDir()
+	st := devfleet.State{CPURL: "http://127.0.0.1:1", OIDCIssuer: "http://127.0.0.1:1",
+		Agents: []devfleet.StateAgent{{Name: "agent-1", URL: "http://127.0.0.1:1"}}}
+	data, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, devfleet.StateFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"deploy", "--state-dir", dir, "--agent", "agent-1",
+			filepath.Join("..", "..", "examples", "hello.json")},
+		{"logs", "--state-dir", dir, "--agent", "agent-1", "hello"},
+	} {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), args, "", &out, &errOut)
+		if code != 1 || !strings.Contains(errOut.String(), "is not running") {
+			t.Errorf("%s = %d %q, want 1 and a hint that the fleet is not running", args[0],
+				code, errOut.String())
+		}
 	}
 }

@@ -39,9 +39,10 @@ import (
 // hostname routes to one tunnel at a time, so two control planes never
 // both pass that check for long.
 
-// ErrFenced is returned by [Server.Run] when a newer control plane took
-// over the hostname.
-var ErrFenced = errors.New("cp: fenced by a newer control plane")
+// ErrFenced is returned by [Server.Run] when the control plane lost its
+// hostname: a newer control plane took it over, or the tunnel carrying it
+// is gone and the hostname no longer answers.
+var ErrFenced = errors.New("cp: fenced: the control plane lost its hostname")
 
 // ActionIngressReaped is the audit action of an orphan tunnel or record
 // the collector deleted.
@@ -122,12 +123,24 @@ func (s *Server) ingressHealth() *cpapi.CPIngress {
 // to this control plane (cf.md §2.4), and runs its connector and the
 // self-check loop on wg until ctx ends.
 func (s *Server) startSelf(ctx context.Context, wg *sync.WaitGroup) error {
+	conn, err := s.openSelf(ctx)
+	if err != nil {
+		return err
+	}
+	wg.Go(func() { conn.Run(ctx) })
+	wg.Go(func() { s.watchSelf(ctx) })
+	return nil
+}
+
+// openSelf creates the control plane's tunnel and its connector, which
+// the caller runs.
+func (s *Server) openSelf(ctx context.Context) (Connector, error) {
 	var id [8]byte
 	rand.Read(id[:])
 	name := ingress.TunnelName(s.opts.Env, ingress.RoleCP, hex.EncodeToString(id[:]))
 	t, err := s.opts.Ingress.CreateTunnel(ctx, name, ingress.ControlPlaneIngress(s.opts.Hostname))
 	if err != nil {
-		return fmt.Errorf("cp: creating the control plane's tunnel: %w", err)
+		return nil, fmt.Errorf("cp: creating the control plane's tunnel: %w", err)
 	}
 	conn, err := s.opts.Connect(t.Token, func(cloudflared.Exit) {
 		select {
@@ -137,7 +150,7 @@ func (s *Server) startSelf(ctx context.Context, wg *sync.WaitGroup) error {
 	})
 	if err != nil {
 		s.deleteTunnel(ctx, t.ID, name)
-		return fmt.Errorf("cp: starting the control plane's connector: %w", err)
+		return nil, fmt.Errorf("cp: starting the control plane's connector: %w", err)
 	}
 	t.Token = "" // the connector holds it; nothing else may
 	s.self.mu.Lock()
@@ -145,9 +158,7 @@ func (s *Server) startSelf(ctx context.Context, wg *sync.WaitGroup) error {
 	s.self.mu.Unlock()
 	s.log.InfoContext(ctx, "control plane tunnel created", "tunnel_id", t.ID, "name", name,
 		"hostname", s.opts.Hostname)
-	wg.Go(func() { conn.Run(ctx) })
-	wg.Go(func() { s.watchSelf(ctx) })
-	return nil
+	return conn, nil
 }
 
 // watchSelf checks the control plane's tunnel every SelfCheckInterval,

@@ -234,15 +234,21 @@ func auditEntries(t *testing.T, store *fleet.Store, action audit.Action) []audit
 // seen FenceAfter times in a row, fences.
 func TestSelfCheckStrikes(t *testing.T) {
 	e := newEdgeEnv(t)
-	// The checks are driven by hand: the loops' own wait an hour.
+	// The checks are driven by hand: no self-check loop runs, so that
+	// each strike is the test's own.
 	slow := func(o *Options) { o.FenceAfter, o.SelfCheckInterval = 2, time.Hour }
 	c := e.newCP(t, slow)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
-	if err := c.srv.startSelf(ctx, &wg); err != nil {
-		t.Fatal(err)
+	open := func(cp *runningCP) {
+		conn, err := cp.srv.openSelf(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { conn.Run(ctx) })
 	}
+	open(c)
 	eventually(t, "serving", func() bool {
 		c.srv.checkSelf(ctx, false)
 		return c.srv.Serving()
@@ -252,9 +258,7 @@ func TestSelfCheckStrikes(t *testing.T) {
 	// first control plane itself here (its STONITH counts as done).
 	other := e.newCP(t, slow)
 	other.srv.self.stonithd = true
-	if err := other.srv.startSelf(ctx, &wg); err != nil {
-		t.Fatal(err)
-	}
+	open(other)
 	eventually(t, "the hostname reaches the newcomer", func() bool {
 		p, _ := c.srv.probeSelf(ctx, c.srv.TunnelID())
 		return p == probeOther

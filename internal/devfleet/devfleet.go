@@ -358,9 +358,9 @@ func (f *Fleet) lockStateDir() error {
 	return nil
 }
 
-// running reports whether a fleet holds the lock of dir. It creates
+// Running reports whether a fleet holds the lock of dir. It creates
 // nothing: a running fleet always has the lock file.
-func running(dir string) (bool, error) {
+func Running(dir string) (bool, error) {
 	path := filepath.Join(dir, lockFile)
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return false, nil

@@ -99,7 +99,7 @@ func (f *Fleet) join(ctx context.Context, listenAddr string) error {
 // state and secrets.
 func (f *Fleet) loadRunning() (State, error) {
 	dir := f.opts.StateDir
-	ok, err := running(dir)
+	ok, err := Running(dir)
 	if err != nil {
 		return State{}, err
 	}

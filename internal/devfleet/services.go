@@ -29,8 +29,11 @@ import (
 )
 
 // serveHTTP serves h on ln until ctx ends, then shuts the server down.
+// Requests run under ctx, so those that hold on (a connector's tunnel
+// connection on the edge API) end with it instead of delaying shutdown.
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
