@@ -575,13 +575,7 @@ func TestReattestNonceRoute(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- a.Serve(ctx, ln) }()
+		ctx, _, stop := serveAgent(t, a)
 		<-cp.got
 		for !a.Registered() {
 			time.Sleep(10 * time.Millisecond)
@@ -589,8 +583,7 @@ func TestReattestNonceRoute(t *testing.T) {
 		if err := a.reattest(ctx); err != nil {
 			t.Errorf("agent nonce route %v: reattest = %v", agentNonce, err)
 		}
-		cancel()
-		<-done
+		stop()
 		cpSrv.Close()
 		want := []string{"/register/nonce", "/register/nonce"}
 		if agentNonce {
@@ -602,4 +595,28 @@ func TestReattestNonceRoute(t *testing.T) {
 		}
 		cp.mu.Unlock()
 	}
+}
+
+// serveAgent serves a on a loopback port. stop, also run at the test's
+// end, cancels ctx and checks that Serve ended cleanly.
+func serveAgent(t *testing.T, a *Agent) (ctx context.Context, base string, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx, ln) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return ctx, "http://" + ln.Addr().String(), stop
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -32,18 +31,9 @@ func TestClaimsSurviveAnAgentRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- a.Serve(ctx, ln) }()
-		return cp, "http://" + ln.Addr().String(), func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Serve: %v", err)
-			}
+		_, base, stop := serveAgent(t, a)
+		return cp, base, func() {
+			stop()
 			cpSrv.Close()
 		}
 	}

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -95,19 +94,7 @@ func TestRegisteredAgentPublishesClaimsAndRunsItsConnector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
+	_, base, _ := serveAgent(t, a)
 
 	// Registration starts the connector and publishes the boot claims.
 	if diff := cmp.Diff(boot, <-cp.claims); diff != "" {
@@ -120,7 +107,6 @@ func TestRegisteredAgentPublishesClaimsAndRunsItsConnector(t *testing.T) {
 	mu.Unlock()
 
 	// A deploy with expose adds its claim to the full list.
-	base := "http://" + ln.Addr().String()
 	r := do(t, "POST", base+"/deploy", "good", js, `{"app_name":"oracle",`+
 		`"cmd":["/bin/sh","-c","sleep 30"],"expose":{"hostname_label":"oracle","port":8082}}`)
 	if r.status != 200 {

@@ -57,16 +57,6 @@ func portOf(l net.Listener) string { return strconv.Itoa(l.Addr().(*net.TCPAddr)
 func newMatrixEnv(t *testing.T) *matrixEnv {
 	t.Helper()
 	ctx := context.Background()
-	provider, err := websession.NewLocalProvider(websession.LocalProviderOptions{
-		Env: fleetenv.Dev, ClientID: "cid", ClientSecret: "csecret-0123456789",
-		Users: websession.DevUsers(testOwner)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gh := httptest.NewServer(provider)
-	t.Cleanup(gh.Close)
-	ghURL := "http://github.localhost:" + portOf(gh.Listener)
-
 	iss := httptest.NewUnstartedServer(nil)
 	issuer, err := ghoidc.NewIssuer(ghoidc.IssuerOptions{URL: "http://127.0.0.1:" +
 		portOf(iss.Listener), Audience: "fleet", MintSecret: "mint-secret-0123456789"})
@@ -83,23 +73,9 @@ func newMatrixEnv(t *testing.T) *matrixEnv {
 	}
 	t.Cleanup(func() { verifier.Close() })
 
-	app := httptest.NewUnstartedServer(nil)
-	appURL := "http://app.localhost:" + portOf(app.Listener)
-	e := newTestEnv(t, func(o *Options) {
-		o.Owner, o.CIVerifier = testOwner, verifier
-		o.Sessions, err = websession.New(ctx, websession.Options{DB: o.Store.DB(),
-			Env: fleetenv.Dev, PublicURL: appURL, Owner: testOwner,
-			TenantAgents: TenantsOf(o.Store), HTTPClient: loopbackClient(t),
-			GitHub: websession.GitHub{ClientID: "cid", ClientSecret: "csecret-0123456789",
-				WebURL: ghURL, APIURL: ghURL, Local: true}})
-		if err != nil {
-			t.Fatal(err)
-		}
+	e, appURL := newSessionEnv(t, websession.DevUsers(testOwner), func(o *Options) {
+		o.CIVerifier = verifier
 	})
-	app.Config.Handler = e.srv.Handler()
-	app.Start()
-	t.Cleanup(app.Close)
-
 	m := &matrixEnv{testEnv: e, appURL: appURL, issuer: issuer}
 	ra, rb := e.register(t, "alpha"), e.register(t, "beta")
 	m.a, m.b, m.aToken = ra.AgentID, rb.AgentID, ra.AgentToken
@@ -107,6 +83,43 @@ func newMatrixEnv(t *testing.T) *matrixEnv {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// newSessionEnv is a control plane of testOwner on app.localhost that
+// signs people in through a local GitHub with users; it returns the
+// control plane's public URL.
+func newSessionEnv(t *testing.T, users []websession.LocalUser,
+	mutate func(*Options)) (*testEnv, string) {
+	t.Helper()
+	provider, err := websession.NewLocalProvider(websession.LocalProviderOptions{
+		Env: fleetenv.Dev, ClientID: "cid", ClientSecret: "csecret-0123456789", Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gh := httptest.NewServer(provider)
+	t.Cleanup(gh.Close)
+	ghURL := "http://github.localhost:" + portOf(gh.Listener)
+
+	app := httptest.NewUnstartedServer(nil)
+	appURL := "http://app.localhost:" + portOf(app.Listener)
+	e := newTestEnv(t, func(o *Options) {
+		o.Owner = testOwner
+		o.Sessions, err = websession.New(context.Background(), websession.Options{
+			DB: o.Store.DB(), Env: fleetenv.Dev, PublicURL: appURL, Owner: testOwner,
+			TenantAgents: TenantsOf(o.Store), HTTPClient: loopbackClient(t),
+			GitHub: websession.GitHub{ClientID: "cid", ClientSecret: "csecret-0123456789",
+				WebURL: ghURL, APIURL: ghURL, Local: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mutate != nil {
+			mutate(o)
+		}
+	})
+	app.Config.Handler = e.srv.Handler()
+	app.Start()
+	t.Cleanup(app.Close)
+	return e, appURL
 }
 
 // login signs a browser in as login through the local provider.
@@ -364,30 +377,7 @@ func TestOrgTenantLosesReassignedAgent(t *testing.T) {
 	ctx := context.Background()
 	users := append(websession.DevUsers(testOwner), websession.LocalUser{Login: "carol", ID: 777,
 		Orgs: []websession.LocalMembership{{Org: "t1", OrgID: 501, Role: "member"}}})
-	provider, err := websession.NewLocalProvider(websession.LocalProviderOptions{
-		Env: fleetenv.Dev, ClientID: "cid", ClientSecret: "csecret-0123456789", Users: users})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gh := httptest.NewServer(provider)
-	defer gh.Close()
-	ghURL := "http://github.localhost:" + portOf(gh.Listener)
-	app := httptest.NewUnstartedServer(nil)
-	appURL := "http://app.localhost:" + portOf(app.Listener)
-	e := newTestEnv(t, func(o *Options) {
-		o.Owner = testOwner
-		o.Sessions, err = websession.New(ctx, websession.Options{DB: o.Store.DB(),
-			Env: fleetenv.Dev, PublicURL: appURL, Owner: testOwner,
-			TenantAgents: TenantsOf(o.Store), HTTPClient: loopbackClient(t),
-			GitHub: websession.GitHub{ClientID: "cid", ClientSecret: "csecret-0123456789",
-				WebURL: ghURL, APIURL: ghURL, Local: true}})
-		if err != nil {
-			t.Fatal(err)
-		}
-	})
-	app.Config.Handler = e.srv.Handler()
-	app.Start()
-	defer app.Close()
+	e, appURL := newSessionEnv(t, users, nil)
 
 	id := e.register(t, "beta").AgentID
 	t1 := ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "t1", ID: 501}

@@ -255,19 +255,9 @@ func setTenant(t *testing.T, cpURL, adminToken, agentID string) {
 // objects: the edge provider's API, the issuer, the Trust Authority and
 // the state dir's files.
 func TestJoinTakesOver(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	dir := t.TempDir()
-	f, err := Start(ctx, Options{StateDir: dir, Listen: "127.0.0.1:0", Agents: 1})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	defer func() {
-		cancel()
-		if err := f.Wait(); err != nil {
-			t.Errorf("fleet stopped with error: %v", err)
-		}
-	}()
+	f, _ := startFleetIn(t, dir)
 	st := f.State()
 	first := f.CP()
 
