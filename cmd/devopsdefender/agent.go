@@ -63,6 +63,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"URL the tunnel connector reaches this agent at; default http://LISTEN (DD_ORIGIN)")
 	socket := fs.String("socket", envOr("EE_SOCKET_PATH", "/var/lib/easyenclave/agent.sock"),
 		"workload runtime socket (EE_SOCKET_PATH)")
+
 	issuer := fs.String("oidc-issuer", envOr("DD_OIDC_ISSUER", ghoidc.GitHubIssuer),
 		"GitHub Actions OIDC issuer (DD_OIDC_ISSUER)")
 	audience := fs.String("oidc-audience", envOr("DD_OIDC_AUDIENCE", ""),
@@ -70,6 +71,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ownerKind := fs.String("owner-kind", envOr("DD_OWNER_KIND", "org"), "fleet owner kind: user, org or repo (DD_OWNER_KIND)")
 	owner := fs.String("owner", envOr("DD_OWNER", ""), "fleet owner: login, org or owner/repo (DD_OWNER)")
 	ownerID := fs.String("owner-id", envOr("DD_OWNER_ID", ""), "fleet owner's numeric GitHub id (DD_OWNER_ID)")
+
 	cloudflaredBin := fs.String("cloudflared", envOr("DD_CLOUDFLARED", ""),
 		"cloudflared binary carrying the agent's tunnel; empty runs none (DD_CLOUDFLARED)")
 	expose := fs.String("expose", envOr("DD_EXPOSE", ""),
@@ -78,6 +80,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"Intel Trust Authority API base URL, for a control plane that appraises "+
 			"Trust Authority tokens (--attestation ita); its API key comes from "+
 			"DD_ITA_API_KEY only (DD_ITA_BASE_URL)")
+
 	keyFile := fs.String("key-file", envOr("DD_KEY_FILE", ""),
 		"PEM file keeping the agent's keys across restarts, created 0600 if missing; "+
 			"empty keeps them in memory (DD_KEY_FILE)")
@@ -85,10 +88,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"file keeping deployed workloads' hostname claims across restarts of the agent; "+
 			"empty keeps them in memory (DD_CLAIMS_FILE)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
+
 	fs.Usage = func() { fmt.Fprint(stderr, agentHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
@@ -101,6 +106,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := e.RequireReal("a non-GitHub OIDC issuer", *issuer != ghoidc.GitHubIssuer); err != nil {
 		return err
 	}
+
 	principal, err := ghoidc.ParsePrincipal(*ownerKind, *owner, *ownerID)
 	if err != nil {
 		return usagef("fleet owner: %v", err)
@@ -109,16 +115,19 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usagef("--expose: %v", err)
 	}
+
 	verifier, err := ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{Issuer: *issuer,
 		Audience: *audience, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer verifier.Close()
+
 	ta, err := trustAuthorityClient(*itaURL, os.Getenv("DD_ITA_API_KEY"), log)
 	if err != nil {
 		return err
 	}
+
 	rt, err := runtime.NewClient(runtime.ClientOptions{SocketPath: *socket,
 		Token: envOr("EE_TOKEN", "")})
 	if err != nil {
@@ -132,6 +141,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *origin == "" {
 		*origin = "http://" + ln.Addr().String()
 	}
+
 	opts := agent.Options{VMName: *vmName, Runtime: rt, Verifier: verifier, Owner: principal,
 		ControlPlaneURL: *cpURL, Origin: *origin, Expose: claims, KeyPath: *keyFile,
 		ClaimsPath: *claimsFile, Build: buildVersion(), TrustAuthority: ta, Logger: log}
@@ -144,11 +154,13 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return sup, nil
 		}
 	}
+
 	a, err := agent.New(opts)
 	if err != nil {
 		ln.Close()
 		return err
 	}
+
 	if *keyFile == "" {
 		log.Warn("no --key-file: a restarted agent gets new keys, so it takes its VM name " +
 			"back only after the old registration goes stale, and without its tenant")
@@ -169,6 +181,7 @@ func trustAuthorityClient(url, apiKey string, log *slog.Logger) (*ita.Client, er
 	if apiKey == "" {
 		return nil, usagef("--ita-url needs the Trust Authority API key in DD_ITA_API_KEY")
 	}
+
 	c, err := ita.NewClient(ita.ClientOptions{BaseURL: url, APIKey: apiKey, Logger: log})
 	if err != nil {
 		return nil, usagef("--ita-url: %v", err)
@@ -187,6 +200,7 @@ func parseExpose(v string) ([]ingress.Claim, error) {
 		if item == "" {
 			continue
 		}
+
 		label, port, ok := strings.Cut(item, ":")
 		n, err := strconv.Atoi(port)
 		if !ok || err != nil {
@@ -194,5 +208,6 @@ func parseExpose(v string) ([]ingress.Claim, error) {
 		}
 		out = append(out, ingress.Claim{App: "boot-" + label, Label: label, Port: n})
 	}
+
 	return out, nil
 }

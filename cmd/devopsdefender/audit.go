@@ -31,6 +31,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(args) == 0 {
 		return usagef("expected a subcommand: audit verify --db PATH")
 	}
+
 	switch args[0] {
 	case "verify":
 		return runAuditVerify(ctx, args[1:], stdout, stderr)
@@ -39,6 +40,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return flag.ErrHelp
 	}
+
 	return usagef("unknown audit subcommand %q (want verify)", args[0])
 }
 
@@ -60,6 +62,7 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 	if fs.NArg() != 0 {
 		return usagef("unexpected arguments %q", fs.Args())
 	}
+
 	db, err := openAuditDB(*path)
 	if err != nil {
 		return err
@@ -70,6 +73,7 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
+
 	head, err := log.Verify(ctx)
 	var broken *audit.ChainError
 	if errors.As(err, &broken) {
@@ -82,6 +86,7 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
+
 	fmt.Fprintf(stdout, "audit log ok: %d entries, head %s\n", head.Seq, head.Hash)
 	return nil
 }
@@ -94,6 +99,7 @@ func openAuditDB(path string) (*sql.DB, error) {
 		// The driver would read the rest as connection parameters.
 		return nil, usagef("--db %q must not contain '?'", path)
 	}
+
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("opening audit log: %w", err)
@@ -101,6 +107,7 @@ func openAuditDB(path string) (*sql.DB, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("opening audit log: %s is not a file", path)
 	}
+
 	db, err := sql.Open("sqlite", path+"?_busy_timeout=5000&_query_only=1")
 	if err != nil {
 		return nil, fmt.Errorf("opening audit log: %w", err)

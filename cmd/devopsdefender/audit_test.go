@@ -21,15 +21,18 @@ func auditDB(t *testing.T, n int) (string, *sql.DB) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	t.Cleanup(func() { db.Close() })
 	ctx := context.Background()
 	if err := audit.Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
+
 	l, err := audit.Open(ctx, db, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	for range n {
 		_, err := l.Append(ctx, audit.Event{Actor: audit.CI("org:acme(1)", "acme/app", "abc"),
 			Action: audit.ActionDeploy, Target: "dd-dev-agent-0001", Outcome: audit.OutcomeOK,
@@ -38,6 +41,7 @@ func auditDB(t *testing.T, n int) (string, *sql.DB) {
 			t.Fatal(err)
 		}
 	}
+
 	return path, db
 }
 
@@ -63,6 +67,7 @@ func TestAuditVerify(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
 	out, err = runAuditCmd("verify", "--db", path)
 	if err == nil || !strings.Contains(err.Error(), "broken at entry 2: hash does not match") {
 		t.Errorf("verify after an edit = %v, want entry 2 named", err)
@@ -79,6 +84,7 @@ func TestAuditVerifyErrors(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	tests := []struct {
 		name  string
 		args  []string
@@ -92,6 +98,7 @@ func TestAuditVerifyErrors(t *testing.T) {
 		{"missing file", []string{"verify", "--db", missing}, "no such file", false},
 		{"no audit log", []string{"verify", "--db", empty}, "no audit log", false},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := runAuditCmd(tc.args...)
@@ -103,6 +110,7 @@ func TestAuditVerifyErrors(t *testing.T) {
 			}
 		})
 	}
+
 	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("verify created %s: %v", missing, err)
 	}

@@ -74,6 +74,7 @@ func (t *target) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.agentURL, "agent-url", "", "agent base URL")
 	fs.StringVar(&t.token, "token", "",
 		"bearer token: a GitHub Actions OIDC token for the fleet (default $DD_TOKEN)")
+
 	fs.BoolVar(&t.oidc, "oidc", false,
 		"get tokens from the GitHub Actions runtime of the current job")
 	fs.StringVar(&t.cpURL, "cp-url", envOr("DD_CP_URL", ""),
@@ -88,9 +89,11 @@ func (t *target) client(ctx context.Context) (*agentapi.Client, error) {
 	if t.oidc {
 		return t.oidcClient(ctx, hc)
 	}
+
 	if t.token == "" {
 		t.token = os.Getenv("DD_TOKEN")
 	}
+
 	if t.agentURL != "" {
 		if t.token == "" {
 			return nil, usagef("--agent-url needs --token (or DD_TOKEN), or --oidc")
@@ -105,6 +108,7 @@ func (t *target) client(ctx context.Context) (*agentapi.Client, error) {
 		return nil, usagef("give --state-dir DIR --agent NAME, --agent-url URL --token T, " +
 			"or --oidc --cp-url URL --agent NAME")
 	}
+
 	return t.devClient(ctx, hc)
 }
 
@@ -119,6 +123,7 @@ func (t *target) devClient(ctx context.Context, hc *http.Client) (*agentapi.Clie
 		return nil, fmt.Errorf("the dev fleet of %s is not running: start it with "+
 			"`devopsdefender dev --state-dir %s`", t.stateDir, t.stateDir)
 	}
+
 	if t.agent == "" && len(st.Agents) == 1 {
 		t.agent = st.Agents[0].Name
 	}
@@ -126,6 +131,7 @@ func (t *target) devClient(ctx context.Context, hc *http.Client) (*agentapi.Clie
 	if err != nil {
 		return nil, err
 	}
+
 	tok := t.token
 	if tok == "" {
 		tok, err = ghoidc.MintFromIssuer(ctx, hc, st.OIDCIssuer, st.OIDCMintSecret,
@@ -134,6 +140,7 @@ func (t *target) devClient(ctx context.Context, hc *http.Client) (*agentapi.Clie
 			return nil, fmt.Errorf("minting a dev token: %w", err)
 		}
 	}
+
 	return &agentapi.Client{BaseURL: a.URL, Token: tok, HTTP: hc, RetryDelay: retryDelay}, nil
 }
 
@@ -149,6 +156,7 @@ func (t *target) oidcClient(ctx context.Context, hc *http.Client) (*agentapi.Cli
 		return nil, usagef("--oidc needs --cp-url URL (or DD_CP_URL) and --agent NAME, " +
 			"or --agent-url URL")
 	}
+
 	reqURL, reqToken := os.Getenv(envActionsTokenURL), os.Getenv(envActionsTokenToken)
 	if reqURL == "" || reqToken == "" {
 		return nil, fmt.Errorf("--oidc: %s and %s are unset: run in a GitHub Actions job "+
@@ -165,6 +173,7 @@ func (t *target) oidcClient(ctx context.Context, hc *http.Client) (*agentapi.Cli
 			return nil, err
 		}
 	}
+
 	if err := checkBearerURL(agentURL); err != nil {
 		return nil, fmt.Errorf("agent URL: %w", err)
 	}
@@ -183,6 +192,7 @@ func findAgent(ctx context.Context, hc *http.Client, cpURL, name string,
 	if err != nil {
 		return "", err
 	}
+
 	var best *cpapi.Agent
 	names := make([]string, 0, len(agents))
 	for i, a := range agents {
@@ -194,6 +204,7 @@ func findAgent(ctx context.Context, hc *http.Client, cpURL, name string,
 			best = &agents[i]
 		}
 	}
+
 	switch {
 	case best == nil:
 		return "", fmt.Errorf("no live agent %q in the control plane's listing (agents: %v)",
@@ -219,6 +230,7 @@ func listAgents(ctx context.Context, hc *http.Client, cpURL string,
 	if err != nil {
 		return nil, fmt.Errorf("getting a token: %w", err)
 	}
+
 	endpoint := strings.TrimRight(cpURL, "/") + "/api/agents"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
 	if err != nil {
@@ -226,11 +238,13 @@ func listAgents(ctx context.Context, hc *http.Client, cpURL string,
 	}
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req.Header.Set("Accept", "application/json")
+
 	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("listing agents: %w", err)
 	}
 	defer resp.Body.Close()
+
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
 	if err != nil {
 		return nil, fmt.Errorf("listing agents: %w", err)
@@ -241,6 +255,7 @@ func listAgents(ctx context.Context, hc *http.Client, cpURL string,
 		return nil, fmt.Errorf("listing agents: control plane answered %d %s: %s",
 			resp.StatusCode, e.Code, e.Message)
 	}
+
 	var agents []cpapi.Agent
 	if err := json.Unmarshal(body, &agents); err != nil {
 		return nil, fmt.Errorf("listing agents: decoding reply: %w", err)
@@ -255,6 +270,7 @@ func checkBearerURL(raw string) error {
 	if err != nil || u.Host == "" {
 		return fmt.Errorf("%q is not an absolute URL", raw)
 	}
+
 	switch u.Scheme {
 	case "https":
 		return nil
@@ -265,6 +281,7 @@ func checkBearerURL(raw string) error {
 		}
 		return fmt.Errorf("%q: plain http only to loopback; use https", raw)
 	}
+
 	return fmt.Errorf("%q: scheme must be https", raw)
 }
 
@@ -274,6 +291,7 @@ func explain(err error) error {
 	if !errors.As(err, &ae) {
 		return err
 	}
+
 	switch ae.Status {
 	case http.StatusUnauthorized:
 		return fmt.Errorf("not authenticated: %s (is the token valid and unexpired?)", ae.Message)

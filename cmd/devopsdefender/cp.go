@@ -65,6 +65,7 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	env := fs.String("env", envOr("DD_ENV", ""), "environment label, e.g. production, pr-42 (DD_ENV)")
 	domain := fs.String("domain", envOr("DD_CF_DOMAIN", ""), "parent domain of agent hostnames (DD_CF_DOMAIN)")
 	hostname := fs.String("hostname", envOr("DD_HOSTNAME", ""), "the control plane's own hostname (DD_HOSTNAME)")
+
 	ingressMode := fs.String("ingress", envOr("DD_INGRESS", "cloudflare"),
 		"ingress provider: cloudflare (the local edge runs only in 'dev') (DD_INGRESS)")
 	cloudflaredBin := fs.String("cloudflared", envOr("DD_CLOUDFLARED", "cloudflared"),
@@ -72,6 +73,7 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	poweroff := fs.String("poweroff-cmd", envOr("DD_POWEROFF_CMD", ""),
 		"command run once a newer control plane fenced this one, e.g. 'systemctl poweroff'; "+
 			"empty: the process just exits (DD_POWEROFF_CMD)")
+
 	var ident cpIdentityFlags
 	ident.register(fs)
 	attest := fs.String("attestation", envOr("DD_ATTESTATION", "direct"),
@@ -84,10 +86,12 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			"production or staging); default pcs in production and staging, none elsewhere "+
 			"(DD_COLLATERAL)")
 	level := fs.String("log-level", envOr("DD_LOG_LEVEL", "info"), "log level (DD_LOG_LEVEL)")
+
 	fs.Usage = func() { fmt.Fprint(stderr, cpHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
@@ -101,24 +105,29 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usagef("--ingress %q: only \"cloudflare\" is available; "+
 			"'devopsdefender dev' runs the local edge", *ingressMode)
 	}
+
 	provider, err := newCloudflare(*domain, e, log)
 	if err != nil {
 		return err
 	}
+
 	appraiser, err := newAppraiser(ctx, e,
 		appraiserConfig{mode: *attest, collateral: *collateral}, log)
 	if err != nil {
 		return err
 	}
+
 	pol, err := newPolicy(e, log)
 	if err != nil {
 		return err
 	}
+
 	store, err := fleet.Open(ctx, *db, fleet.Options{Logger: log})
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+
 	opts := cp.Options{
 		Store: store, Env: string(e), Domain: *domain, Hostname: *hostname,
 		AdminToken: os.Getenv("DD_ADMIN_TOKEN"), Ingress: provider, Build: buildVersion(),
@@ -132,6 +141,7 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		},
 		PowerOff: powerOffCommand(*poweroff, log),
 	}
+
 	if err := ident.apply(ctx, e, *hostname, store, &opts, log); err != nil {
 		return err
 	}
@@ -139,6 +149,7 @@ func runCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+
 	log.Info("control plane starting", "build", buildVersion(), "env", e, "listen", *listen,
 		"db", *db, "hostname", *hostname, "domain", *domain, "ingress", *ingressMode,
 		"attestation", *attest,
@@ -159,12 +170,14 @@ func newCloudflare(domain string, env fleetenv.Env, log *slog.Logger) (*cloudfla
 		}
 		return ""
 	}
+
 	opts := cloudflare.Options{
 		APIToken:  get("CLOUDFLARE_API_TOKEN", "DD_CF_API_TOKEN"),
 		AccountID: get("CLOUDFLARE_ACCOUNT_ID", "DD_CF_ACCOUNT_ID"),
 		ZoneID:    get("CLOUDFLARE_ZONE_ID", "DD_CF_ZONE_ID"),
 		Domain:    domain, Env: string(env), BaseURL: get("DD_CF_API_BASE"), Logger: log,
 	}
+
 	var missing []string
 	for name, v := range map[string]string{"CLOUDFLARE_API_TOKEN": opts.APIToken,
 		"CLOUDFLARE_ACCOUNT_ID": opts.AccountID, "CLOUDFLARE_ZONE_ID": opts.ZoneID,
@@ -173,6 +186,7 @@ func newCloudflare(domain string, env fleetenv.Env, log *slog.Logger) (*cloudfla
 			missing = append(missing, name)
 		}
 	}
+
 	if len(missing) > 0 {
 		slices.Sort(missing)
 		return nil, fmt.Errorf("cloudflare ingress: set %s", strings.Join(missing, ", "))
@@ -195,6 +209,7 @@ func powerOffCommand(command string, log *slog.Logger) func(context.Context) err
 	if len(argv) == 0 {
 		return nil
 	}
+
 	return func(ctx context.Context) error {
 		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 		if err != nil {
@@ -212,9 +227,11 @@ func serveUntilDone(ctx context.Context, addr string, h http.Handler,
 	if err != nil {
 		return fmt.Errorf("listening: %w", err)
 	}
+
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+
 	bgErr := make(chan error, 1)
 	go func() { bgErr <- bg(ctx) }()
 	serveErr := make(chan error, 1)
@@ -228,6 +245,7 @@ func serveUntilDone(ctx context.Context, addr string, h http.Handler,
 		bgDone = true
 	case <-ctx.Done():
 	}
+
 	cancel()
 	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
@@ -236,6 +254,7 @@ func serveUntilDone(ctx context.Context, addr string, h http.Handler,
 		// client) end now rather than outlive the server.
 		srv.Close()
 	}
+
 	if !bgDone {
 		bgE = <-bgErr
 	}

@@ -56,14 +56,17 @@ func (f *cpIdentityFlags) apply(ctx context.Context, e fleetenv.Env, hostname st
 		log.Warn("no fleet owner configured: no CI job or GitHub user can act on the fleet")
 		return nil
 	}
+
 	owner, err := ghoidc.ParsePrincipal(f.ownerKind, f.owner, f.ownerID)
 	if err != nil {
 		return usagef("fleet owner: %v", err)
 	}
 	opts.Owner = owner
+
 	if err := e.RequireReal("a non-GitHub OIDC issuer", f.oidcIssuer != ghoidc.GitHubIssuer); err != nil {
 		return err
 	}
+
 	if f.oidcAudience != "" {
 		v, err := ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{Issuer: f.oidcIssuer,
 			Audience: f.oidcAudience, Logger: log})
@@ -72,6 +75,7 @@ func (f *cpIdentityFlags) apply(ctx context.Context, e fleetenv.Env, hostname st
 		}
 		opts.CIVerifier = v
 	}
+
 	return f.applySessions(ctx, e, hostname, store, opts, log)
 }
 
@@ -84,6 +88,7 @@ func (f *cpIdentityFlags) applySessions(ctx context.Context, e fleetenv.Env, hos
 		log.Warn("DD_GITHUB_CLIENT_ID not set: people cannot sign in; pages need the admin token")
 		return nil
 	}
+
 	public := f.publicURL
 	if public == "" {
 		public = "https://" + hostname
@@ -123,6 +128,7 @@ func newAppraiser(ctx context.Context, e fleetenv.Env, c appraiserConfig,
 		log.Warn("--collateral is ignored unless --attestation is direct",
 			"attestation", c.mode)
 	}
+
 	switch c.mode {
 	case "direct":
 		spec := cmp.Or(c.collateral, defaultCollateral(e))
@@ -130,11 +136,13 @@ func newAppraiser(ctx context.Context, e fleetenv.Env, c appraiserConfig,
 		if err != nil {
 			return nil, err
 		}
+
 		if spec == "pcs" {
 			if col, err = tdx.NewCollateralCache(col, pcsCacheTTL, c.now); err != nil {
 				return nil, err
 			}
 		}
+
 		if col == nil {
 			log.Warn("no Intel collateral: TCB level and PCK revocation are not checked")
 		} else {
@@ -150,6 +158,7 @@ func newAppraiser(ctx context.Context, e fleetenv.Env, c appraiserConfig,
 		}
 		return nil, nil
 	}
+
 	return nil, usagef("--attestation %q: use direct, ita or none", c.mode)
 }
 
@@ -175,6 +184,7 @@ func newCollateral(e fleetenv.Env, spec string, client *http.Client) (tdx.Collat
 		}
 		return nil, nil
 	}
+
 	fi, err := os.Stat(spec)
 	if err != nil || !fi.IsDir() {
 		return nil, usagef("--collateral %q: use pcs, none or a directory of saved "+
@@ -198,6 +208,7 @@ func newPolicy(e fleetenv.Env, log *slog.Logger) (cp.Policy, error) {
 		log.Warn("no measurement policy (DD_POLICY_*): any verified TD is accepted")
 		return nil, nil
 	}
+
 	p, err := policy.FromEnv(os.Getenv)
 	if err != nil {
 		return nil, fmt.Errorf("measurement policy: %w", err)
@@ -206,6 +217,7 @@ func newPolicy(e fleetenv.Env, log *slog.Logger) (cp.Policy, error) {
 		return nil, errors.New("measurement policy: " + string(e) +
 			" requires an enforced policy with an MRTD allowlist (DD_POLICY_MRTD)")
 	}
+
 	return p, nil
 }
 

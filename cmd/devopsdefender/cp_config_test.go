@@ -35,6 +35,7 @@ func TestNewPolicy(t *testing.T) {
 		{"preview with a bad policy", "pr-1", map[string]string{"DD_POLICY_MRTD": "zz"},
 			true, false},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for k, v := range tt.vars {
@@ -71,6 +72,7 @@ func TestProtectedControlPlaneRefusesStandIns(t *testing.T) {
 		{"local OIDC issuer", true, []string{"--owner", "acme", "--owner-id", "7",
 			"--oidc-issuer", "http://127.0.0.1:1"}, "OIDC issuer"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.policy {
@@ -107,6 +109,7 @@ func TestNewCollateral(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	client := &http.Client{}
 	tests := []struct {
 		name    string
@@ -128,6 +131,7 @@ func TestNewCollateral(t *testing.T) {
 			"directory"},
 		{"a file", fleetenv.Dev, file, nil, "directory"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := newCollateral(tt.env, tt.spec, client)
@@ -138,6 +142,7 @@ func TestNewCollateral(t *testing.T) {
 				}
 				return
 			}
+
 			if err != nil || got != tt.want {
 				t.Errorf("newCollateral = %#v, %v; want %#v", got, err, tt.want)
 			}
@@ -159,6 +164,7 @@ func TestDirectAppraisalChecksTCB(t *testing.T) {
 		collateralDir = "../../internal/tdx/testdata/collateral"
 		noTCBLevel    = "no matching TCB level found"
 	)
+
 	raw, err := os.ReadFile(quoteFile)
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +173,7 @@ func TestDirectAppraisalChecksTCB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ev := ita.Evidence{Quote: raw, ReportData: m.ReportData}
 	// The collateral was current in July 2023.
 	at := func() time.Time { return time.Date(2023, time.July, 1, 0, 0, 0, 0, time.UTC) }
@@ -175,6 +182,7 @@ func TestDirectAppraisalChecksTCB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	intel := &http.Client{Transport: pcsFromDir(collateralDir)}
 
 	tests := []struct {
@@ -187,6 +195,7 @@ func TestDirectAppraisalChecksTCB(t *testing.T) {
 		{"offline collateral", fleetenv.Production, collateralDir, noTCBLevel},
 		{"collateral from Intel PCS", fleetenv.Production, "pcs", noTCBLevel},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, err := newAppraiser(t.Context(), tt.env, appraiserConfig{mode: "direct",
@@ -194,6 +203,7 @@ func TestDirectAppraisalChecksTCB(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			got, err := a.Appraise(t.Context(), ev)
 			if err == nil {
 				err = pol.Check(&got.Measurements, got.TCB)

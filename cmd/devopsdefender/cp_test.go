@@ -61,6 +61,7 @@ func TestCPIngressConfiguration(t *testing.T) {
 		{"no credentials", nil, 1, "CLOUDFLARE_API_TOKEN"},
 		{"unknown provider", []string{"--ingress", "direct"}, 2, "cloudflare"},
 	}
+
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
 		args := append(append([]string{}, base...), tt.extra...)
@@ -88,8 +89,10 @@ func TestCPPublishesItselfOnCloudflare(t *testing.T) {
 	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+
 	port := freeTCPPort(t)
 	t.Setenv("DD_ADMIN_TOKEN", strings.Repeat("a", 40))
+
 	ctx, cancel := context.WithCancel(context.Background())
 	var stdout, stderr lockedBuffer
 	done := make(chan int, 1)
@@ -99,6 +102,7 @@ func TestCPPublishesItselfOnCloudflare(t *testing.T) {
 			"--domain", "example.com", "--attestation", "none", "--cloudflared", bin},
 			"", &stdout, &stderr)
 	}()
+
 	defer func() {
 		cancel()
 		if code := <-done; code != 0 {
@@ -126,10 +130,12 @@ func TestCPPublishesItselfOnCloudflare(t *testing.T) {
 		!strings.Contains(string(tun.Config), "pr-1.example.com") {
 		t.Errorf("tunnel %+v, want the control plane's with its hostname", tun)
 	}
+
 	if rec, ok := api.RecordByName("pr-1.example.com"); !ok ||
 		rec.Content != tun.ID+".cfargotunnel.com" {
 		t.Errorf("record %+v, want a CNAME to the tunnel", rec)
 	}
+
 	var got []byte
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		if got, _ = os.ReadFile(seen); bytes.Contains(got, []byte("token: ")) {
@@ -137,11 +143,13 @@ func TestCPPublishesItselfOnCloudflare(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+
 	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
 	if len(lines) != 2 || lines[0] != "args: tunnel --no-autoupdate run" ||
 		len(lines[1]) <= len("token: ") {
 		t.Fatalf("cloudflared saw %q, want the token in its environment only", got)
 	}
+
 	token := strings.TrimPrefix(lines[1], "token: ")
 	for _, secret := range []string{token, "cf-api-secret-0123456789"} {
 		if strings.Contains(stderr.String()+stdout.String(), secret) {

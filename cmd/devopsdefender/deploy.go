@@ -51,6 +51,7 @@ func runDeploy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	asJSON := fs.Bool("output-json", false,
 		`print {"id","app_name","status","spec_sha256"} on stdout`)
 	fs.Usage = func() { fmt.Fprint(stderr, deployHelp); fs.PrintDefaults() }
+
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -66,11 +67,13 @@ func runDeploy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+
 	res, err := c.DeployWithKey(ctx, spec, agentapi.NewIdempotencyKey())
 	if err != nil {
 		return explain(err)
 	}
 	fmt.Fprintf(stderr, "deploy accepted: %s id=%s spec_sha256=%s\n", app, res.ID, res.SpecSHA256)
+
 	out := deployOutcome{ID: res.ID, AppName: app, Status: res.Status, SpecSHA256: res.SpecSHA256}
 	var werr error
 	if *wait {
@@ -80,6 +83,7 @@ func runDeploy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		out.Status = cmp.Or(u.Status, out.Status)
 		out.pid = deref(u.PID)
 	}
+
 	if err := out.print(stdout, *asJSON, werr); err != nil {
 		return err
 	}
@@ -106,6 +110,7 @@ func (o deployOutcome) print(w io.Writer, asJSON bool, failure error) error {
 	if failure != nil {
 		return nil
 	}
+
 	var err error
 	switch o.Status {
 	case runtime.StatusCompleted:
@@ -115,6 +120,7 @@ func (o deployOutcome) print(w io.Writer, asJSON bool, failure error) error {
 	default:
 		_, err = fmt.Fprintln(w, o.ID)
 	}
+
 	return err
 }
 
@@ -125,6 +131,7 @@ func readSpec(path string) ([]byte, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("reading spec: %w", err)
 	}
+
 	spec, err := workload.Parse(data)
 	if err != nil {
 		return nil, "", fmt.Errorf("%s: %w", path, err)
@@ -160,10 +167,12 @@ func (w *waiter) wait(parent context.Context, timeout time.Duration) (agentapi.U
 		if err != nil {
 			return last, err
 		}
+
 		if u.Status != last.Status {
 			fmt.Fprintf(w.progress, "%s: %s\n", w.app, u.Status)
 		}
 		last = u
+
 		switch u.Status {
 		case runtime.StatusCompleted:
 			return u, nil
@@ -177,6 +186,7 @@ func (w *waiter) wait(parent context.Context, timeout time.Duration) (agentapi.U
 				return u, nil
 			}
 		}
+
 		select {
 		case <-ctx.Done():
 			return u, w.timedOut(parent, u, timeout)
@@ -192,6 +202,7 @@ func (w *waiter) unit(ctx context.Context) (agentapi.Unit, error) {
 	if err != nil {
 		return agentapi.Unit{}, fmt.Errorf("watching deploy: %w", explain(err))
 	}
+
 	for _, u := range units {
 		if u.ID == w.id {
 			return u, nil
@@ -205,6 +216,7 @@ func (w *waiter) unit(ctx context.Context) (agentapi.Unit, error) {
 func (w *waiter) failed(ctx context.Context, u agentapi.Unit) error {
 	fmt.Fprintf(w.progress, "%s %s: %s\n", w.app, u.Status, u.ErrorMessage)
 	w.printLogs(ctx)
+
 	msg := u.ErrorMessage
 	if msg == "" {
 		msg = u.Status
@@ -225,6 +237,7 @@ func (w *waiter) printLogs(ctx context.Context) {
 	if err != nil || len(logs.Lines) == 0 {
 		return
 	}
+
 	fmt.Fprintf(w.progress, "last %d log lines:\n", len(logs.Lines))
 	for _, l := range logs.Lines {
 		fmt.Fprintf(w.progress, "  %s\n", l)

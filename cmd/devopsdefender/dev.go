@@ -42,6 +42,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(args) > 0 && args[0] == "cp" {
 		return runDevCP(ctx, args[1:], stdout, stderr)
 	}
+
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", "./.devopsdefender/dev", "state directory")
@@ -49,12 +50,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	agents := fs.Int("agents", 1, "number of agents (1..64)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() { fmt.Fprint(stderr, devHelp); fs.PrintDefaults() }
+
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usagef("unexpected arguments: %v", fs.Args())
 	}
+
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
@@ -68,6 +71,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	f.PrintSummary(stdout)
+
+	// serve until stopped, also after a newer control plane fenced ours
 	select {
 	case <-ctx.Done():
 	case <-f.CP().Done():
@@ -77,6 +82,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		<-ctx.Done()
 	}
+
 	fmt.Fprintln(stderr, "stopping the dev fleet")
 	return f.Wait()
 }
@@ -101,12 +107,14 @@ func runDevCP(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	listen := fs.String("listen", "127.0.0.1:0", "the control plane's own loopback address")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() { fmt.Fprint(stderr, devCPHelp); fs.PrintDefaults() }
+
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usagef("unexpected arguments: %v", fs.Args())
 	}
+
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
@@ -119,6 +127,7 @@ func runDevCP(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	c := f.CP()
 	fmt.Fprintf(stdout, "control plane %s now serves %s\n", c.URL, f.State().DashboardURL)
+
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(stderr, "stopping the control plane")

@@ -22,6 +22,7 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	t.register(fs)
 	tail := fs.Int("tail", 100, "number of lines to print (0..10000)")
 	fs.Usage = func() { fmt.Fprint(stderr, logsHelp); fs.PrintDefaults() }
+
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -37,6 +38,7 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return explain(err)
 	}
+
 	for _, l := range res.Lines {
 		fmt.Fprintln(stdout, l)
 	}

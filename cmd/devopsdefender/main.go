@@ -61,12 +61,14 @@ func run(ctx context.Context, args []string, envMode string, stdout, stderr io.W
 		}
 		return 0
 	}
+
 	m, ok := modes()[name]
 	if !ok {
 		fmt.Fprintf(stderr, "devopsdefender: unknown mode %q\n\n", name)
 		usage(stderr)
 		return 2
 	}
+
 	err := m.run(ctx, rest, stdout, stderr)
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
@@ -98,6 +100,7 @@ func selectMode(args []string, envMode string) (string, []string) {
 	if envMode != "" {
 		return envMode, args
 	}
+
 	return "", args
 }
 
@@ -110,11 +113,13 @@ func isMode(name string) bool {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: devopsdefender MODE [flags]   (or DD_MODE=MODE devopsdefender)\n\n")
 	fmt.Fprintf(w, "modes:\n")
+
 	names := make([]string, 0)
 	for n := range modes() {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-11s %s\n", n, modes()[n].summary)
 	}

@@ -29,6 +29,7 @@ func TestSelectMode(t *testing.T) {
 		{[]string{"quote", "q.dat"}, "verify", "verify", []string{"quote", "q.dat"}},
 		{[]string{"nonsense"}, "", "nonsense", nil},
 	}
+
 	for _, tt := range tests {
 		mode, rest := selectMode(tt.args, tt.env)
 		if mode != tt.wantMode || strings.Join(rest, " ") != strings.Join(tt.wantRest, " ") {
@@ -55,6 +56,7 @@ func TestRunExitCodes(t *testing.T) {
 		{[]string{"cp", "--env", "production"}, "", 1},
 		{[]string{"cp", "--env", "Not Valid"}, "", 2},
 	}
+
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
 		if got := run(context.Background(), tt.args, tt.env, &out, &errOut); got != tt.want {
@@ -73,12 +75,14 @@ func TestDeployVerb(t *testing.T) {
 		cancel()
 		t.Fatal(err)
 	}
+
 	defer func() {
 		cancel()
 		if err := f.Wait(); err != nil {
 			t.Error(err)
 		}
 	}()
+
 	agent := f.State().Agents[0].Name
 	examples := filepath.Join("..", "..", "examples")
 
@@ -104,6 +108,7 @@ func TestDeployVerb(t *testing.T) {
 		{"unknown app", []string{"logs", "--state-dir", dir, "--agent", agent, "nope"}, 1, "",
 			[]string{"404"}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -112,6 +117,7 @@ func TestDeployVerb(t *testing.T) {
 				t.Errorf("exit %d, stdout %q; want %d and %q\nstderr:\n%s", code, out.String(),
 					tt.wantCode, tt.wantStdout, errOut.String())
 			}
+
 			for _, w := range tt.wantStderr {
 				if !strings.Contains(errOut.String(), w) {
 					t.Errorf("stderr lacks %q:\n%s", w, errOut.String())
@@ -138,6 +144,7 @@ func TestTrustAuthorityClient(t *testing.T) {
 		nil); !errors.As(err, new(*usageError)) {
 		t.Errorf("a URL without DD_ITA_API_KEY = %v, want a usage error", err)
 	}
+
 	if _, err := trustAuthorityClient("not a url", "key", nil); err == nil {
 		t.Error("a bad URL was accepted")
 	}
@@ -160,6 +167,7 @@ func TestClientVerbsSayTheFleetIsDown(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, devfleet.StateFile), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	for _, args := range [][]string{
 		{"deploy", "--state-dir", dir, "--agent", "agent-1",
 			filepath.Join("..", "..", "examples", "hello.json")},

@@ -49,6 +49,7 @@ func (f *fakeActions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteJSON(w, http.StatusBadRequest, httpapi.Body{Code: "NO_API_VERSION"})
 		return
 	}
+
 	aud := r.URL.Query().Get("audience")
 	f.mu.Lock()
 	f.audiences = append(f.audiences, aud)
@@ -88,12 +89,14 @@ func fakeCP(t *testing.T, ctx context.Context, st devfleet.State) *httptest.Serv
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	t.Cleanup(func() { v.Close() })
 	owner, err := ghoidc.ParsePrincipal(st.Owner.Kind, st.Owner.Name,
 		strconv.FormatInt(st.Owner.ID, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	a := st.Agents[0]
 	listing := []cpapi.Agent{
 		{VMName: "other", URL: "https://other.invalid", Status: "healthy"},
@@ -101,6 +104,7 @@ func fakeCP(t *testing.T, ctx context.Context, st devfleet.State) *httptest.Serv
 		{VMName: a.Name, URL: "https://dead.invalid", Status: "dead",
 			LastSeen: "2026-01-02T00:00:00Z"},
 	}
+
 	list := func(w http.ResponseWriter, r *http.Request) error {
 		if r.URL.Path != "/api/agents" {
 			return httpapi.NotFound("no such route")
@@ -109,6 +113,7 @@ func fakeCP(t *testing.T, ctx context.Context, st devfleet.State) *httptest.Serv
 		if tok == "" {
 			return httpapi.Unauthorized("no bearer token")
 		}
+
 		c, err := v.Verify(r.Context(), tok)
 		if err != nil {
 			return ghoidc.HTTPError(err)
@@ -118,6 +123,7 @@ func fakeCP(t *testing.T, ctx context.Context, st devfleet.State) *httptest.Serv
 		}
 		return httpapi.WriteJSON(w, http.StatusOK, listing)
 	}
+
 	srv := httptest.NewServer(httpapi.Handle(slog.New(slog.DiscardHandler), list))
 	t.Cleanup(srv.Close)
 	return srv
@@ -131,6 +137,7 @@ func TestOIDCVerbs(t *testing.T) {
 	actions := &fakeActions{st: st}
 	actionsSrv := httptest.NewServer(actions)
 	defer actionsSrv.Close()
+
 	cp := fakeCP(t, ctx, st)
 	t.Setenv(envActionsTokenURL, actionsSrv.URL+"/token?api-version=2.0")
 	t.Setenv(envActionsTokenToken, fakeRequestToken)
@@ -197,11 +204,13 @@ func TestOIDCVerbs(t *testing.T) {
 			lifetime: 5 * time.Minute, wantCode: 2, wantStderr: "use https",
 			wantFetches: [2]int{0, 0}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
+
 			actions.reset(tt.lifetime)
 			var out, errOut bytes.Buffer
 			code := run(ctx, tt.args, "", &out, &errOut)
@@ -210,10 +219,12 @@ func TestOIDCVerbs(t *testing.T) {
 				t.Errorf("exit %d, stdout %q; want %d, %q and stderr %q; stderr:\n%s", code,
 					out.String(), tt.wantCode, tt.wantStdout, tt.wantStderr, errOut.String())
 			}
+
 			auds := actions.handedOut()
 			if n := len(auds); n < tt.wantFetches[0] || n > tt.wantFetches[1] {
 				t.Errorf("%d tokens fetched, want %d..%d", n, tt.wantFetches[0], tt.wantFetches[1])
 			}
+
 			for _, a := range auds {
 				if want := flagValue(tt.args, "--audience", st.OIDCAudience); a != want {
 					t.Errorf("token requested for audience %q, want %q", a, want)
@@ -254,6 +265,7 @@ func TestDeployOutputJSON(t *testing.T) {
 		{"timed out", "ticker.json", []string{"--settle", "1h", "--timeout", "500ms"}, 1,
 			"running", "last "},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -264,10 +276,12 @@ func TestDeployOutputJSON(t *testing.T) {
 				t.Fatalf("exit %d, want %d and stderr %q; stderr:\n%s", code, tt.wantCode,
 					tt.wantStderr, errOut.String())
 			}
+
 			var got deployOutcome
 			if err := json.Unmarshal(out.Bytes(), &got); err != nil {
 				t.Fatalf("stdout %q: %v", out.String(), err)
 			}
+
 			sum := sha256.Sum256(readExample(t, tt.file))
 			want := deployOutcome{ID: got.ID, AppName: strings.TrimSuffix(tt.file, ".json"),
 				Status: tt.wantStatus, SpecSHA256: hex.EncodeToString(sum[:])}
@@ -296,6 +310,7 @@ func newLossyProxy(agentURL string) (*lossyProxy, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u) },
 		Transport: localedge.HTTPClient().Transport,
@@ -308,15 +323,18 @@ func (p *lossyProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.proxy.ServeHTTP(w, r)
 		return
 	}
+
 	p.mu.Lock()
 	p.keys = append(p.keys, r.Header.Get(agentapi.IdempotencyHeader))
 	lose := !p.lostOnce
 	p.lostOnce = true
 	p.mu.Unlock()
+
 	if !lose {
 		p.proxy.ServeHTTP(w, r)
 		return
 	}
+
 	rec := httptest.NewRecorder()
 	p.proxy.ServeHTTP(rec, r)
 	var res agentapi.DeployResponse
@@ -338,6 +356,7 @@ func TestDeployRetryDoesNotDeployTwice(t *testing.T) {
 	}
 	srv := httptest.NewServer(p)
 	defer srv.Close()
+
 	retryDelay = time.Millisecond
 	defer func() { retryDelay = 0 }()
 	tok := mintToken(t, ctx, st)
@@ -348,12 +367,14 @@ func TestDeployRetryDoesNotDeployTwice(t *testing.T) {
 	if code := run(ctx, args, "", &out, &errOut); code != 0 {
 		t.Fatalf("exit %d; stderr:\n%s", code, errOut.String())
 	}
+
 	var got deployOutcome
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	if len(p.keys) != 2 || p.keys[0] == "" || p.keys[0] != p.keys[1] {
 		t.Errorf("Idempotency-Key of the tries = %q, want two equal keys", p.keys)
 	}

@@ -47,10 +47,12 @@ func startProc(t *testing.T, args ...string) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+
 	go func() {
 		p.err = p.cmd.Wait()
 		close(p.done)
 	}()
+
 	t.Cleanup(func() {
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -59,10 +61,12 @@ func startProc(t *testing.T, args ...string) *proc {
 			p.cmd.Process.Kill()
 			<-p.done
 		}
+
 		if t.Failed() {
 			t.Logf("devopsdefender %s: stderr:\n%s", strings.Join(args, " "), p.errs.String())
 		}
 	})
+
 	return p
 }
 
@@ -74,6 +78,7 @@ func (p *proc) wait(t *testing.T, limit time.Duration) int {
 	case <-time.After(limit):
 		t.Fatalf("devopsdefender %v still runs after %s", p.cmd.Args[1:], limit)
 	}
+
 	var exit *exec.ExitError
 	if errors.As(p.err, &exit) {
 		return exit.ExitCode()
@@ -119,6 +124,7 @@ func TestSecondControlPlaneProcess(t *testing.T) {
 		t.Errorf("the fenced control plane did not say why it exited:\n%s", second.errs.String())
 	}
 	checkAgentServes(t, st)
+
 	select {
 	case <-fleet.done:
 		t.Errorf("the fleet's process exited: %v", fleet.err)
@@ -126,6 +132,7 @@ func TestSecondControlPlaneProcess(t *testing.T) {
 		t.Errorf("the newest control plane exited: %v", third.err)
 	default:
 	}
+
 	resp, err := localedge.HTTPClient().Get(st.DashboardURL + "health")
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +155,7 @@ func waitState(t *testing.T, dir string, ok func(devfleet.State) bool) devfleet.
 		st, err = devfleet.LoadState(dir)
 		return err == nil && ok(st)
 	})
+
 	return st
 }
 
@@ -158,6 +166,7 @@ func checkAgentServes(t *testing.T, st devfleet.State) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("agent health through the edge = %d", resp.StatusCode)

@@ -81,11 +81,13 @@ func (f *runtimeFlags) register(fs *flag.FlagSet) {
 		"(default: ~/.local/state/easyenclave, or /var/lib/easyenclave as root)")
 	fs.StringVar(&f.config, "config", "", "EasyEnclave config JSON with socket_path, data_dir and "+
 		"boot_workloads (default: "+defaultEEConfig+" when it exists)")
+
 	fs.StringVar(&f.token, "token", "", "fixed seal token, 64 lowercase hex characters (tests only)")
 	fs.BoolVar(&f.unsealed, "unsealed", false, "accept requests without a token; only for a "+
 		"single-user machine")
 	fs.IntVar(&f.logMaxLines, "log-max-lines", server.DefaultLogMaxLines,
 		"lines kept per app log, newest first")
+
 	fs.Var(&f.hostTools, "host-tool", "host program to symlink into <data-dir>/bin at startup, "+
 		"e.g. busybox (repeatable)")
 	fs.StringVar(&f.githubAPI, "github-api-url", "", "GitHub release API base URL (default "+
@@ -94,12 +96,14 @@ func (f *runtimeFlags) register(fs *flag.FlagSet) {
 		"before the network")
 	fs.StringVar(&f.rewrite, "rewrite-data-prefix", "auto", "rewrite /var/lib/easyenclave to the "+
 		"data dir: auto (unless the data dir is that path), on or off")
+
 	fs.StringVar(&f.attest, "attest", "auto", "attest backend: auto (configfs-tsm when present, "+
 		"else local), simulated (quotes of a simulated TD, see --simulator-dir), local (a blob "+
 		"that is not a quote) or refuse")
 	fs.StringVar(&f.simDir, "simulator-dir", "", "with --attest=simulated: directory keeping "+
 		"the simulated TD's PCK chain and root.pem, which verifiers must trust; empty keeps a "+
 		"fresh chain in memory")
+
 	fs.StringVar(&f.shell, "shell", server.DefaultShell, "program attach runs without a cmd")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -110,6 +114,7 @@ func runRuntime(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(io.Discard)
 	var f runtimeFlags
 	f.register(fs)
+
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printRuntimeUsage(stdout, fs)
@@ -120,10 +125,12 @@ func runRuntime(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if fs.NArg() > 0 {
 		return usagef("unexpected arguments: %q", fs.Args())
 	}
+
 	opts, err := f.options(fs, stderr)
 	if err != nil {
 		return err
 	}
+
 	srv, err := server.New(opts)
 	if err != nil {
 		return err
@@ -158,6 +165,7 @@ func (f *runtimeFlags) options(fs *flag.FlagSet, stderr io.Writer) (server.Optio
 	if err != nil {
 		return server.Options{}, err
 	}
+
 	opts := server.Options{
 		SocketPath:     firstNonEmpty(pick("socket", f.socket, "EE_SOCKET_PATH"), cfg.SocketPath),
 		DataDir:        firstNonEmpty(pick("data-dir", f.dataDir, "EE_DATA_DIR"), cfg.DataDir),
@@ -171,6 +179,7 @@ func (f *runtimeFlags) options(fs *flag.FlagSet, stderr io.Writer) (server.Optio
 		Shell:          f.shell,
 		Logger:         slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
 	}
+
 	if opts.LogMaxLines <= 0 {
 		return opts, usagef("--log-max-lines must be positive")
 	}
@@ -180,6 +189,8 @@ func (f *runtimeFlags) options(fs *flag.FlagSet, stderr io.Writer) (server.Optio
 	if err := f.attester(&opts); err != nil {
 		return opts, err
 	}
+
+	// EE_BOOT_WORKLOADS, when set, replaces the config file's boot workloads
 	opts.BootWorkloads = cfg.BootWorkloads
 	if raw, ok := os.LookupEnv("EE_BOOT_WORKLOADS"); ok {
 		if opts.BootWorkloads, err = parseBootWorkloads([]byte(raw)); err != nil {
@@ -214,6 +225,7 @@ func (f *runtimeFlags) attester(opts *server.Options) error {
 	default:
 		return usagef("--attest must be auto, simulated, local or refuse, not %q", f.attest)
 	}
+
 	return nil
 }
 
@@ -233,10 +245,12 @@ func loadEEConfig(path string) (eeConfig, error) {
 		}
 		path = defaultEEConfig
 	}
+
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return eeConfig{}, fmt.Errorf("reading config: %w", err)
 	}
+
 	var raw struct {
 		SocketPath    string          `json:"socket_path"`
 		DataDir       string          `json:"data_dir"`
@@ -245,6 +259,7 @@ func loadEEConfig(path string) (eeConfig, error) {
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return eeConfig{}, fmt.Errorf("config %s: %w", path, err)
 	}
+
 	cfg := eeConfig{SocketPath: raw.SocketPath, DataDir: raw.DataDir}
 	if len(raw.BootWorkloads) > 0 && string(raw.BootWorkloads) != "null" {
 		if cfg.BootWorkloads, err = parseBootWorkloads(raw.BootWorkloads); err != nil {
@@ -260,6 +275,7 @@ func parseBootWorkloads(data []byte) ([]workload.Spec, error) {
 	if err := json.Unmarshal(data, &items); err != nil {
 		return nil, fmt.Errorf("want a JSON array of workload specs: %w", err)
 	}
+
 	specs := make([]workload.Spec, 0, len(items))
 	for i, item := range items {
 		spec, err := workload.Parse(item)
@@ -268,6 +284,7 @@ func parseBootWorkloads(data []byte) ([]workload.Spec, error) {
 		}
 		specs = append(specs, spec)
 	}
+
 	return specs, nil
 }
 
@@ -281,6 +298,7 @@ func parseRewrite(v string) (*bool, error) {
 	case "off", "false":
 		return &off, nil
 	}
+
 	return nil, usagef("--rewrite-data-prefix must be auto, on or off, not %q", v)
 }
 

@@ -18,6 +18,7 @@ func TestRuntimeHelpDocumentsFlagsAndEnv(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("runRuntime -h: %v, want flag.ErrHelp", err)
 	}
+
 	for _, want := range []string{
 		"-socket", "-data-dir", "-token", "-unsealed", "-log-max-lines", "-host-tool", "-attest",
 		"EE_SOCKET_PATH", "EE_DATA_DIR", "EE_BOOT_WORKLOADS", "EE_GITHUB_API_URL",
@@ -38,6 +39,7 @@ func TestRuntimeOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	t.Setenv("EE_SOCKET_PATH", "/env.sock")
 	t.Setenv("EE_DATA_DIR", "")
 	t.Setenv("EE_BOOT_WORKLOADS", `[{"app_name":"from-env","cmd":["true"]}]`)
@@ -51,10 +53,12 @@ func TestRuntimeOptions(t *testing.T) {
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}
+
 	opts, err := f.options(fs, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	// The env beats the file; the file fills what neither flag nor env set.
 	if opts.SocketPath != "/env.sock" || opts.DataDir != "/cfg-data" {
 		t.Errorf("socket %q, data dir %q; want /env.sock and /cfg-data", opts.SocketPath, opts.DataDir)
@@ -62,6 +66,7 @@ func TestRuntimeOptions(t *testing.T) {
 	if len(opts.BootWorkloads) != 1 || opts.BootWorkloads[0].AppName != "from-env" {
 		t.Errorf("boot workloads %+v, want EE_BOOT_WORKLOADS to replace the file's", opts.BootWorkloads)
 	}
+
 	if !opts.RefuseAttest || opts.GitHubToken != "ghs" || len(opts.HostTools) != 2 ||
 		opts.RewriteDataPrefix == nil || *opts.RewriteDataPrefix {
 		t.Errorf("options %+v do not reflect the flags", opts)
@@ -79,6 +84,7 @@ func TestRuntimeRejectsBadInput(t *testing.T) {
 		{"bad log bound", "[]", []string{"--log-max-lines=0"}},
 		{"bad rewrite value", "[]", []string{"--rewrite-data-prefix=maybe"}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("EE_BOOT_WORKLOADS", tt.bootEnv)
@@ -93,6 +99,7 @@ func TestRuntimeRejectsBadInput(t *testing.T) {
 			if err := fs.Parse(append([]string{"--config", cfg}, tt.args...)); err != nil {
 				t.Fatal(err)
 			}
+
 			if _, err := f.options(fs, io.Discard); err == nil {
 				t.Error("options succeeded, want an error")
 			}
@@ -108,6 +115,7 @@ func TestRuntimeSimulatedAttestation(t *testing.T) {
 	if err := fs.Parse([]string{"--attest=simulated", "--simulator-dir", dir}); err != nil {
 		t.Fatal(err)
 	}
+
 	opts, err := f.options(fs, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +123,7 @@ func TestRuntimeSimulatedAttestation(t *testing.T) {
 	if opts.Attester == nil || opts.AttestationType != "simulated" {
 		t.Fatalf("attester %v type %q, want the simulated TD", opts.Attester, opts.AttestationType)
 	}
+
 	quote, typ, _, err := opts.Attester.Attest(context.Background(), [64]byte{1})
 	if err != nil || typ != "simulated" || len(quote) < 1000 {
 		t.Errorf("Attest = %d bytes, %q, %v; want a simulated quote", len(quote), typ, err)

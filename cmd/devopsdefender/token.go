@@ -52,6 +52,7 @@ func runDevToken(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := flag.NewFlagSet("dev token", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", "./.devopsdefender/dev", "state directory of the dev fleet")
+
 	var f devTokenFlags
 	fs.StringVar(&f.repository, "repository", "", `"owner/repo" claim (default OWNER/app)`)
 	fs.StringVar(&f.owner, "owner", "", "repository_owner claim (default the fleet owner)")
@@ -64,6 +65,7 @@ func runDevToken(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&f.audience, "audience", "", "aud claim (default the fleet's audience)")
 	fs.DurationVar(&f.expiresIn, "expires-in", 5*time.Minute,
 		"lifetime from now; negative gives an expired token (within ±24h)")
+
 	fs.Usage = func() { fmt.Fprint(stderr, devTokenHelp); fs.PrintDefaults() }
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -80,6 +82,7 @@ func runDevToken(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+
 	tok, err := ghoidc.MintFromIssuer(ctx, localedge.HTTPClient(), st.OIDCIssuer,
 		st.OIDCMintSecret, req)
 	if err != nil {
@@ -96,12 +99,15 @@ func (f *devTokenFlags) mintRequest(owner devfleet.Owner) (ghoidc.MintRequest, e
 	if f.expiresIn%time.Second != 0 {
 		return ghoidc.MintRequest{}, usagef("--expires-in must be whole seconds")
 	}
+
 	secs := int64(f.expiresIn / time.Second)
 	req := ghoidc.MintRequest{
 		Repository: f.repository, RepositoryID: f.repositoryID,
 		RepositoryOwner: f.owner, RepositoryOwnerID: f.ownerID,
 		Ref: f.ref, SHA: f.sha, Audience: f.audience, ExpiresInSecs: &secs,
 	}
+
+	// a repository owns the fleet: the token names it unless told otherwise
 	if owner.Kind == string(ghoidc.KindRepo) {
 		if req.Repository == "" && req.RepositoryOwner == "" {
 			req.Repository = owner.Name
@@ -111,9 +117,11 @@ func (f *devTokenFlags) mintRequest(owner devfleet.Owner) (ghoidc.MintRequest, e
 		}
 		return req, nil
 	}
+	// a user or organisation owns the fleet
 	if req.Repository == "" && req.RepositoryOwner == "" {
 		req.RepositoryOwner = owner.Name
 	}
+
 	repoOwner, _, _ := strings.Cut(req.Repository, "/")
 	if name := cmp.Or(req.RepositoryOwner, repoOwner); strings.EqualFold(name, owner.Name) &&
 		req.RepositoryOwnerID == 0 {
@@ -146,6 +154,7 @@ func (s *tokenSource) Token(ctx context.Context) (string, error) {
 	if s.tok != "" && s.now().Add(refreshBefore).Before(s.exp) {
 		return s.tok, nil
 	}
+
 	tok, err := s.fetch(ctx)
 	if err != nil {
 		return "", err
@@ -166,12 +175,14 @@ func tokenExpiry(jwt string) time.Time {
 	if err != nil {
 		return time.Time{}
 	}
+
 	var claims struct {
 		Exp json.Number `json:"exp"`
 	}
 	if json.Unmarshal(payload, &claims) != nil {
 		return time.Time{}
 	}
+
 	secs, err := claims.Exp.Float64()
 	if err != nil || secs <= 0 {
 		return time.Time{}

@@ -30,6 +30,7 @@ func startDevFleet(t *testing.T) (context.Context, devfleet.State, string) {
 		cancel()
 		t.Fatal(err)
 	}
+
 	t.Cleanup(func() {
 		cancel()
 		if err := f.Wait(); err != nil {
@@ -69,6 +70,7 @@ func TestDevToken(t *testing.T) {
 		{"another owner's repository", []string{"--repository", "intruder/app"},
 			http.StatusForbidden},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -79,6 +81,7 @@ func TestDevToken(t *testing.T) {
 			tok := strings.TrimSpace(out.String())
 			c := &agentapi.Client{BaseURL: st.Agents[0].URL, Token: tok,
 				HTTP: localedge.HTTPClient()}
+
 			_, err := c.Deploy(ctx, spec)
 			var ae *agentapi.APIError
 			switch {
@@ -108,6 +111,7 @@ func TestDevTokenBadInput(t *testing.T) {
 		{"owner mismatch", []string{"--state-dir", dir, "--repository", "a/b", "--owner", "c"},
 			1, "not owned"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -116,6 +120,7 @@ func TestDevTokenBadInput(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want %d and %q", code, errOut.String(),
 					tt.wantCode, tt.wantErr)
 			}
+
 			if out.Len() != 0 {
 				t.Errorf("stdout = %q, want nothing", out.String())
 			}
@@ -138,6 +143,7 @@ func exitCode(err error, stderr *bytes.Buffer) int {
 func TestDevTokenMintRequest(t *testing.T) {
 	org := devfleet.Owner{Kind: "org", Name: "acme", ID: 7}
 	repo := devfleet.Owner{Kind: "repo", Name: "acme/site", ID: 9}
+
 	tests := []struct {
 		name  string
 		owner devfleet.Owner
@@ -164,6 +170,7 @@ func TestDevTokenMintRequest(t *testing.T) {
 			repositoryID: 3}, ghoidc.MintRequest{RepositoryOwner: "acme", RepositoryOwnerID: 7,
 			RepositoryID: 3, Ref: "refs/tags/v1", SHA: "ab", Audience: "aud"}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.flags.expiresIn = -time.Minute
@@ -171,6 +178,7 @@ func TestDevTokenMintRequest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			secs := int64(-60)
 			tt.want.ExpiresInSecs = &secs
 			if diff := cmp.Diff(tt.want, got); diff != "" {
@@ -201,6 +209,7 @@ func TestTokenExpiry(t *testing.T) {
 		{"bad base64", "a.!!!.c", time.Time{}},
 		{"empty", "", time.Time{}},
 	}
+
 	for _, tt := range tests {
 		if got := tokenExpiry(tt.tok); !got.Equal(tt.want) {
 			t.Errorf("%s: tokenExpiry = %v, want %v", tt.name, got, tt.want)
@@ -219,6 +228,7 @@ func TestTokenSourceRefresh(t *testing.T) {
 		exp := now.Add(5 * time.Minute).Unix()
 		return fakeJWT(fmt.Sprintf(`{"exp":%d,"n":%d}`, exp, fetches)), nil
 	}
+
 	ts := &tokenSource{now: func() time.Time { return now }, fetch: fetch}
 
 	steps := []struct {
@@ -234,6 +244,7 @@ func TestTokenSourceRefresh(t *testing.T) {
 		{8 * time.Minute, 3},
 		{20 * time.Minute, 4}, // long expired
 	}
+
 	var last string
 	for i, s := range steps {
 		now = start.Add(s.at)
@@ -241,6 +252,7 @@ func TestTokenSourceRefresh(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		if fetches != s.wantFetches {
 			t.Errorf("at +%v: %d fetches, want %d", s.at, fetches, s.wantFetches)
 		}
@@ -258,6 +270,7 @@ func TestTokenSourceWithoutExpiryFetchesEachTime(t *testing.T) {
 		fetches++
 		return "opaque", nil
 	}}
+
 	for range 3 {
 		ts.Token(context.Background())
 	}

@@ -76,6 +76,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(args) == 0 {
 		return usagef("expected what to verify: verify quote FILE or verify token TOKEN")
 	}
+
 	switch args[0] {
 	case "quote":
 		return runVerifyQuote(ctx, args[1:], stdout, stderr)
@@ -86,6 +87,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		newVerifyFlags(stderr).fs.PrintDefaults()
 		return flag.ErrHelp
 	}
+
 	return usagef("unknown verify subcommand %q (want quote or token)", args[0])
 }
 
@@ -120,10 +122,12 @@ func runVerifyQuote(ctx context.Context, args []string, stdout, stderr io.Writer
 	if len(files) != 1 {
 		return usagef("expected one quote FILE, got %d arguments", len(files))
 	}
+
 	opts, verdict, err := f.options()
 	if err != nil {
 		return err
 	}
+
 	verdict.File = files[0]
 	raw, err := readQuoteFile(files[0])
 	if err != nil {
@@ -138,6 +142,7 @@ func runVerifyQuote(ctx context.Context, args []string, stdout, stderr io.Writer
 		verdict.OK = true
 		verdict.Measurements, verdict.FMSPC, verdict.TCB = &res.Measurements, res.FMSPC, res.TCB
 	}
+
 	if err := writeVerdict(stdout, verdict); err != nil {
 		return err
 	}
@@ -157,6 +162,7 @@ func parseVerifyArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 		} else if err != nil {
 			return nil, usagef("%v", err)
 		}
+
 		if fs.NArg() == 0 {
 			return positional, nil
 		}
@@ -178,6 +184,7 @@ func (f *verifyFlags) options() (tdx.VerifyOptions, *quoteVerdict, error) {
 		}
 		v.At = at
 	}
+
 	opts.Now = func() time.Time { return v.At }
 	if f.root != "" {
 		pool, err := readTrustedRoots(f.root)
@@ -186,6 +193,7 @@ func (f *verifyFlags) options() (tdx.VerifyOptions, *quoteVerdict, error) {
 		}
 		opts.Roots, v.Roots = pool, f.root
 	}
+
 	if f.collateral != "" {
 		if fi, err := os.Stat(f.collateral); err != nil || !fi.IsDir() {
 			return opts, nil, usagef("-collateral %s: not a directory", f.collateral)
@@ -200,6 +208,7 @@ func readTrustedRoots(path string) (*x509.CertPool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading roots: %w", err)
 	}
+
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(data) {
 		return nil, fmt.Errorf("reading roots: no PEM certificate in %s", path)
@@ -215,6 +224,7 @@ func readQuoteFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("reading quote: %w", err)
 	}
 	defer f.Close()
+
 	data, err := io.ReadAll(io.LimitReader(f, maxQuoteFile+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading quote: %w", err)
@@ -222,6 +232,8 @@ func readQuoteFile(path string) ([]byte, error) {
 	if len(data) > maxQuoteFile {
 		return nil, fmt.Errorf("reading quote: %s is larger than %d bytes", path, maxQuoteFile)
 	}
+
+	// text that decodes as base64 is a base64 quote
 	if decoded, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(data))); err == nil {
 		return decoded, nil
 	}
@@ -281,6 +293,7 @@ func runVerifyToken(ctx context.Context, args []string, stdout, stderr io.Writer
 	if len(tokens) != 1 {
 		return usagef("expected one TOKEN, got %d arguments", len(tokens))
 	}
+
 	var want *tdx.ReportData
 	if f.reportData != "" {
 		want = new(tdx.ReportData)
@@ -288,11 +301,13 @@ func runVerifyToken(ctx context.Context, args []string, stdout, stderr io.Writer
 			return usagef("-report-data: want 128 hex digits: %v", err)
 		}
 	}
+
 	v, err := ita.NewVerifier(ctx, ita.VerifierOptions{JWKSURL: f.jwks, Issuer: f.issuer})
 	if err != nil {
 		return usagef("%v", err)
 	}
 	defer v.Close()
+
 	token, err := readToken(tokens[0], os.Stdin)
 	if err != nil {
 		return err
@@ -308,6 +323,7 @@ func runVerifyToken(ctx context.Context, args []string, stdout, stderr io.Writer
 	} else {
 		verdict.OK, verdict.Appraisal = true, a
 	}
+
 	if err := writeVerdict(stdout, verdict); err != nil {
 		return err
 	}
@@ -334,6 +350,7 @@ func readToken(arg string, stdin io.Reader) (string, error) {
 	default:
 		return arg, nil
 	}
+
 	data, err := io.ReadAll(io.LimitReader(r, maxTokenInput+1))
 	if err != nil {
 		return "", fmt.Errorf("reading token: %w", err)

@@ -34,6 +34,7 @@ func verifyCmd(t *testing.T, args ...string) (*quoteVerdict, error) {
 	if stdout.Len() == 0 {
 		return nil, err
 	}
+
 	var v quoteVerdict
 	if jerr := json.Unmarshal(stdout.Bytes(), &v); jerr != nil {
 		t.Fatalf("stdout is not a JSON verdict: %v\n%s", jerr, stdout.String())
@@ -103,6 +104,7 @@ func TestVerifyQuoteSimulatedRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	q, err := sim.Quote(context.Background(), [64]byte{1})
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +135,7 @@ func TestVerifyUsage(t *testing.T) {
 		"collateral file": {"quote", "-collateral", realQuote, realQuote},
 		"unknown flag":    {"quote", "-strict", realQuote},
 	}
+
 	for name, args := range tests {
 		t.Run(name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -153,12 +156,14 @@ func TestVerifyHelp(t *testing.T) {
 		io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("token -h: error = %v, want flag.ErrHelp", err)
 	}
+
 	for _, args := range [][]string{{"-h"}, {"quote", "-h"}} {
 		var stdout, stderr bytes.Buffer
 		err := runVerify(context.Background(), args, &stdout, &stderr)
 		if !errors.Is(err, flag.ErrHelp) {
 			t.Errorf("%v: error = %v, want flag.ErrHelp", args, err)
 		}
+
 		for _, want := range []string{"-at", "-collateral", "-root", "verify quote"} {
 			if !strings.Contains(stderr.String(), want) {
 				t.Errorf("%v: help does not mention %q:\n%s", args, want, stderr.String())
@@ -183,6 +188,7 @@ func localAuthority(t *testing.T, sim *tdx.Simulator) *ita.Authority {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	h = auth.Handler()
 	return auth
 }
@@ -195,6 +201,7 @@ func tokenCmd(t *testing.T, args ...string) (*tokenVerdict, error) {
 	if stdout.Len() == 0 {
 		return nil, err
 	}
+
 	var v tokenVerdict
 	if jerr := json.Unmarshal(stdout.Bytes(), &v); jerr != nil {
 		t.Fatalf("stdout is not a JSON verdict: %v\n%s", jerr, stdout.String())
@@ -207,12 +214,14 @@ func TestVerifyToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	auth := localAuthority(t, sim)
 	client, err := ita.NewClient(ita.ClientOptions{BaseURL: auth.URL(),
 		APIKey: "verify-test-api-key"})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	rd := tdx.ReportData{1, 2, 3}
 	token, _, err := client.Token(context.Background(), sim, rd[:])
 	if err != nil {
@@ -228,12 +237,14 @@ func TestVerifyToken(t *testing.T) {
 		"report data": {"-jwks", auth.JWKSURL(), "-issuer", auth.URL(),
 			"-report-data", "010203" + rdHex[6:], token},
 	}
+
 	for name, args := range ok {
 		t.Run(name, func(t *testing.T) {
 			v, err := tokenCmd(t, args...)
 			if err != nil {
 				t.Fatalf("verify token: %v", err)
 			}
+
 			a := v.Appraisal
 			if !v.OK || a == nil || a.Type != tdx.TypeSimulated || a.TCB == nil ||
 				a.Measurements.MRTD[0] != 0xab || a.Issuer != auth.URL() {
@@ -248,6 +259,7 @@ func TestVerifyToken(t *testing.T) {
 			token},
 		"tampered": {"-jwks", auth.JWKSURL(), "-issuer", auth.URL(), token[:len(token)-4] + "AAAA"},
 	}
+
 	for name, args := range bad {
 		t.Run(name, func(t *testing.T) {
 			v, err := tokenCmd(t, args...)

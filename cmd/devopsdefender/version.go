@@ -17,6 +17,7 @@ func buildVersion() string {
 	if build != "" {
 		return build
 	}
+
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
@@ -34,6 +35,7 @@ func runVersion(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprint(stderr, "usage: devopsdefender version\n\nPrints the build version "+
 			"(set at link time, else the VCS revision of the build, else \"dev\").\n")
 	}
+
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

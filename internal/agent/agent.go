@@ -183,12 +183,14 @@ func New(opts Options) (*Agent, error) {
 	if opts.Auth == nil && opts.Verifier == nil {
 		return nil, errors.New("agent: a Verifier and Owner, or Auth, are required")
 	}
+
 	if err := checkURLs(opts); err != nil {
 		return nil, err
 	}
 	if err := validateBootClaims(opts.VMName, opts.Expose); err != nil {
 		return nil, err
 	}
+
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Timeout: 30 * time.Second}
 	}
@@ -201,17 +203,21 @@ func New(opts Options) (*Agent, error) {
 	if opts.Build == "" {
 		opts.Build = "dev"
 	}
+
 	if opts.ReattestInterval == 0 {
 		opts.ReattestInterval = 10 * time.Minute
 	}
 	if opts.SyncInterval == 0 {
 		opts.SyncInterval = 15 * time.Second
 	}
+
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "agent", "vm", opts.VMName)
+
+	// keys and claims persist across restarts
 	k, err := loadKeys(opts.KeyPath, log)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -220,10 +226,12 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+
 	a := &Agent{opts: opts, log: log, keys: k, regBackoff: defaultRegBackoff}
 	if len(claims) > 0 {
 		a.setClaims(claims)
 	}
+
 	if a.opts.Auth == nil {
 		if a.opts.Auth, err = NewOIDCAuth(opts.Verifier, opts.Owner, a.Tenant); err != nil {
 			return nil, err
@@ -236,6 +244,7 @@ func checkURLs(opts Options) error {
 	if opts.ControlPlaneURL == "" {
 		return nil
 	}
+
 	for name, v := range map[string]string{"control plane URL": opts.ControlPlaneURL,
 		"origin": opts.Origin} {
 		u, err := url.Parse(v)
@@ -278,6 +287,7 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 		cancel(err)
 	case <-ctx.Done():
 	}
+
 	shutdownCtx, done := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer done()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -304,15 +314,18 @@ func (a *Agent) boot(ctx context.Context) error {
 	}
 	a.log.Info("runtime ready", "attestation_type", h.AttestationType,
 		"socket", a.opts.Runtime.SocketPath())
+
 	a.pruneClaims(ctx)
 	if a.opts.ControlPlaneURL == "" {
 		a.log.Warn("no control plane configured; running unregistered")
 		return nil
 	}
+
 	defer a.stopTunnel()
 	if err := a.registerLoop(ctx); err != nil {
 		return err
 	}
+
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { a.syncLoop(ctx) })
@@ -324,6 +337,7 @@ func (a *Agent) waitRuntime(ctx context.Context) (runtime.Health, error) {
 	deadline := a.opts.Now().Add(a.opts.RuntimeWait)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+
 	for {
 		h, err := a.opts.Runtime.Health(ctx)
 		if err == nil {

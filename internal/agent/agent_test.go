@@ -50,11 +50,13 @@ func startRuntime(t *testing.T) *runtime.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+
 	rs, err := server.New(server.Options{SocketPath: filepath.Join(dir, "rt.sock"),
 		DataDir: filepath.Join(dir, "data")})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- rs.Serve(ctx) }()
@@ -64,11 +66,13 @@ func startRuntime(t *testing.T) *runtime.Client {
 			t.Errorf("runtime: %v", err)
 		}
 	})
+
 	select {
 	case <-rs.Ready():
 	case err := <-errc:
 		t.Fatalf("runtime: %v", err)
 	}
+
 	c, err := runtime.NewClient(runtime.ClientOptions{SocketPath: rs.SocketPath(),
 		Token: rs.Token()})
 	if err != nil {
@@ -83,6 +87,7 @@ func newTestAgent(t *testing.T, rt *runtime.Client) (*Agent, *httptest.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
 	return a, srv
@@ -102,6 +107,7 @@ func do(t *testing.T, method, url, token, ctype, body string) reply {
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
+
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +196,7 @@ func TestDeployExecLogs(t *testing.T) {
 				r.body, tt.wantStatus, tt.wantBody)
 		}
 	}
+
 	if r := do(t, "GET", srv.URL+"/logs/greet", "", "", ""); r.status != 401 {
 		t.Errorf("logs without a token = %d, want 401", r.status)
 	}
@@ -222,6 +229,7 @@ func TestRuntimeDownIsBadGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	_, srv := newTestAgent(t, rt)
 	r := do(t, "POST", srv.URL+"/deploy", "good", "application/json",
 		`{"app_name":"x","cmd":["true"]}`)
@@ -231,6 +239,7 @@ func TestRuntimeDownIsBadGateway(t *testing.T) {
 	if strings.Contains(r.body, "absent.sock") {
 		t.Errorf("error body leaks the socket path: %s", r.body)
 	}
+
 	// /health stays up and says what it knows.
 	if r := do(t, "GET", srv.URL+"/health", "", "", ""); r.status != 200 {
 		t.Errorf("health with the runtime down = %d", r.status)
@@ -297,10 +306,13 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteJSON(w, 404, httpapi.Body{Code: "NOT_FOUND", Message: r.URL.Path})
 		return
 	}
+
+	// only /register gets here
 	body, _ := io.ReadAll(r.Body)
 	var req cpapi.RegisterRequest
 	json.Unmarshal(body, &req)
 	f.got <- req
+
 	if status := f.refusal(); status != 0 {
 		httpapi.WriteJSON(w, status, httpapi.Body{Code: http.StatusText(status), Message: "no"})
 		return
@@ -310,6 +322,7 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteJSON(w, 401, httpapi.Body{Code: "UNAUTHORIZED", Message: err.Error()})
 		return
 	}
+
 	httpapi.WriteJSON(w, 200, cpapi.RegisterResponse{AgentID: "dd-test-agent-1",
 		Hostname: "vm-1.example", URL: "https://vm-1.example", AgentToken: "secret-agent-token",
 		TunnelToken: "secret-tunnel-token"})
@@ -329,6 +342,7 @@ func (f *fakeCP) refusal() int {
 	if len(f.refusals) == 0 {
 		return 0
 	}
+
 	status := f.refusals[0]
 	f.refusals = f.refusals[1:]
 	return status
@@ -340,6 +354,7 @@ func (f *fakeCP) serveIngress(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteJSON(w, 401, httpapi.Body{Code: "UNAUTHORIZED", Message: "no"})
 		return
 	}
+
 	var req cpapi.IngressRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		httpapi.WriteJSON(w, 400, httpapi.Body{Code: "BAD_REQUEST", Message: err.Error()})
@@ -348,6 +363,7 @@ func (f *fakeCP) serveIngress(w http.ResponseWriter, r *http.Request) {
 	if f.claims != nil {
 		f.claims <- req.Claims
 	}
+
 	resp := cpapi.IngressResponse{AgentID: "dd-test-agent-1", Exposed: []agentapi.Exposed{}}
 	for _, c := range req.Claims {
 		h := ingress.ExtraHostname("vm-1.example", c.Label)
@@ -365,6 +381,7 @@ func (f *fakeCP) check(body []byte, sig string, req *cpapi.RegisterRequest) erro
 	if err := attestbind.VerifySignature(keys.Signing, body, sig); err != nil {
 		return err
 	}
+
 	nonce, _ := base64.StdEncoding.DecodeString(req.Nonce)
 	rd, err := attestbind.ReportData(attestbind.PurposeRegister, nonce, keys)
 	if err != nil {
@@ -387,10 +404,12 @@ func TestRegistration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx, ln) }()
@@ -400,9 +419,12 @@ func TestRegistration(t *testing.T) {
 		req.Evidence.AttestationType != "none" || req.Evidence.QuoteB64 == "" {
 		t.Errorf("register request = %+v", req)
 	}
+
 	for !a.Registered() || a.Tenant() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
+
+	// /health shows the registration, the tenant and the evidence
 	r := do(t, "GET", "http://"+ln.Addr().String()+"/health", "", "", "")
 	var h agentapi.Health
 	json.Unmarshal([]byte(r.body), &h)
@@ -418,6 +440,7 @@ func TestRegistration(t *testing.T) {
 		t.Errorf("health evidence = %+v nonce %q; want the registration evidence", h.Evidence,
 			h.EvidenceNonce)
 	}
+
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve: %v", err)
@@ -433,6 +456,7 @@ func TestRegistrationRetriesRefusals(t *testing.T) {
 	cp := &fakeCP{t: t, refusals: refusals, got: make(chan cpapi.RegisterRequest, 10)}
 	cpSrv := httptest.NewServer(cp)
 	defer cpSrv.Close()
+
 	var logs syncBuffer
 	a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
 		ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1",
@@ -441,6 +465,7 @@ func TestRegistrationRetriesRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	a.regBackoff = backoff{base: time.Millisecond, max: 4 * time.Millisecond}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -462,14 +487,17 @@ func TestRegistrationRetriesRefusals(t *testing.T) {
 			t.Fatalf("no registration attempt %d", i+1)
 		}
 	}
+
 	for !a.Registered() {
 		time.Sleep(10 * time.Millisecond)
 	}
+
 	for _, status := range refusals {
 		if want := "status=" + strconv.Itoa(status); !strings.Contains(logs.String(), want) {
 			t.Errorf("no log of the refusal with %s", want)
 		}
 	}
+
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve: %v", err)
@@ -502,6 +530,7 @@ func waitStatus(t *testing.T, rt *runtime.Client, id, want string) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		for _, d := range deps {
 			if d.ID == id && d.Status == want {
 				return
@@ -520,6 +549,7 @@ func TestDeployIdempotencyKey(t *testing.T) {
 		req, _ := http.NewRequest("POST", srv.URL+"/deploy", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer good")
 		req.Header.Set(IdempotencyHeader, key)
+
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -534,12 +564,14 @@ func TestDeployIdempotencyKey(t *testing.T) {
 	if first.status != 200 || again.status != 200 || first.body != again.body {
 		t.Fatalf("repeated key: %v then %v, want the same 200 reply", first, again)
 	}
+
 	if r := post("key-0123456789", `{"app_name":"other","cmd":["true"]}`); r.status != 409 {
 		t.Errorf("same key, other spec = %v, want 409", r)
 	}
 	if r := post("short", spec); r.status != 400 {
 		t.Errorf("malformed key = %v, want 400", r)
 	}
+
 	deps, err := rt.List(context.Background())
 	if err != nil || len(deps) != 1 {
 		t.Errorf("runtime deployments = %d (%v), want exactly one", len(deps), err)
@@ -555,6 +587,7 @@ func TestPublicSourceHidesArguments(t *testing.T) {
 		"curl -H Authorization:x https://a/b@c": "curl",
 		"":                                      "",
 	}
+
 	for in, want := range tests {
 		if got := publicSource(in); got != want {
 			t.Errorf("publicSource(%q) = %q, want %q", in, got, want)
@@ -575,16 +608,21 @@ func TestReattestNonceRoute(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		ctx, _, stop := serveAgent(t, a)
 		<-cp.got
 		for !a.Registered() {
 			time.Sleep(10 * time.Millisecond)
 		}
+
 		if err := a.reattest(ctx); err != nil {
 			t.Errorf("agent nonce route %v: reattest = %v", agentNonce, err)
 		}
+
 		stop()
 		cpSrv.Close()
+
+		// the first nonce is the registration's, the second the re-attestation's
 		want := []string{"/register/nonce", "/register/nonce"}
 		if agentNonce {
 			want[1] = "/agents/dd-test-agent-1/nonce"
@@ -605,9 +643,11 @@ func serveAgent(t *testing.T, a *Agent) (ctx context.Context, base string, stop 
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx, ln) }()
+
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -617,6 +657,7 @@ func serveAgent(t *testing.T, a *Agent) (ctx context.Context, base string, stop 
 			}
 		})
 	}
+
 	t.Cleanup(stop)
 	return ctx, "http://" + ln.Addr().String(), stop
 }

@@ -35,6 +35,7 @@ func NewOIDCAuth(v tokenVerifier, owner ghoidc.Principal,
 	if owner.ID <= 0 || owner.Name == "" {
 		return nil, errors.New("agent: the fleet owner needs a name and a numeric id")
 	}
+
 	if tenant == nil {
 		tenant = func() *ghoidc.Principal { return nil }
 	}
@@ -47,6 +48,7 @@ func (a *OIDCAuth) Authenticate(ctx context.Context, bearer string) (Caller, err
 	if err != nil {
 		return Caller{}, ghoidc.HTTPError(err)
 	}
+
 	principal := a.owner
 	if !a.owner.Matches(c) {
 		t := a.tenant()
@@ -56,6 +58,7 @@ func (a *OIDCAuth) Authenticate(ctx context.Context, bearer string) (Caller, err
 		}
 		principal = *t
 	}
+
 	return Caller{Principal: principal.String(),
 		Subject: c.Subject, Repository: c.Repository, RepositoryOwner: c.RepositoryOwner,
 		Ref: c.Ref, SHA: c.SHA, Workflow: c.Workflow, RunID: strconv.FormatInt(c.RunID, 10),

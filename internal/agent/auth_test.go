@@ -28,11 +28,13 @@ func TestOIDCAuth(t *testing.T) {
 		"renamed":     {RepositoryOwner: "acme", RepositoryOwnerID: 2, Repository: "acme/x"},
 		"tenant-fork": {RepositoryOwner: "globex", RepositoryOwnerID: 5, Repository: "globex/app", RepositoryID: 10},
 	}
+
 	var current *ghoidc.Principal
 	auth, err := NewOIDCAuth(v, owner, func() *ghoidc.Principal { return current })
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	tests := []struct {
 		token         string
 		tenant        *ghoidc.Principal
@@ -47,6 +49,7 @@ func TestOIDCAuth(t *testing.T) {
 		{"tenant-fork", tenant, 403, ""},
 		{"garbage", nil, 401, ""},
 	}
+
 	for _, tt := range tests {
 		current = tt.tenant
 		c, err := auth.Authenticate(context.Background(), tt.token)

@@ -33,6 +33,7 @@ func loadClaims(path, vmName string, boot []ingress.Claim) ([]ingress.Claim, err
 	if path == "" {
 		return claims, nil
 	}
+
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return claims, nil
@@ -43,15 +44,19 @@ func loadClaims(path, vmName string, boot []ingress.Claim) ([]ingress.Claim, err
 	if len(data) > maxClaimsFile {
 		return nil, fmt.Errorf("claims file %s is over %d bytes", path, maxClaimsFile)
 	}
+
 	var kept []ingress.Claim
 	if err := json.Unmarshal(data, &kept); err != nil {
 		return nil, fmt.Errorf("decoding claims file %s: %w", path, err)
 	}
+
+	// a boot workload's claim always comes from the options
 	for _, c := range kept {
 		if !isBootApp(boot, c.App) {
 			claims = ingress.WithClaim(claims, c)
 		}
 	}
+
 	if err := validateBootClaims(vmName, claims); err != nil {
 		return nil, fmt.Errorf("claims file %s: %w", path, err)
 	}
@@ -72,6 +77,7 @@ func (a *Agent) saveClaims(claims []ingress.Claim) {
 	if claims == nil {
 		claims = []ingress.Claim{}
 	}
+
 	data, err := json.Marshal(claims)
 	if err == nil {
 		err = renameio.WriteFile(a.opts.ClaimsPath, data, 0o600)
@@ -94,17 +100,20 @@ func (a *Agent) pruneClaims(ctx context.Context) {
 		a.log.Warn("listing workloads to check kept claims failed", "err", err)
 		return
 	}
+
 	a.expose.deployMu.Lock()
 	defer a.expose.deployMu.Unlock()
 	a.expose.mu.Lock()
 	cur := slices.Clone(a.expose.claims)
 	a.expose.mu.Unlock()
+
 	next := slices.DeleteFunc(slices.Clone(cur), func(c ingress.Claim) bool {
 		return !isBootApp(a.opts.Expose, c.App) && !slices.ContainsFunc(deps,
 			func(d runtime.Deployment) bool {
 				return d.AppName == c.App && !runtime.Terminal(d.Status)
 			})
 	})
+
 	if len(next) != len(cur) {
 		a.log.Info("dropped the kept claims of workloads the runtime no longer runs",
 			"kept", len(next), "dropped", len(cur)-len(next))

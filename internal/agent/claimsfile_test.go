@@ -21,6 +21,7 @@ func TestClaimsSurviveAnAgentRestart(t *testing.T) {
 	rt := startRuntime(t)
 	path := filepath.Join(t.TempDir(), "claims.json")
 	boot := []ingress.Claim{{App: "boot-shell", Label: "shell-ui", Port: 7681}}
+
 	run := func(t *testing.T) (*fakeCP, string, func()) {
 		cp := &fakeCP{t: t, got: make(chan cpapi.RegisterRequest, 10),
 			claims: make(chan []ingress.Claim, 10)}
@@ -31,6 +32,7 @@ func TestClaimsSurviveAnAgentRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		_, base, stop := serveAgent(t, a)
 		return cp, base, func() {
 			stop()
@@ -50,6 +52,7 @@ func TestClaimsSurviveAnAgentRestart(t *testing.T) {
 		}
 		<-cp.claims
 	}
+
 	stop()
 	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("claims file: %v, %v", info, err)
@@ -63,8 +66,10 @@ func TestClaimsSurviveAnAgentRestart(t *testing.T) {
 	if err := rt.Stop(context.Background(), dep.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	cp, _, stop = run(t)
 	defer stop()
+
 	want := []ingress.Claim{boot[0], {App: "oracle", Label: "oracle", Port: 8082}}
 	if diff := cmp.Diff(want, <-cp.claims); diff != "" {
 		t.Errorf("claims the restarted agent published (-want +got):\n%s", diff)
@@ -82,10 +87,12 @@ func TestLoadClaimsRefusesBadFiles(t *testing.T) {
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
+
 		if _, err := loadClaims(path, "vm-1", nil); err == nil {
 			t.Errorf("%s: loaded", name)
 		}
 	}
+
 	got, err := loadClaims(filepath.Join(dir, "missing"), "vm-1", nil)
 	if err != nil || len(got) != 0 {
 		t.Errorf("a missing file = %v, %v; want no claims", got, err)

@@ -73,6 +73,7 @@ func (a *Agent) planClaims(spec workload.Spec) ([]ingress.Claim, bool, error) {
 	a.expose.mu.Lock()
 	cur := slices.Clone(a.expose.claims)
 	a.expose.mu.Unlock()
+
 	app := spec.Name()
 	next := slices.DeleteFunc(slices.Clone(cur), func(c ingress.Claim) bool { return c.App == app })
 	if spec.Expose != nil {
@@ -82,6 +83,7 @@ func (a *Agent) planClaims(spec workload.Spec) ([]ingress.Claim, bool, error) {
 		next = ingress.WithClaim(cur, ingress.Claim{App: app,
 			Label: spec.Expose.HostnameLabel, Port: spec.Expose.Port})
 	}
+
 	if err := a.checkClaims(next); err != nil {
 		return nil, false, httpapi.BadRequest("expose: %s", err.Error())
 	}
@@ -108,6 +110,7 @@ func (a *Agent) publishClaims(ctx context.Context) {
 	e.mu.Lock()
 	claims, version, dirty := slices.Clone(e.claims), e.version, e.dirty
 	e.mu.Unlock()
+
 	reg := a.registered()
 	if !dirty || reg.agentID == "" || a.opts.ControlPlaneURL == "" {
 		return
@@ -115,6 +118,7 @@ func (a *Agent) publishClaims(ctx context.Context) {
 	if claims == nil {
 		claims = []ingress.Claim{}
 	}
+
 	var out cpapi.IngressResponse
 	err := a.callCP(ctx, http.MethodPost, "/agents/"+reg.agentID+"/ingress", reg.token,
 		cpapi.IngressRequest{Claims: claims}, &out)
@@ -124,6 +128,7 @@ func (a *Agent) publishClaims(ctx context.Context) {
 	if e.version != version {
 		return // changed meanwhile: the newer claims are still to publish
 	}
+
 	var re *refusedError
 	switch {
 	case err == nil:
@@ -154,6 +159,7 @@ func (a *Agent) republish(ctx context.Context) {
 		a.expose.version++
 	}
 	a.expose.mu.Unlock()
+
 	if has {
 		a.publishClaims(ctx)
 	}
@@ -165,6 +171,7 @@ func (a *Agent) exposed() []agentapi.Exposed {
 	e := &a.expose
 	e.mu.Lock()
 	defer e.mu.Unlock()
+
 	out := make([]agentapi.Exposed, 0, len(e.claims))
 	for _, c := range e.claims {
 		x := agentapi.Exposed{App: c.App, Label: c.Label, Port: c.Port, Error: e.err}
@@ -196,14 +203,17 @@ func (a *Agent) deployExposing(ctx context.Context, spec workload.Spec,
 	deploy func() (agentapi.DeployResponse, error)) (agentapi.DeployResponse, error) {
 	a.expose.deployMu.Lock()
 	defer a.expose.deployMu.Unlock()
+
 	next, changed, err := a.planClaims(spec)
 	if err != nil {
 		return agentapi.DeployResponse{}, err
 	}
+
 	resp, err := deploy()
 	if err != nil || !changed {
 		return resp, err
 	}
+
 	a.setClaims(next)
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
 	defer cancel()

@@ -26,9 +26,11 @@ func TestDeployRefusesBadExposeBeforeDeploying(t *testing.T) {
 		return `{"app_name":"` + app + `","cmd":["/bin/sh","-c","sleep 30"],` +
 			`"expose":{"hostname_label":"` + label + `","port":9000}}`
 	}
+
 	if r := do(t, "POST", srv.URL+"/deploy", "good", js, spec("web", "www")); r.status != 200 {
 		t.Fatalf("deploy with a good expose = %d %s", r.status, r.body)
 	}
+
 	bad := map[string]string{
 		"reserved label":  spec("b", "api"),
 		"agent API label": spec("c", "agent-api"),
@@ -42,6 +44,7 @@ func TestDeployRefusesBadExposeBeforeDeploying(t *testing.T) {
 			t.Errorf("%s: deploy = %d %s, want 400", name, r.status, r.body)
 		}
 	}
+
 	units, err := rt.List(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +54,7 @@ func TestDeployRefusesBadExposeBeforeDeploying(t *testing.T) {
 			t.Errorf("refused deploy of %s reached the runtime", u.AppName)
 		}
 	}
+
 	var h agentapi.Health
 	json.Unmarshal([]byte(do(t, "GET", srv.URL+"/health", "", "", "").body), &h)
 	want := []agentapi.Exposed{{App: "web", Label: "www", Port: 9000}}
@@ -74,6 +78,7 @@ func TestRegisteredAgentPublishesClaimsAndRunsItsConnector(t *testing.T) {
 		claims: make(chan []ingress.Claim, 10)}
 	cpSrv := httptest.NewServer(cp)
 	defer cpSrv.Close()
+
 	var mu sync.Mutex
 	var tokens []string
 	opts := Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
@@ -85,9 +90,11 @@ func TestRegisteredAgentPublishesClaimsAndRunsItsConnector(t *testing.T) {
 			tokens = append(tokens, token)
 			return &fakeConnector{token: token}, nil
 		}}
+
 	if _, err := New(opts); err == nil {
 		t.Fatal("a reserved boot label was accepted")
 	}
+
 	boot := []ingress.Claim{{App: "boot-shell", Label: "shell-ui", Port: 7681}}
 	opts.Expose = boot
 	a, err := New(opts)
@@ -112,10 +119,12 @@ func TestRegisteredAgentPublishesClaimsAndRunsItsConnector(t *testing.T) {
 	if r.status != 200 {
 		t.Fatalf("deploy = %d %s", r.status, r.body)
 	}
+
 	want := []ingress.Claim{boot[0], {App: "oracle", Label: "oracle", Port: 8082}}
 	if diff := cmp.Diff(want, <-cp.claims); diff != "" {
 		t.Errorf("claims after the deploy (-want +got):\n%s", diff)
 	}
+
 	var resp agentapi.DeployResponse
 	json.Unmarshal([]byte(r.body), &resp)
 	wantExp := &agentapi.Exposed{App: "oracle", Label: "oracle", Port: 8082,
@@ -123,6 +132,7 @@ func TestRegisteredAgentPublishesClaimsAndRunsItsConnector(t *testing.T) {
 	if diff := cmp.Diff(wantExp, resp.Exposed); diff != "" {
 		t.Errorf("deploy exposed (-want +got):\n%s", diff)
 	}
+
 	var h agentapi.Health
 	hr := do(t, "GET", base+"/health", "", "", "")
 	json.Unmarshal([]byte(hr.body), &h)

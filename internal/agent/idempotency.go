@@ -55,6 +55,7 @@ func (d *deployResults) storeLocked(key string, r deployResult, now time.Time) {
 	if d.results == nil {
 		d.results = map[string]deployResult{}
 	}
+
 	if len(d.results) >= maxIdempotent {
 		var oldest string
 		for k, v := range d.results {
@@ -70,5 +71,6 @@ func (d *deployResults) storeLocked(key string, r deployResult, now time.Time) {
 			delete(d.results, oldest)
 		}
 	}
+
 	d.results[key] = r
 }

@@ -31,6 +31,7 @@ func (i *integrity) add(reason string) {
 func (i *integrity) reasons() []string {
 	i.mu.Lock()
 	defer i.mu.Unlock()
+
 	out := []string{}
 	for _, r := range reasonOrder {
 		if i.seen[r] {

@@ -17,6 +17,7 @@ func (q runtimeQuoter) Quote(ctx context.Context, reportData [64]byte) ([]byte, 
 	if err != nil {
 		return nil, fmt.Errorf("attesting: %w", err)
 	}
+
 	quote, err := base64.StdEncoding.DecodeString(att.QuoteB64)
 	if err != nil {
 		return nil, fmt.Errorf("decoding the runtime's quote: %w", err)
@@ -34,10 +35,12 @@ func (a *Agent) trustAuthorityEvidence(ctx context.Context, rd [64]byte) (agenta
 	if h, err := a.opts.Runtime.Health(ctx); err == nil {
 		typ = h.AttestationType
 	}
+
 	token, quote, err := a.opts.TrustAuthority.Token(ctx, runtimeQuoter{a}, rd[:])
 	if err != nil {
 		return agentapi.Evidence{}, fmt.Errorf("getting a Trust Authority token: %w", err)
 	}
+
 	return agentapi.Evidence{
 		AttestationType: typ, QuoteFormat: "tdx",
 		QuoteB64:      base64.StdEncoding.EncodeToString(quote),

@@ -60,6 +60,7 @@ func keysFrom(signing ed25519.PrivateKey) (*keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("deriving noise key: %w", err)
 	}
+
 	noise, err := ecdh.X25519().NewPrivateKey(seed)
 	if err != nil {
 		return nil, fmt.Errorf("deriving noise key: %w", err)

@@ -21,6 +21,7 @@ func TestKeyFileCreatedAndReloaded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatalf("key file not created: %v", err)
@@ -28,6 +29,7 @@ func TestKeyFileCreatedAndReloaded(t *testing.T) {
 	if mode := fi.Mode().Perm(); mode != 0o600 {
 		t.Errorf("key file mode %o, want 600", mode)
 	}
+
 	again, err := loadKeys(path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +53,7 @@ func TestKeysInMemoryWithoutPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if cmp.Equal(a.public(), b.public()) {
 		t.Error("two in-memory key sets are equal")
 	}
@@ -71,6 +74,7 @@ func TestKeyFileCorrupted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	tests := map[string]struct {
 		data string
 		want string // in the error
@@ -85,17 +89,20 @@ func TestKeyFileCorrupted(t *testing.T) {
 		"not a private key": {string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE",
 			Bytes: []byte{1}})), "not a private key"},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "agent-key.pem")
 			if err := os.WriteFile(path, []byte(tt.data), 0o600); err != nil {
 				t.Fatal(err)
 			}
+
 			_, err := loadKeys(path, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) ||
 				!strings.Contains(err.Error(), path) {
 				t.Errorf("loadKeys = %v, want an error naming %s and %q", err, path, tt.want)
 			}
+
 			// The file is left for the operator: replacing it would give
 			// the agent a new identity without anyone noticing.
 			if got, _ := os.ReadFile(path); string(got) != tt.data {
@@ -118,6 +125,7 @@ func TestBackoff(t *testing.T) {
 		{7, time.Minute},
 		{1000, time.Minute},
 	}
+
 	for _, tt := range tests {
 		for range 50 {
 			if d := b.wait(tt.attempt); d < tt.ceiling/2 || d > tt.ceiling {

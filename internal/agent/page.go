@@ -17,6 +17,7 @@ func (a *Agent) handlePage(w http.ResponseWriter, r *http.Request) error {
 		AttestationType: h.AttestationType, Build: h.Build,
 		Uptime: a.opts.Now().Sub(a.started), RefreshSecs: 5, Units: h.Units,
 	}
+
 	return dashboard.Write(w, http.StatusOK, func(w io.Writer) error {
 		return dashboard.RenderVM(w, page)
 	})

@@ -33,6 +33,7 @@ func (a *Agent) registerLoop(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+
 		wait := a.regBackoff.wait(attempt)
 		var re *refusedError
 		if errors.As(err, &re) {
@@ -42,6 +43,7 @@ func (a *Agent) registerLoop(ctx context.Context) error {
 			a.log.Warn("registration failed; retrying", "attempt", attempt, "wait", wait,
 				"err", err)
 		}
+
 		if err := sleep(ctx, wait); err != nil {
 			return err
 		}
@@ -64,6 +66,7 @@ func (b backoff) wait(attempt int) time.Duration {
 	for i := 1; i < attempt && d < b.max; i++ {
 		d *= 2
 	}
+
 	d = min(d, b.max)
 	half := d / 2
 	return half + rand.N(d-half+1)
@@ -78,6 +81,7 @@ func (a *Agent) reattestLoop(ctx context.Context) error {
 		if err := sleep(ctx, a.opts.ReattestInterval); err != nil {
 			return err
 		}
+
 		err := a.reattest(ctx)
 		var re *refusedError
 		switch {
@@ -122,6 +126,7 @@ func (a *Agent) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	req := cpapi.RegisterRequest{VMName: a.opts.VMName, Origin: a.opts.Origin, Nonce: nonce,
 		SigningKey: a.keys.signingB64(), NoiseKey: a.keys.noiseB64(), Evidence: ev}
 	var resp cpapi.RegisterResponse
@@ -134,6 +139,7 @@ func (a *Agent) register(ctx context.Context) error {
 		token: resp.AgentToken}
 	a.evidence = published{ev: ev, nonce: nonce, purpose: attestbind.PurposeRegister}
 	a.mu.Unlock()
+
 	a.log.Info("registered", "agent_id", resp.AgentID, "hostname", resp.Hostname, "url", resp.URL)
 	a.startTunnel(ctx, resp.TunnelToken)
 	a.republish(ctx)
@@ -143,6 +149,7 @@ func (a *Agent) register(ctx context.Context) error {
 // reattest sends fresh evidence for the registered agent.
 func (a *Agent) reattest(ctx context.Context) error {
 	reg := a.registered()
+
 	// The agent's own nonce route, with its credential: its allowance
 	// cannot be used up by anonymous callers of /register/nonce.
 	nonce, ev, err := a.freshEvidence(ctx, attestbind.PurposeReattest,
@@ -156,12 +163,14 @@ func (a *Agent) reattest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	var out cpapi.Attestation
 	path := "/agents/" + reg.agentID + "/attest"
 	if err := a.callCP(ctx, http.MethodPost, path, reg.token,
 		cpapi.AttestRequest{Nonce: nonce, Evidence: ev}, &out); err != nil {
 		return err
 	}
+
 	a.mu.Lock()
 	a.evidence = published{ev: ev, nonce: nonce, purpose: attestbind.PurposeReattest}
 	a.mu.Unlock()
@@ -177,6 +186,7 @@ func (a *Agent) freshEvidence(ctx context.Context, purpose, noncePath,
 	if err := a.callCP(ctx, http.MethodPost, noncePath, token, struct{}{}, &n); err != nil {
 		return "", agentapi.Evidence{}, err
 	}
+
 	raw, err := base64.StdEncoding.DecodeString(n.Nonce)
 	if err != nil {
 		return "", agentapi.Evidence{}, fmt.Errorf("decoding nonce: %w", err)
@@ -185,10 +195,12 @@ func (a *Agent) freshEvidence(ctx context.Context, purpose, noncePath,
 	if err != nil {
 		return "", agentapi.Evidence{}, err
 	}
+
 	if a.opts.TrustAuthority != nil {
 		ev, err := a.trustAuthorityEvidence(ctx, rd)
 		return n.Nonce, ev, err
 	}
+
 	att, err := a.opts.Runtime.Attest(ctx, rd[:])
 	if err != nil {
 		return "", agentapi.Evidence{}, fmt.Errorf("attesting: %w", err)
@@ -212,11 +224,13 @@ func (a *Agent) callCP(ctx context.Context, method, path, token string, body, ou
 		}
 		rd = bytes.NewReader(data)
 	}
+
 	u := strings.TrimRight(a.opts.ControlPlaneURL, "/") + path
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return fmt.Errorf("building request: %w", err)
 	}
+
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set(attestbind.SignatureHeader, attestbind.Sign(a.keys.signing, data))
@@ -224,6 +238,7 @@ func (a *Agent) callCP(ctx context.Context, method, path, token string, body, ou
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+
 	resp, err := a.opts.HTTPClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("calling control plane: %w", err)
@@ -233,6 +248,7 @@ func (a *Agent) callCP(ctx context.Context, method, path, token string, body, ou
 	if err != nil {
 		return fmt.Errorf("reading control plane reply: %w", err)
 	}
+
 	if resp.StatusCode/100 != 2 {
 		return statusError(resp.StatusCode, payload)
 	}

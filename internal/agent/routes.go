@@ -38,6 +38,7 @@ func (a *Agent) Handler() http.Handler {
 	handle := func(pattern string, h httpapi.HandlerFunc) {
 		mux.Handle(pattern, httpapi.Handle(a.log, h))
 	}
+
 	handle("GET /health", a.handleHealth)
 	handle("GET /api/units", a.handleUnits)
 	handle("POST /deploy", a.authed(a.handleDeploy))
@@ -48,6 +49,7 @@ func (a *Agent) Handler() http.Handler {
 	handle("/", func(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.NotFound("no route for " + r.Method + " " + r.URL.Path)
 	})
+
 	return accessLog(a.log, mux)
 }
 
@@ -61,10 +63,12 @@ func (a *Agent) authed(h httpapi.HandlerFunc) httpapi.HandlerFunc {
 		if tok == "" {
 			return httpapi.Unauthorized("a bearer token is required")
 		}
+
 		c, err := a.opts.Auth.Authenticate(r.Context(), tok)
 		if err != nil {
 			return err
 		}
+
 		ctx := context.WithValue(r.Context(), callerKey{}, c)
 		return h(w, r.WithContext(ctx))
 	}
@@ -89,9 +93,11 @@ func (a *Agent) health(ctx context.Context) agentapi.Health {
 		UptimeSecs: int64(a.opts.Now().Sub(a.started).Seconds()), Registered: reg.agentID != "",
 		AttestationType: "unknown", Deployments: []string{}, Units: []agentapi.Unit{},
 	}
+
 	if rh, err := a.opts.Runtime.Health(ctx); err == nil {
 		h.AttestationType = rh.AttestationType
 	}
+
 	h.SigningKey, h.NoiseKey = a.keys.signingB64(), a.keys.noiseB64()
 	h.Tenant = principalString(a.Tenant())
 	h.IntegrityReasons = a.integrity.reasons()
@@ -99,9 +105,11 @@ func (a *Agent) health(ctx context.Context) agentapi.Health {
 	if len(h.IntegrityReasons) > 0 {
 		h.IntegrityState = "controlled"
 	}
+
 	if ev := a.published(); ev.nonce != "" {
 		h.Evidence, h.EvidenceNonce, h.EvidencePurpose = &ev.ev, ev.nonce, ev.purpose
 	}
+
 	units, err := a.units(ctx)
 	if err != nil {
 		a.log.Warn("listing workloads failed", "err", err)
@@ -109,6 +117,7 @@ func (a *Agent) health(ctx context.Context) agentapi.Health {
 	for _, u := range units {
 		h.Deployments = append(h.Deployments, u.AppName)
 	}
+
 	h.Units, h.UnitCount, h.DeploymentCount = units, len(units), len(units)
 	h.Tunnel = a.tunnelStatus()
 	h.Exposed = a.exposed()
@@ -136,8 +145,11 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.BadRequest("%s", err.Error())
 	}
+
+	// the body's hash identifies the spec to the idempotency table and the audit log
 	sum := sha256.Sum256(body)
 	specHash := hex.EncodeToString(sum[:])
+
 	key := r.Header.Get(IdempotencyHeader)
 	if key == "" {
 		resp, err := a.deploy(r, spec, specHash)
@@ -146,6 +158,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 		}
 		return httpapi.WriteJSON(w, http.StatusOK, resp)
 	}
+
 	if !idempotencyKeyRE.MatchString(key) {
 		return httpapi.BadRequest("%s must be 8-128 characters of [A-Za-z0-9_.:-]",
 			IdempotencyHeader)
@@ -153,6 +166,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 
 	a.deploys.mu.Lock()
 	defer a.deploys.mu.Unlock()
+
 	now := a.opts.Now()
 	if prev, ok := a.deploys.lookupLocked(key, now); ok {
 		if prev.specHash != specHash {
@@ -166,6 +180,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 		}
 		return httpapi.WriteJSON(w, http.StatusOK, prev.resp)
 	}
+
 	resp, err := a.deploy(r, spec, specHash)
 	a.deploys.storeLocked(key, deployResult{specHash: specHash, resp: resp, err: err,
 		expires: now.Add(idempotencyTTL)}, now)
@@ -189,16 +204,19 @@ func (a *Agent) deployRuntime(r *http.Request, spec workload.Spec,
 	if err != nil {
 		return agentapi.DeployResponse{}, runtimeError("deploy", err)
 	}
+
 	c := callerOf(r)
 	a.integrity.add(reasonWorkloadDeployed)
 	a.log.Info("workload deployed", "app", spec.Name(), "id", id, "spec_sha256", specHash,
 		"repository", c.Repository, "ref", c.Ref, "sha", c.SHA, "workflow", c.Workflow,
 		"run_id", c.RunID, "actor", c.Actor)
+
 	a.record(r.Context(), audit.Event{Actor: audit.CI(c.Principal, c.Repository, c.SHA),
 		Action: audit.ActionDeploy, Target: a.registered().agentID, Outcome: audit.OutcomeOK,
 		Details: map[string]any{"app": spec.Name(), "id": id, "spec_sha256": specHash,
 			"repository": c.Repository, "ref": c.Ref, "sha": c.SHA, "workflow": c.Workflow,
 			"run_id": c.RunID, "actor": c.Actor}})
+
 	return agentapi.DeployResponse{ID: id, AppName: spec.Name(),
 		Status: runtime.StatusDeploying, SpecSHA256: specHash}, nil
 }
@@ -211,6 +229,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Cmd) == 0 || req.Cmd[0] == "" {
 		return httpapi.BadRequest("cmd must be a non-empty array of strings")
 	}
+
 	timeout := time.Duration(req.TimeoutSecs) * time.Second
 	if req.TimeoutSecs < 0 || timeout > maxExecTimeout {
 		return httpapi.BadRequest("timeout_secs must be in 0..%d", int(maxExecTimeout.Seconds()))
@@ -220,15 +239,18 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return runtimeError("exec", err)
 	}
+
 	c := callerOf(r)
 	a.integrity.add(reasonExec)
 	a.log.Info("command executed", "argv0", req.Cmd[0], "exit_code", res.ExitCode,
 		"repository", c.Repository, "sha", c.SHA, "run_id", c.RunID)
+
 	a.record(r.Context(), audit.Event{Actor: audit.CI(c.Principal, c.Repository, c.SHA),
 		Action: audit.ActionExec, Target: a.registered().agentID, Outcome: audit.OutcomeOK,
 		Details: map[string]any{"argv0": req.Cmd[0], "exit_code": res.ExitCode,
 			"repository": c.Repository, "ref": c.Ref, "sha": c.SHA, "workflow": c.Workflow,
 			"run_id": c.RunID}})
+
 	return httpapi.WriteJSON(w, http.StatusOK, agentapi.ExecResponse(res))
 }
 
@@ -237,6 +259,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) error {
 	if !workload.ValidAppName(app) {
 		return httpapi.BadRequest("app name %q is not valid", app)
 	}
+
 	tail, err := parseTail(r.URL.Query().Get("tail"))
 	if err != nil {
 		return err
@@ -249,6 +272,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) error {
 	if d == nil {
 		return httpapi.NotFound("no workload named " + app)
 	}
+
 	lines, err := a.opts.Runtime.Logs(r.Context(), d.ID, tail)
 	if err != nil {
 		return runtimeError("logs", err)
@@ -264,6 +288,7 @@ func parseTail(v string) (int, error) {
 	if v == "" {
 		return runtime.DefaultLogTail, nil
 	}
+
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 || n > maxLogTail {
 		return 0, httpapi.BadRequest("tail must be an integer in 0..%d", maxLogTail)

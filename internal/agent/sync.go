@@ -18,6 +18,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		if err := a.syncConfig(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("reading configuration from the control plane failed", "err", err)
 		}
+
 		a.publishClaims(ctx)
 		if a.opts.Audit != nil {
 			if _, err := a.opts.Audit.Ship(ctx, a.sendAudit); err != nil && ctx.Err() == nil {
@@ -25,6 +26,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 					"pending", len(a.opts.Audit.Pending()))
 			}
 		}
+
 		if sleep(ctx, a.opts.SyncInterval) != nil {
 			return
 		}
@@ -39,6 +41,7 @@ func (a *Agent) syncConfig(ctx context.Context) error {
 		&cfg); err != nil {
 		return err
 	}
+
 	var tenant *ghoidc.Principal
 	if p := cfg.Tenant; p != nil {
 		parsed, err := ghoidc.ParsePrincipal(p.Kind, p.Name, p.ID.String())
@@ -52,6 +55,7 @@ func (a *Agent) syncConfig(ctx context.Context) error {
 	prev := a.tenant
 	a.tenant = tenant
 	a.mu.Unlock()
+
 	if tenant != nil {
 		a.integrity.add(reasonTenant)
 	}

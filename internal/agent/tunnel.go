@@ -39,6 +39,7 @@ func (a *Agent) startTunnel(ctx context.Context, token string) {
 	if a.opts.Connect == nil || token == "" {
 		return
 	}
+
 	conn, err := a.opts.Connect(token, func(e cloudflared.Exit) {
 		a.log.Warn("tunnel connector exited", "code", e.Code, "err", e.Err)
 	})
@@ -46,6 +47,7 @@ func (a *Agent) startTunnel(ctx context.Context, token string) {
 		a.log.Error("starting the tunnel connector failed", "err", err)
 		return
 	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	t := &a.tunnel
@@ -56,6 +58,7 @@ func (a *Agent) startTunnel(ctx context.Context, token string) {
 		defer close(done)
 		conn.Run(ctx)
 	}()
+
 	a.log.Info("tunnel connector started")
 }
 
@@ -66,6 +69,7 @@ func (a *Agent) stopTunnel() {
 	cancel, done := t.cancel, t.done
 	t.cancel, t.done = nil, nil
 	t.mu.Unlock()
+
 	if cancel != nil {
 		cancel()
 		<-done
@@ -77,6 +81,7 @@ func (a *Agent) tunnelStatus() *cloudflared.Status {
 	t := &a.tunnel
 	t.mu.Lock()
 	defer t.mu.Unlock()
+
 	if t.conn == nil {
 		return nil
 	}

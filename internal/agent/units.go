@@ -16,6 +16,7 @@ func (a *Agent) units(ctx context.Context) ([]agentapi.Unit, error) {
 	if err != nil {
 		return []agentapi.Unit{}, err
 	}
+
 	units := make([]agentapi.Unit, 0, len(deps))
 	for _, d := range deps {
 		units = append(units, agentapi.Unit{
@@ -24,6 +25,7 @@ func (a *Agent) units(ctx context.Context) ([]agentapi.Unit, error) {
 			ErrorMessage: d.ErrorMessage, ExitCode: d.ExitCode, PID: d.PID,
 		})
 	}
+
 	sort.Slice(units, func(i, j int) bool {
 		if units[i].AppName != units[j].AppName {
 			return units[i].AppName < units[j].AppName
@@ -62,6 +64,7 @@ func publicSource(src string) string {
 	if releaseRefRE.MatchString(src) {
 		return src
 	}
+
 	prog, _, _ := strings.Cut(strings.TrimSpace(src), " ")
 	if prog == "" {
 		return ""

@@ -113,6 +113,7 @@ func (c *Client) DeployWithKey(ctx context.Context, spec []byte,
 	key string) (DeployResponse, error) {
 	req := request{method: http.MethodPost, path: "/deploy", body: spec, key: key}
 	delay := cmp.Or(c.RetryDelay, time.Second)
+
 	for try := 1; ; try++ {
 		var r DeployResponse
 		err := c.do(ctx, req, &r)
@@ -132,6 +133,7 @@ func retryable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
 	}
+
 	var te *transportError
 	if errors.As(err, &te) {
 		return true
@@ -157,8 +159,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 func NewIdempotencyKey() string {
 	b := make([]byte, 16)
 	rand.Read(b)
+
+	// mark version 4 and the RFC 4122 variant
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
+
 	h := hex.EncodeToString(b)
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
@@ -169,6 +174,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (ExecResponse, error
 	if err != nil {
 		return ExecResponse{}, fmt.Errorf("encoding request: %w", err)
 	}
+
 	var r ExecResponse
 	err = c.do(ctx, request{method: http.MethodPost, path: "/exec", body: body}, &r)
 	return r, err
@@ -187,15 +193,18 @@ func (c *Client) do(ctx context.Context, r request, out any) error {
 	if err != nil {
 		return err
 	}
+
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
 	}
+
 	resp, err := hc.Do(req)
 	if err != nil {
 		return &transportError{fmt.Errorf("calling agent: %w", err)}
 	}
 	defer resp.Body.Close()
+
 	payload, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return &transportError{fmt.Errorf("reading agent reply: %w", err)}
@@ -213,10 +222,12 @@ func (c *Client) newRequest(ctx context.Context, r request) (*http.Request, erro
 	if c.BaseURL == "" {
 		return nil, errors.New("agentapi: no agent URL")
 	}
+
 	token, err := c.bearer(ctx)
 	if err != nil {
 		return nil, err
 	}
+
 	var rd io.Reader
 	if r.body != nil {
 		rd = bytes.NewReader(r.body)
@@ -226,6 +237,7 @@ func (c *Client) newRequest(ctx context.Context, r request) (*http.Request, erro
 	if err != nil {
 		return nil, fmt.Errorf("building request: %w", err)
 	}
+
 	if r.body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -244,6 +256,7 @@ func (c *Client) bearer(ctx context.Context) (string, error) {
 	if c.Tokens == nil {
 		return c.Token, nil
 	}
+
 	tok, err := c.Tokens.Token(ctx)
 	if err != nil {
 		return "", fmt.Errorf("getting a token: %w", err)

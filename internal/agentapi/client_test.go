@@ -71,6 +71,7 @@ func TestDeployRetries(t *testing.T) {
 		{"conflict is final", []int{409}, 1, "", 409},
 		{"unauthorized is final", []int{401}, 1, "", 401},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fa := &fakeAgent{script: tt.script}
@@ -86,9 +87,11 @@ func TestDeployRetries(t *testing.T) {
 			case tt.wantStatus != 0 && (!errors.As(err, &ae) || ae.Status != tt.wantStatus):
 				t.Fatalf("deploy error = %v, want an APIError %d", err, tt.wantStatus)
 			}
+
 			if res.ID != tt.wantID {
 				t.Errorf("id = %q, want %q", res.ID, tt.wantID)
 			}
+
 			want := make([]string, tt.wantTries)
 			for i := range want {
 				want[i] = "key-12345678"
@@ -104,12 +107,14 @@ func TestDeployStopsRetryingWhenCancelled(t *testing.T) {
 	fa := &fakeAgent{script: []int{503, 503, 503}}
 	srv := httptest.NewServer(fa)
 	defer srv.Close()
+
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	c := &Client{BaseURL: srv.URL, RetryDelay: time.Hour}
 	if _, err := c.Deploy(ctx, []byte(`{}`)); err == nil {
 		t.Fatal("deploy succeeded with a cancelled context")
 	}
+
 	if len(fa.keys) > 1 {
 		t.Errorf("%d tries after cancellation, want at most 1", len(fa.keys))
 	}
@@ -123,11 +128,13 @@ func TestDeploySendsFreshKey(t *testing.T) {
 	srv := httptest.NewServer(fa)
 	defer srv.Close()
 	c := &Client{BaseURL: srv.URL}
+
 	for range 2 {
 		if _, err := c.Deploy(context.Background(), []byte(`{}`)); err != nil {
 			t.Fatal(err)
 		}
 	}
+
 	for _, k := range fa.keys {
 		if !uuidRE.MatchString(k) {
 			t.Errorf("key %q is not a version 4 UUID", k)
@@ -161,6 +168,7 @@ func TestTokenSourceAskedPerRequest(t *testing.T) {
 	if _, err := c.Deploy(context.Background(), []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
+
 	if diff := cmp.Diff([]string{"Bearer t1", "Bearer t2"}, fa.bearers); diff != "" {
 		t.Errorf("bearers (-want +got):\n%s", diff)
 	}
@@ -170,6 +178,7 @@ func TestTokenSourceAskedPerRequest(t *testing.T) {
 	if _, err := c.Deploy(context.Background(), []byte(`{}`)); !errors.Is(err, errBroken) {
 		t.Errorf("deploy with a failing token source = %v, want %v", err, errBroken)
 	}
+
 	if len(fa.bearers) != 2 {
 		t.Errorf("a request was sent without a token: %d requests", len(fa.bearers))
 	}

@@ -63,6 +63,7 @@ func ReportData(purpose string, nonce []byte, k Keys) ([64]byte, error) {
 	if len(k.Signing) != ed25519.PublicKeySize || len(k.Noise) != KeySize {
 		return [64]byte{}, errors.New("attestbind: keys must be 32-byte Ed25519 and X25519 keys")
 	}
+
 	h := sha512.New()
 	h.Write([]byte(domain))
 	h.Write([]byte{0})
@@ -71,6 +72,7 @@ func ReportData(purpose string, nonce []byte, k Keys) ([64]byte, error) {
 	h.Write(nonce)
 	h.Write(k.Signing)
 	h.Write(k.Noise)
+
 	var out [64]byte
 	copy(out[:], h.Sum(nil))
 	return out, nil
@@ -90,6 +92,7 @@ func VerifySignature(pub ed25519.PublicKey, body []byte, sig string) error {
 	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, body, raw) {
 		return errors.New("attestbind: request signature does not verify")
 	}
+
 	return nil
 }
 
@@ -103,5 +106,6 @@ func DecodeKeys(signing, noise string) (Keys, error) {
 	if err != nil || len(n) != KeySize {
 		return Keys{}, errors.New("attestbind: noise_key must be a base64 X25519 public key")
 	}
+
 	return Keys{Signing: ed25519.PublicKey(s), Noise: n}, nil
 }

@@ -14,6 +14,7 @@ func testKeys(t *testing.T) (Keys, ed25519.PrivateKey) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	noise := bytes.Repeat([]byte{7}, KeySize)
 	return Keys{Signing: pub, Noise: noise}, priv
 }
@@ -29,10 +30,12 @@ func TestReportDataBindsEveryInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	again, _ := ReportData(PurposeRegister, nonce, k)
 	if base != again {
 		t.Fatal("ReportData is not deterministic")
 	}
+
 	variants := map[string]func() ([64]byte, error){
 		"purpose":     func() ([64]byte, error) { return ReportData(PurposeReattest, nonce, k) },
 		"nonce":       func() ([64]byte, error) { return ReportData(PurposeRegister, nonce2, k) },
@@ -85,6 +88,7 @@ func TestSignatures(t *testing.T) {
 	if err := VerifySignature(other.Signing, body, sig); err == nil {
 		t.Error("signature checked with another key accepted")
 	}
+
 	if err := VerifySignature(k.Signing, body, "!!"); err == nil {
 		t.Error("malformed signature accepted")
 	}
@@ -98,6 +102,7 @@ func TestDecodeKeys(t *testing.T) {
 	if err != nil || !bytes.Equal(got.Signing, k.Signing) || !bytes.Equal(got.Noise, k.Noise) {
 		t.Fatalf("DecodeKeys = %v, %v", got, err)
 	}
+
 	for _, bad := range [][2]string{{"", n}, {s, ""}, {s, "AAAA"}, {"%%%", n}} {
 		if _, err := DecodeKeys(bad[0], bad[1]); err == nil {
 			t.Errorf("DecodeKeys(%q, %q) accepted bad keys", bad[0], bad[1])

@@ -130,6 +130,7 @@ func (a Actor) validate() error {
 	if !a.Kind.valid() {
 		return fmt.Errorf("unknown actor kind %q", a.Kind)
 	}
+
 	if err := checkText("actor name", a.Name, MaxField, true); err != nil {
 		return err
 	}
@@ -163,6 +164,7 @@ func (a Action) validate() error {
 	for _, r := range a {
 		ok = ok && (r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_')
 	}
+
 	if !ok {
 		return fmt.Errorf("action %q is not a lowercase snake_case name of at most %d bytes",
 			string(a), maxAction)
@@ -245,11 +247,13 @@ func newEntry(ev Event, now func() time.Time) (Entry, error) {
 		e.Time = now()
 	}
 	e.Time = e.Time.UTC()
+
 	details, err := canonicalDetails(ev.Details)
 	if err != nil {
 		return Entry{}, err
 	}
 	e.Details = details
+
 	if err := e.validateFields(); err != nil {
 		return Entry{}, err
 	}
@@ -263,6 +267,7 @@ func (e *Entry) validateFields() error {
 	if y := e.Time.Year(); y < 1970 || y > 9999 {
 		errs = append(errs, fmt.Errorf("time %s is out of range", e.Time))
 	}
+
 	errs = append(errs, e.Actor.validate(), e.Action.validate(), e.Outcome.validate(),
 		checkText("target", e.Target, MaxField, false))
 	return errors.Join(errs...)
@@ -305,10 +310,12 @@ func canonicalDetails(v any) (json.RawMessage, error) {
 			return nil, fmt.Errorf("encoding details: %w", err)
 		}
 	}
+
 	obj, err := decodeObject(raw)
 	if err != nil {
 		return nil, err
 	}
+
 	out, err := json.Marshal(obj)
 	if err != nil {
 		return nil, fmt.Errorf("encoding details: %w", err)
@@ -325,12 +332,14 @@ func decodeObject(raw []byte) (map[string]any, error) {
 	if len(raw) > 4*MaxDetails {
 		return nil, fmt.Errorf("details are longer than %d bytes", MaxDetails)
 	}
+
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var obj map[string]any
 	if err := dec.Decode(&obj); err != nil {
 		return nil, fmt.Errorf("details must be a JSON object: %w", err)
 	}
+
 	if obj == nil {
 		return nil, errors.New("details must be a JSON object, not null")
 	}
@@ -345,10 +354,12 @@ func decodeObject(raw []byte) (map[string]any, error) {
 func (e *Entry) ComputeHash() string {
 	h := sha256.New()
 	io.WriteString(h, hashDomain)
+
 	var o Origin
 	if e.Origin != nil {
 		o = *e.Origin
 	}
+
 	for _, f := range []string{
 		strconv.FormatInt(e.Seq, 10), e.Time.UTC().Format(timeLayout),
 		string(e.Actor.Kind), e.Actor.Name, e.Actor.ID,
@@ -374,6 +385,7 @@ func validHash(s string) bool {
 	if len(s) != sha256.Size*2 {
 		return false
 	}
+
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
 			return false

@@ -86,6 +86,7 @@ func OpenForwarder(opts ForwarderOptions) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	if err := f.load(); err != nil {
 		return nil, fmt.Errorf("audit: opening forwarder %s: %w", opts.Path, err)
 	}
@@ -99,8 +100,11 @@ func newForwarder(opts ForwarderOptions) (*Forwarder, error) {
 	if opts.Batch < 0 || opts.Batch > MaxImport {
 		return nil, fmt.Errorf("audit: forwarder batch must be between 1 and %d", MaxImport)
 	}
+
 	f := &Forwarder{path: opts.Path, ackPath: opts.Path + ".ack", log: opts.Logger,
 		now: opts.Now, batch: opts.Batch, kick: make(chan struct{}, 1)}
+
+	// zero options mean the defaults.
 	if f.log == nil {
 		f.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -119,6 +123,7 @@ func (f *Forwarder) load() error {
 	if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
 		return fmt.Errorf("creating directory: %w", err)
 	}
+
 	acked, err := readAck(f.ackPath)
 	if err != nil {
 		return err
@@ -127,15 +132,18 @@ func (f *Forwarder) load() error {
 	if err != nil {
 		return err
 	}
+
 	pending, err := pendingAfter(acked, entries)
 	if err != nil {
 		return err
 	}
+
 	f.acked, f.pending, f.size, f.head = acked, pending, size, acked
 	if len(pending) > 0 {
 		last := pending[len(pending)-1]
 		f.head = Head{Seq: last.Seq, Hash: last.Hash}
 	}
+
 	if torn {
 		f.log.Warn("audit queue had a torn last line; dropped it", "path", f.path)
 	}
@@ -155,6 +163,7 @@ func readAck(path string) (Head, error) {
 	if err != nil {
 		return Head{}, fmt.Errorf("reading acknowledged head: %w", err)
 	}
+
 	var h Head
 	if err := json.Unmarshal(data, &h); err != nil || h.Seq < 0 || !validHash(h.Hash) {
 		return Head{}, fmt.Errorf("reading acknowledged head: %s is malformed", path)
@@ -172,6 +181,7 @@ func readQueue(path string) (entries []Entry, size int64, torn bool, err error) 
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("reading queue: %w", err)
 	}
+
 	complete := data[:bytes.LastIndexByte(data, '\n')+1]
 	for i, line := range bytes.SplitAfter(complete, []byte("\n")) {
 		if len(line) == 0 {
@@ -194,11 +204,13 @@ func pendingAfter(acked Head, entries []Entry) ([]Entry, error) {
 	if len(entries) == 0 {
 		return nil, nil
 	}
+
 	first := entries[0]
 	if first.Seq > acked.Seq+1 {
 		return nil, &ChainError{Seq: acked.Seq + 1, Reason: ReasonMissing,
 			Detail: fmt.Sprintf("the queue starts at entry %d", first.Seq)}
 	}
+
 	c := newChainChecker(Head{Seq: first.Seq - 1, Hash: first.PrevHash})
 	var pending []Entry
 	for i := range entries {
@@ -206,6 +218,7 @@ func pendingAfter(acked Head, entries []Entry) ([]Entry, error) {
 		if cerr := c.check(e); cerr != nil {
 			return nil, cerr
 		}
+
 		switch {
 		case e.Seq == acked.Seq && e.Hash != acked.Hash:
 			return nil, &ChainError{Seq: e.Seq, Reason: ReasonHead,
@@ -217,6 +230,7 @@ func pendingAfter(acked Head, entries []Entry) ([]Entry, error) {
 			pending = append(pending, *e)
 		}
 	}
+
 	if c.last.Seq < acked.Seq {
 		return nil, &ChainError{Seq: c.last.Seq + 1, Reason: ReasonOrder,
 			Detail: fmt.Sprintf("the acknowledged head is entry %d", acked.Seq)}
@@ -231,16 +245,19 @@ func (f *Forwarder) Append(ctx context.Context, ev Event) (Entry, error) {
 	if err := ctx.Err(); err != nil {
 		return Entry{}, fmt.Errorf("audit: recording %q: %w", ev.Action, err)
 	}
+
 	e, err := newEntry(ev, f.now)
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: recording %q: %w: %w", ev.Action, ErrInvalid, err)
 	}
+
 	f.mu.Lock()
 	err = f.appendLocked(&e)
 	f.mu.Unlock()
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: recording %q: %w", ev.Action, err)
 	}
+
 	select {
 	case f.kick <- struct{}{}:
 	default:
@@ -255,12 +272,14 @@ func (f *Forwarder) appendLocked(e *Entry) error {
 	case f.broken != nil:
 		return f.broken
 	}
+
 	e.Seq, e.PrevHash = f.head.Seq+1, f.head.Hash
 	e.Hash = e.ComputeHash()
 	line, err := json.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("encoding entry: %w", err)
 	}
+
 	line = append(line, '\n')
 	if _, err := f.file.Write(line); err != nil {
 		return f.undoLocked(fmt.Errorf("writing queue: %w", err))
@@ -268,6 +287,7 @@ func (f *Forwarder) appendLocked(e *Entry) error {
 	if err := f.file.Sync(); err != nil {
 		return f.undoLocked(fmt.Errorf("syncing queue: %w", err))
 	}
+
 	f.size += int64(len(line))
 	f.pending = append(f.pending, *e)
 	f.head = Head{Seq: e.Seq, Hash: e.Hash}
@@ -292,11 +312,13 @@ func (f *Forwarder) undoLocked(err error) error {
 func (f *Forwarder) Ship(ctx context.Context, send SendFunc) (int, error) {
 	f.shipMu.Lock()
 	defer f.shipMu.Unlock()
+
 	shipped := 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return shipped, fmt.Errorf("audit: shipping: %w", err)
 		}
+
 		batch, err := f.nextBatch()
 		if err != nil || len(batch) == 0 {
 			return shipped, err
@@ -304,6 +326,7 @@ func (f *Forwarder) Ship(ctx context.Context, send SendFunc) (int, error) {
 		if err := send(ctx, batch); err != nil {
 			return shipped, fmt.Errorf("audit: shipping %d entries: %w", len(batch), err)
 		}
+
 		if err := f.acknowledge(batch[len(batch)-1]); err != nil {
 			return shipped, fmt.Errorf("audit: shipping: %w", err)
 		}
@@ -314,6 +337,7 @@ func (f *Forwarder) Ship(ctx context.Context, send SendFunc) (int, error) {
 func (f *Forwarder) nextBatch() ([]Entry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+
 	if f.file == nil {
 		return nil, fmt.Errorf("audit: shipping: forwarder: %w", os.ErrClosed)
 	}
@@ -327,6 +351,7 @@ func (f *Forwarder) nextBatch() ([]Entry, error) {
 func (f *Forwarder) acknowledge(last Entry) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+
 	head := Head{Seq: last.Seq, Hash: last.Hash}
 	data, err := json.Marshal(head)
 	if err != nil {
@@ -335,6 +360,7 @@ func (f *Forwarder) acknowledge(last Entry) error {
 	if err := writeFileAtomic(f.ackPath, append(data, '\n')); err != nil {
 		return fmt.Errorf("writing acknowledged head: %w", err)
 	}
+
 	f.acked = head
 	n := 0
 	for n < len(f.pending) && f.pending[n].Seq <= last.Seq {
@@ -344,6 +370,7 @@ func (f *Forwarder) acknowledge(last Entry) error {
 	if f.file == nil {
 		return nil
 	}
+
 	if err := f.compactLocked(); err != nil {
 		// Not fatal while the old queue is still open: it keeps growing
 		// and the next open skips the acknowledged entries.
@@ -364,6 +391,7 @@ func (f *Forwarder) compactLocked() error {
 		buf.Write(line)
 		buf.WriteByte('\n')
 	}
+
 	if err := writeFileAtomic(f.path, buf.Bytes()); err != nil {
 		return fmt.Errorf("rewriting queue: %w", err)
 	}
@@ -383,6 +411,7 @@ func (f *Forwarder) openLocked() error {
 		}
 		return err
 	}
+
 	if f.file != nil {
 		f.file.Close()
 	}
@@ -399,6 +428,7 @@ func writeFileAtomic(path string, data []byte) error {
 		return err
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+
 	_, err = tmp.Write(data)
 	if err == nil {
 		err = tmp.Sync()
@@ -412,6 +442,7 @@ func writeFileAtomic(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
+
 	// The rename is durable only once the directory is synced.
 	d, err := os.Open(dir)
 	if err != nil {
@@ -447,12 +478,14 @@ func (f *Forwarder) Run(ctx context.Context, send SendFunc, interval time.Durati
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+
 	for {
 		kick := f.kick
 		if _, err := f.Ship(ctx, send); err != nil && ctx.Err() == nil {
 			f.log.Warn("audit entries not shipped", "err", err, "pending", len(f.Pending()))
 			kick = nil
 		}
+
 		select {
 		case <-ctx.Done():
 			return nil
@@ -468,6 +501,7 @@ func (f *Forwarder) Run(ctx context.Context, send SendFunc, interval time.Durati
 func (f *Forwarder) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+
 	if f.file == nil {
 		return nil
 	}

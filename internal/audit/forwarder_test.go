@@ -40,6 +40,7 @@ func (r *recorder) send(ctx context.Context, entries []Entry) error {
 	if r.failOn[r.calls] {
 		return errors.New("control plane unreachable")
 	}
+
 	r.batches = append(r.batches, seqs(entries))
 	r.entries = append(r.entries, entries...)
 	return nil
@@ -70,6 +71,7 @@ func TestForwarderKeepsEntriesUntilAcknowledged(t *testing.T) {
 	if n, err := f.Ship(ctx, up.send); err != nil || n != 3 {
 		t.Fatalf("Ship = %d, %v; want 3 shipped", n, err)
 	}
+
 	if diff := cmp.Diff([][]int64{{1, 2}, {3}}, up.batches); diff != "" {
 		t.Errorf("batches (-want +got):\n%s", diff)
 	}
@@ -79,6 +81,7 @@ func TestForwarderKeepsEntriesUntilAcknowledged(t *testing.T) {
 	if data, err := os.ReadFile(path); err != nil || len(data) != 0 {
 		t.Errorf("queue after acknowledgement = %q, %v; want empty", data, err)
 	}
+
 	// The chain goes on from the acknowledged head.
 	e := mustAppend(t, f, deployEvent("", "d"))
 	if e.Seq != 4 || e.PrevHash != up.entries[2].Hash {
@@ -91,10 +94,12 @@ func TestForwarderSurvivesRestart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "queue.jsonl")
 	f := openForwarder(t, path, 2)
 	appendN(t, f, 3)
+
 	flaky := &recorder{failOn: map[int]bool{2: true}}
 	if n, err := f.Ship(context.Background(), flaky.send); err == nil || n != 2 {
 		t.Fatalf("Ship = %d, %v; want 2 shipped, then a failure", n, err)
 	}
+
 	before := f.Pending()
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
@@ -104,10 +109,12 @@ func TestForwarderSurvivesRestart(t *testing.T) {
 	if diff := cmp.Diff(before, f.Pending()); diff != "" {
 		t.Fatalf("pending after restart (-want +got):\n%s", diff)
 	}
+
 	e := mustAppend(t, f, deployEvent("", "d"))
 	if e.Seq != 4 || e.PrevHash != before[0].Hash {
 		t.Errorf("entry after restart = %d after %s, want 4 after entry 3", e.Seq, e.PrevHash)
 	}
+
 	up := &recorder{}
 	if _, err := f.Ship(context.Background(), up.send); err != nil {
 		t.Fatal(err)
@@ -123,6 +130,7 @@ func TestForwarderDropsTornLine(t *testing.T) {
 	f := openForwarder(t, path, 0)
 	appendN(t, f, 2)
 	f.Close()
+
 	// A crash in the middle of an append leaves half a line.
 	appendFile(t, path, `{"seq":3,"time":"2026-03-01T12:00:`)
 
@@ -130,6 +138,7 @@ func TestForwarderDropsTornLine(t *testing.T) {
 	if got := seqs(f.Pending()); !cmp.Equal(got, []int64{1, 2}) {
 		t.Fatalf("pending = %v, want the two whole entries", got)
 	}
+
 	mustAppend(t, f, deployEvent("", "c"))
 	f.Close()
 	f = openForwarder(t, path, 0)
@@ -144,16 +153,19 @@ func TestForwarderSkipsAcknowledgedEntriesLeftInQueue(t *testing.T) {
 	appendN(t, f, 3)
 	second := f.Pending()[1]
 	f.Close()
+
 	// A crash after the acknowledgement was written, before the queue was
 	// rewritten.
 	ack := `{"seq":2,"hash":"` + second.Hash + `"}` + "\n"
 	if err := os.WriteFile(path+".ack", []byte(ack), 0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	f = openForwarder(t, path, 0)
 	if got := seqs(f.Pending()); !cmp.Equal(got, []int64{3}) {
 		t.Errorf("pending = %v, want only entry 3", got)
 	}
+
 	data, _ := os.ReadFile(path)
 	if n := strings.Count(string(data), "\n"); n != 1 {
 		t.Errorf("queue holds %d lines after opening, want it compacted to 1", n)
@@ -179,16 +191,19 @@ func TestForwarderRefusesDamagedQueue(t *testing.T) {
 			writeFile(t, path+".ack", `{"seq":7,"hash":"`+h[0]+`"}`)
 		}, ReasonOrder},
 	}
+
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "queue.jsonl")
 			f := openForwarder(t, path, 0)
 			appendN(t, f, 3)
+
 			var hashes []string
 			for _, e := range f.Pending() {
 				hashes = append(hashes, e.Hash)
 			}
 			f.Close()
+
 			tc.damage(t, path, hashes)
 			_, err := OpenForwarder(ForwarderOptions{Path: path})
 			var ce *ChainError
@@ -208,6 +223,7 @@ func TestForwarderRunShipsAfterAppend(t *testing.T) {
 		done <- f.Run(ctx, func(_ context.Context, e []Entry) error { sent <- e; return nil },
 			time.Hour)
 	}()
+
 	mustAppend(t, f, deployEvent("", "a"))
 	select {
 	case got := <-sent:
@@ -217,6 +233,7 @@ func TestForwarderRunShipsAfterAppend(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not ship the appended entry")
 	}
+
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run = %v, want nil after cancel", err)
@@ -231,6 +248,7 @@ func TestForwarderClosed(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Errorf("second Close = %v, want nil", err)
 	}
+
 	if _, err := f.Append(context.Background(), deployEvent("", "a")); !errors.Is(err,
 		os.ErrClosed) {
 		t.Errorf("Append after Close = %v, want os.ErrClosed", err)

@@ -48,6 +48,7 @@ func newTestLog(t testing.TB) (*Log, *sql.DB, string) {
 	if err := Migrate(ctx, db); err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
+
 	l, err := Open(ctx, db, Options{Now: stepClock()})
 	if err != nil {
 		t.Fatalf("Open: %v", err)

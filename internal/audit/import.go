@@ -32,6 +32,7 @@ func (l *Log) Import(ctx context.Context, agentID string, entries []Entry) (int,
 	if len(batch) == 0 {
 		return 0, nil
 	}
+
 	added := 0
 	err = l.inTx(ctx, func(tx *sql.Tx, head *Head) error {
 		n, err := importTx(ctx, tx, head, agentID, batch)
@@ -41,6 +42,7 @@ func (l *Log) Import(ctx context.Context, agentID string, entries []Entry) (int,
 	if err != nil {
 		return 0, fmt.Errorf("audit: importing from %s: %w", agentID, err)
 	}
+
 	l.log.Debug("audit entries imported", "agent", agentID, "received", len(entries),
 		"added", added)
 	return added, nil
@@ -55,6 +57,7 @@ func checkBatch(agentID string, entries []Entry) ([]Entry, error) {
 	if len(entries) > MaxImport {
 		return nil, fmt.Errorf("%d entries, at most %d per batch", len(entries), MaxImport)
 	}
+
 	batch := make([]Entry, len(entries))
 	for i, e := range entries {
 		if err := checkForwarded(&e); err != nil {
@@ -74,6 +77,7 @@ func checkForwarded(e *Entry) error {
 		return err
 	}
 	e.Details, e.Time = details, e.Time.UTC()
+
 	switch {
 	case e.Origin != nil:
 		return errors.New("an agent's entry has no origin")
@@ -84,6 +88,7 @@ func checkForwarded(e *Entry) error {
 	case e.Seq == 1 && e.PrevHash != GenesisHash:
 		return errors.New("entry 1 must follow the genesis hash")
 	}
+
 	if err := e.validateFields(); err != nil {
 		return err
 	}
@@ -99,6 +104,7 @@ func importTx(ctx context.Context, tx *sql.Tx, head *Head, agentID string,
 	if err != nil {
 		return 0, err
 	}
+
 	added := 0
 	for _, e := range batch {
 		if found && e.Seq <= last.Seq {
@@ -107,6 +113,7 @@ func importTx(ctx context.Context, tx *sql.Tx, head *Head, agentID string,
 			}
 			continue
 		}
+
 		if found && (e.Seq != last.Seq+1 || e.PrevHash != last.Hash) {
 			return 0, fmt.Errorf("%w: entry %d after entry %d", ErrOriginGap, e.Seq, last.Seq)
 		}
@@ -145,6 +152,7 @@ func checkCopied(ctx context.Context, tx *sql.Tx, agentID string, e *Entry) erro
 	if err != nil {
 		return fmt.Errorf("reading copied entry %d: %w", e.Seq, err)
 	}
+
 	if hash != e.Hash {
 		return fmt.Errorf("%w: entry %d", ErrOriginConflict, e.Seq)
 	}

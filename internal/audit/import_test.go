@@ -48,6 +48,7 @@ func TestImport(t *testing.T) {
 	if diff := cmp.Diff([]int64{5, 4, 3, 2}, seqs(page.Entries)); diff != "" {
 		t.Fatalf("copies listed by agent (-want +got):\n%s", diff)
 	}
+
 	for i, got := range page.Entries {
 		orig := chain[len(chain)-1-i]
 		want := Origin{Agent: agent, Seq: orig.Seq, PrevHash: orig.PrevHash, Hash: orig.Hash}
@@ -56,6 +57,7 @@ func TestImport(t *testing.T) {
 			t.Errorf("copy %d = %+v, want the agent's fields with origin %+v", got.Seq, got, want)
 		}
 	}
+
 	if _, err := l.Verify(ctx); err != nil {
 		t.Errorf("Verify after imports: %v", err)
 	}
@@ -65,9 +67,11 @@ func TestImportRefuses(t *testing.T) {
 	chain := agentChain(t, 4)
 	edited := append([]Entry(nil), chain...)
 	edited[1].Target = "dd-dev-agent-9999"
+
 	reordered := []Entry{chain[1], chain[0]}
 	withOrigin := append([]Entry(nil), chain[:1]...)
 	withOrigin[0].Origin = &Origin{Agent: "x", Seq: 1}
+
 	other := agentChain(t, 4)
 	other[0].Details = []byte(`{"other":true}`)
 	rechain(other)
@@ -93,6 +97,7 @@ func TestImportRefuses(t *testing.T) {
 			if _, err := l.Import(ctx, "agent-a", tc.earlier); err != nil {
 				t.Fatalf("earlier Import: %v", err)
 			}
+
 			before, _ := l.Head(ctx)
 			if _, err := l.Import(ctx, "agent-a", tc.batch); !errors.Is(err, tc.want) {
 				t.Errorf("Import error = %v, want %v", err, tc.want)
@@ -123,6 +128,7 @@ func TestImportAcceptsAChainContinuedUnderANewID(t *testing.T) {
 	if _, err := l.Import(ctx, "agent-old", chain[:2]); err != nil {
 		t.Fatal(err)
 	}
+
 	if n, err := l.Import(ctx, "agent-new", chain[2:]); err != nil || n != 2 {
 		t.Fatalf("Import under a new id = %d, %v; want 2 added", n, err)
 	}
@@ -139,10 +145,12 @@ func TestVerifyChecksCopies(t *testing.T) {
 	if _, err := l.Import(ctx, "agent-a", agentChain(t, 2)); err != nil {
 		t.Fatal(err)
 	}
+
 	e, err := scanEntry(db.QueryRow("SELECT " + entryColumns + " FROM audit_log WHERE seq = 2"))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	e.Outcome = OutcomeError
 	tamper(t, db)
 	if _, err := db.Exec("UPDATE audit_log SET outcome = ?, hash = ? WHERE seq = 2",
@@ -152,6 +160,7 @@ func TestVerifyChecksCopies(t *testing.T) {
 	if _, err := db.Exec("UPDATE audit_head SET hash = ?", e.ComputeHash()); err != nil {
 		t.Fatal(err)
 	}
+
 	_, err = l.Verify(ctx)
 	var ce *ChainError
 	if !errors.As(err, &ce) || ce.Seq != 2 || ce.Reason != ReasonOriginHash {

@@ -44,6 +44,7 @@ func (f *Filter) validate() error {
 		checkText("agent", f.Agent, MaxField, false),
 		checkText("actor", f.Actor, 2*MaxField, false),
 	}
+
 	if f.Action != "" {
 		errs = append(errs, f.Action.validate())
 	}
@@ -73,12 +74,14 @@ func (l *Log) List(ctx context.Context, f Filter) (Page, error) {
 	if f.Limit == 0 {
 		f.Limit = DefaultLimit
 	}
+
 	query, args := listQuery(f)
 	rows, err := l.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return Page{}, fmt.Errorf("audit: listing: %w", err)
 	}
 	defer rows.Close()
+
 	page := Page{Entries: []Entry{}}
 	for rows.Next() {
 		e, err := scanEntry(rows)
@@ -90,6 +93,7 @@ func (l *Log) List(ctx context.Context, f Filter) (Page, error) {
 	if err := rows.Err(); err != nil {
 		return Page{}, fmt.Errorf("audit: listing: %w", err)
 	}
+
 	// One row more than the page was asked for, to know whether an older
 	// page exists without a second query.
 	if len(page.Entries) > f.Limit {
@@ -102,6 +106,7 @@ func (l *Log) List(ctx context.Context, f Filter) (Page, error) {
 func listQuery(f Filter) (string, []any) {
 	var where []string
 	var args []any
+
 	if f.Agent != "" {
 		where = append(where, "(target = ? OR origin_agent = ?)")
 		args = append(args, f.Agent, f.Agent)
@@ -114,6 +119,7 @@ func listQuery(f Filter) (string, []any) {
 			AND substr(actor, ?, 1) IN (':', '(', '/', '@')))`)
 		args = append(args, f.Actor, n, f.Actor, n+1)
 	}
+
 	if f.Action != "" {
 		where = append(where, "action = ?")
 		args = append(args, f.Action)
@@ -126,6 +132,7 @@ func listQuery(f Filter) (string, []any) {
 		where = append(where, "seq > ?")
 		args = append(args, f.After)
 	}
+
 	q := "SELECT " + entryColumns + " FROM audit_log"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
@@ -145,6 +152,7 @@ func (l *Log) ServeList(w http.ResponseWriter, r *http.Request) error {
 		return &httpapi.Error{Status: http.StatusMethodNotAllowed,
 			Code: "METHOD_NOT_ALLOWED", Message: "use GET"}
 	}
+
 	f, err := parseFilter(r.URL.Query())
 	if err != nil {
 		return err
@@ -153,6 +161,7 @@ func (l *Log) ServeList(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+
 	// The log names people and workloads: keep it out of shared caches.
 	w.Header().Set("Cache-Control", "no-store")
 	return httpapi.WriteJSON(w, http.StatusOK, page)
@@ -173,6 +182,7 @@ func parseFilter(q url.Values) (Filter, error) {
 			return Filter{}, err
 		}
 	}
+
 	if err := f.validate(); err != nil {
 		return Filter{}, httpapi.BadRequest("%s", err.Error())
 	}

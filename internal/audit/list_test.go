@@ -26,6 +26,7 @@ func fillLog(t *testing.T, l *Log) {
 	alice := User("alice", 42)
 	denied := deployEvent(a1, "bad")
 	denied.Outcome = OutcomeDenied
+
 	for _, ev := range []Event{
 		{Actor: alice, Action: ActionLogin, Outcome: OutcomeOK},
 		{Actor: User("alicia", 7), Action: ActionLogin, Outcome: OutcomeOK},
@@ -47,6 +48,7 @@ func fillLog(t *testing.T, l *Log) {
 func TestListFilters(t *testing.T) {
 	l, _, _ := newTestLog(t)
 	fillLog(t, l)
+
 	tests := []struct {
 		name   string
 		filter Filter
@@ -69,12 +71,14 @@ func TestListFilters(t *testing.T) {
 		{"limit exactly the rest", Filter{Before: 4, Limit: 3}, []int64{3, 2, 1}, 0},
 		{"filtered page", Filter{Actor: "user:alice", Limit: 2}, []int64{10, 7}, 7},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			page, err := l.List(context.Background(), tc.filter)
 			if err != nil {
 				t.Fatalf("List: %v", err)
 			}
+
 			if diff := cmp.Diff(tc.want, seqs(page.Entries)); diff != "" {
 				t.Errorf("seqs (-want +got):\n%s", diff)
 			}
@@ -90,6 +94,7 @@ func TestListPagesThroughEverything(t *testing.T) {
 	fillLog(t, l)
 	var got []int64
 	f := Filter{Agent: agentName(1), Limit: 1}
+
 	for pages := 0; ; pages++ {
 		if pages > 10 {
 			t.Fatal("paging does not end")
@@ -104,6 +109,7 @@ func TestListPagesThroughEverything(t *testing.T) {
 		}
 		f.Before = page.NextBefore
 	}
+
 	if diff := cmp.Diff([]int64{8, 7, 4, 3}, got); diff != "" {
 		t.Errorf("paged seqs (-want +got):\n%s", diff)
 	}
@@ -157,6 +163,7 @@ func TestServeList(t *testing.T) {
 			if rec.Code != tc.status {
 				t.Fatalf("status = %d, want %d; body %s", rec.Code, tc.status, rec.Body)
 			}
+
 			if tc.status != http.StatusOK {
 				var body httpapi.Body
 				if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Code == "" {
@@ -164,9 +171,11 @@ func TestServeList(t *testing.T) {
 				}
 				return
 			}
+
 			if cc := rec.Header().Get("Cache-Control"); cc != "no-store" {
 				t.Errorf("Cache-Control = %q, want no-store", cc)
 			}
+
 			var page Page
 			if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
 				t.Fatalf("body is not a page: %v\n%s", err, rec.Body)
@@ -186,12 +195,14 @@ func TestServeList(t *testing.T) {
 func TestServeListShowsDeployClaims(t *testing.T) {
 	l, _, _ := newTestLog(t)
 	mustAppend(t, l, deployEvent(agentName(1), "0123abcd"))
+
 	rec := httptest.NewRecorder()
 	l.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/audit?action=deploy", nil))
 	var page Page
 	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil || len(page.Entries) != 1 {
 		t.Fatalf("page = %s, %v; want one entry", rec.Body, err)
 	}
+
 	e := page.Entries[0]
 	var d map[string]any
 	if err := json.Unmarshal(e.Details, &d); err != nil {
@@ -200,6 +211,7 @@ func TestServeListShowsDeployClaims(t *testing.T) {
 	if d["repository"] != "acme/app" || d["sha"] != "0123abcd" {
 		t.Errorf("details = %s, want repository and sha", e.Details)
 	}
+
 	if e.ComputeHash() != e.Hash {
 		t.Errorf("entry served over HTTP does not hash to its hash")
 	}

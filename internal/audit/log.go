@@ -109,9 +109,11 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 		return false, fmt.Errorf("migration connection: %w", err)
 	}
 	defer conn.Close()
+
 	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return false, fmt.Errorf("beginning migration: %w", err)
 	}
+
 	committed := false
 	defer func() {
 		if committed {
@@ -128,6 +130,7 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
+
 	switch {
 	case v > len(migrations):
 		return false, fmt.Errorf("schema version %d is newer than this binary's %d",
@@ -135,6 +138,7 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 	case v == len(migrations):
 		return true, nil
 	}
+
 	if _, err := conn.ExecContext(ctx, migrations[v]); err != nil {
 		return false, fmt.Errorf("migrating to version %d: %w", v+1, err)
 	}
@@ -142,6 +146,7 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 		"UPDATE audit_schema SET version = ? WHERE id = 1", v+1); err != nil {
 		return false, fmt.Errorf("setting version %d: %w", v+1, err)
 	}
+
 	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
 		return false, fmt.Errorf("committing version %d: %w", v+1, err)
 	}
@@ -159,11 +164,13 @@ func schemaVersion(ctx context.Context, conn *sql.Conn) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("creating schema table: %w", err)
 	}
+
 	_, err = conn.ExecContext(ctx,
 		"INSERT INTO audit_schema (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
 	if err != nil {
 		return 0, fmt.Errorf("initialising schema version: %w", err)
 	}
+
 	var v int
 	if err := conn.QueryRowContext(ctx,
 		"SELECT version FROM audit_schema WHERE id = 1").Scan(&v); err != nil {
@@ -205,9 +212,11 @@ func Open(ctx context.Context, db *sql.DB, opts Options) (*Log, error) {
 	if db == nil {
 		return nil, errors.New("audit: database is required")
 	}
+
 	if err := checkSchema(ctx, db); err != nil {
 		return nil, err
 	}
+
 	l := &Log{db: db, log: opts.Logger, now: opts.Now}
 	if l.log == nil {
 		l.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -225,6 +234,7 @@ func checkSchema(ctx context.Context, db *sql.DB) error {
 	if err != nil {
 		return fmt.Errorf("audit: reading schema: %w", err)
 	}
+
 	v := 0
 	if n > 0 {
 		err = db.QueryRowContext(ctx, "SELECT version FROM audit_schema WHERE id = 1").Scan(&v)
@@ -232,6 +242,7 @@ func checkSchema(ctx context.Context, db *sql.DB) error {
 			return fmt.Errorf("audit: reading schema version: %w", err)
 		}
 	}
+
 	switch {
 	case v == 0:
 		return ErrNoLog
@@ -274,12 +285,14 @@ func (l *Log) Append(ctx context.Context, ev Event) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: recording %q: %w: %w", ev.Action, ErrInvalid, err)
 	}
+
 	err = l.inTx(ctx, func(tx *sql.Tx, head *Head) error {
 		return appendTx(ctx, tx, head, &e)
 	})
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: recording %q: %w", ev.Action, err)
 	}
+
 	l.log.Debug("audit entry recorded", "seq", e.Seq, "action", e.Action,
 		"outcome", e.Outcome, "target", e.Target)
 	return e, nil
@@ -304,6 +317,7 @@ func (l *Log) inTx(ctx context.Context, fn func(tx *sql.Tx, head *Head) error) e
 	if err := fn(tx, &head); err != nil {
 		return err
 	}
+
 	_, err = tx.ExecContext(ctx, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
 		head.Seq, head.Hash)
 	if err != nil {
@@ -327,12 +341,14 @@ func (l *Log) lockHead(ctx context.Context, tx *sql.Tx) (Head, error) {
 	if n, err := res.RowsAffected(); err != nil || n != 1 {
 		return Head{}, fmt.Errorf("locking head: head row missing (%d rows, %v)", n, err)
 	}
+
 	var h Head
 	err = tx.QueryRowContext(ctx,
 		"SELECT seq, hash FROM audit_head WHERE id = 1").Scan(&h.Seq, &h.Hash)
 	if err != nil {
 		return Head{}, fmt.Errorf("reading head: %w", err)
 	}
+
 	// A head behind the newest row means entries were added around the
 	// head, or newest entries deleted and the head wound back: either is
 	// tampering that Verify reports; appending goes on from the head.
@@ -341,6 +357,7 @@ func (l *Log) lockHead(ctx context.Context, tx *sql.Tx) (Head, error) {
 	if err != nil {
 		return Head{}, fmt.Errorf("reading last entry: %w", err)
 	}
+
 	if last != h.Seq {
 		l.log.Error("audit head disagrees with the log", "head_seq", h.Seq, "last_seq", last)
 	}
@@ -351,10 +368,12 @@ func (l *Log) lockHead(ctx context.Context, tx *sql.Tx) (Head, error) {
 func appendTx(ctx context.Context, tx *sql.Tx, head *Head, e *Entry) error {
 	e.Seq, e.PrevHash = head.Seq+1, head.Hash
 	e.Hash = e.ComputeHash()
+
 	var o Origin
 	if e.Origin != nil {
 		o = *e.Origin
 	}
+
 	_, err := tx.ExecContext(ctx, `INSERT INTO audit_log (seq, time, actor_kind, actor_name,
 		actor_id, action, target, outcome, details, origin_agent, origin_seq, origin_prev,
 		origin_hash, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -364,6 +383,7 @@ func appendTx(ctx context.Context, tx *sql.Tx, head *Head, e *Entry) error {
 	if err != nil {
 		return fmt.Errorf("inserting entry %d: %w", e.Seq, err)
 	}
+
 	head.Seq, head.Hash = e.Seq, e.Hash
 	return nil
 }

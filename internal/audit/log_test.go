@@ -17,6 +17,7 @@ import (
 func TestMigrateConcurrently(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "cp.db")
 	dbs := []*sql.DB{openDB(t, path), openDB(t, path), openDB(t, path)}
+
 	// The file exists, in WAL mode, before the race, as the control plane's
 	// store leaves it: turning a new file to WAL from several connections
 	// at once can deadlock in the rollback journal, which SQLite breaks by
@@ -24,6 +25,7 @@ func TestMigrateConcurrently(t *testing.T) {
 	if err := dbs[0].Ping(); err != nil {
 		t.Fatal(err)
 	}
+
 	var wg sync.WaitGroup
 	errs := make([]error, len(dbs))
 	for i := range dbs {
@@ -58,10 +60,12 @@ func TestAppend(t *testing.T) {
 		t.Errorf("second entry seq %d prev %s, want 2 after %s", second.Seq, second.PrevHash,
 			first.Hash)
 	}
+
 	head, err := l.Head(ctx)
 	if err != nil || head != (Head{Seq: 2, Hash: second.Hash}) {
 		t.Errorf("Head = %+v, %v; want entry 2", head, err)
 	}
+
 	page, err := l.List(ctx, Filter{})
 	if err != nil {
 		t.Fatalf("List: %v", err)
@@ -92,11 +96,13 @@ func TestAppendRefusesBadEvents(t *testing.T) {
 		},
 		"unencodable details": func(e *Event) { e.Details = map[string]any{"f": func() {}} },
 	}
+
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
 			l, _, _ := newTestLog(t)
 			ev := ok
 			mutate(&ev)
+
 			if _, err := l.Append(context.Background(), ev); !errors.Is(err, ErrInvalid) {
 				t.Errorf("Append error = %v, want ErrInvalid", err)
 			}
@@ -126,6 +132,7 @@ func TestDetailsAreCanonical(t *testing.T) {
 			SpecHash string `json:"spec_hash"`
 		}{"sha256:00"}, `{"spec_hash":"sha256:00"}`},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := mustAppend(t, l, Event{Actor: System("cp"), Action: "test", Outcome: OutcomeOK,
@@ -133,6 +140,7 @@ func TestDetailsAreCanonical(t *testing.T) {
 			if string(e.Details) != tc.want {
 				t.Errorf("details = %s, want %s", e.Details, tc.want)
 			}
+
 			// The entry keeps its hash through a JSON round trip, as it
 			// makes between an agent and the control plane.
 			data, err := json.Marshal(e)
@@ -158,6 +166,7 @@ func TestConcurrentAppends(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	const workers, each = 8, 15
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
@@ -177,6 +186,7 @@ func TestConcurrentAppends(t *testing.T) {
 			t.Fatalf("Append: %v", err)
 		}
 	}
+
 	head, err := l1.Verify(context.Background())
 	if err != nil {
 		t.Fatalf("Verify after concurrent appends: %v", err)

@@ -78,6 +78,7 @@ func (c *chainChecker) check(e *Entry) *ChainError {
 			Detail: fmt.Sprintf("prev_hash %s, entry %d has %s", short(e.PrevHash),
 				c.last.Seq, short(c.last.Hash))}
 	}
+
 	if got := e.ComputeHash(); got != e.Hash {
 		return &ChainError{Seq: e.Seq, Reason: ReasonHash,
 			Detail: fmt.Sprintf("stored %s, computed %s", short(e.Hash), short(got))}
@@ -85,6 +86,7 @@ func (c *chainChecker) check(e *Entry) *ChainError {
 	if err := c.checkOrigin(e); err != nil {
 		return err
 	}
+
 	c.last = Head{Seq: e.Seq, Hash: e.Hash}
 	return nil
 }
@@ -98,6 +100,7 @@ func (c *chainChecker) checkOrigin(e *Entry) *ChainError {
 	if o == nil || o.Agent == "" {
 		return nil
 	}
+
 	orig := *e
 	orig.Seq, orig.PrevHash, orig.Origin = o.Seq, o.PrevHash, nil
 	if got := orig.ComputeHash(); got != o.Hash {
@@ -105,6 +108,7 @@ func (c *chainChecker) checkOrigin(e *Entry) *ChainError {
 			Detail: fmt.Sprintf("agent %s entry %d: recorded %s, computed %s",
 				o.Agent, o.Seq, short(o.Hash), short(got))}
 	}
+
 	if prev, ok := c.origins[o.Agent]; ok && (o.Seq != prev.Seq+1 || o.PrevHash != prev.Hash) {
 		return &ChainError{Seq: e.Seq, Reason: ReasonOriginLink,
 			Detail: fmt.Sprintf("agent %s entry %d after its entry %d", o.Agent, o.Seq, prev.Seq)}
@@ -137,12 +141,14 @@ func (l *Log) Verify(ctx context.Context) (Head, error) {
 	if err := verifyRows(ctx, tx, c); err != nil {
 		return Head{}, err
 	}
+
 	var head Head
 	err = tx.QueryRowContext(ctx,
 		"SELECT seq, hash FROM audit_head WHERE id = 1").Scan(&head.Seq, &head.Hash)
 	if err != nil {
 		return Head{}, fmt.Errorf("audit: verifying: reading head: %w", err)
 	}
+
 	if err := checkHead(c.last, head); err != nil {
 		return Head{}, err
 	}
@@ -155,6 +161,7 @@ func verifyRows(ctx context.Context, tx *sql.Tx, c *chainChecker) error {
 		return fmt.Errorf("audit: verifying: %w", err)
 	}
 	defer rows.Close()
+
 	for rows.Next() {
 		e, err := scanEntry(rows)
 		if err != nil {
@@ -167,6 +174,7 @@ func verifyRows(ctx context.Context, tx *sql.Tx, c *chainChecker) error {
 			return cerr
 		}
 	}
+
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("audit: verifying: %w", err)
 	}
@@ -207,9 +215,11 @@ func scanEntry(s scanner) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("reading entry: %w", err)
 	}
+
 	if e.Time, err = time.Parse(timeLayout, t); err != nil {
 		return Entry{Seq: e.Seq}, fmt.Errorf("time %q: %w", t, err)
 	}
+
 	e.Details = []byte(details)
 	if o != (Origin{}) {
 		e.Origin = &o

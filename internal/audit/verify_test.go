@@ -16,6 +16,7 @@ func TestVerifyPasses(t *testing.T) {
 	if err != nil || head != (Head{Seq: 0, Hash: GenesisHash}) {
 		t.Fatalf("Verify of an empty log = %+v, %v; want the genesis head", head, err)
 	}
+
 	fillLog(t, l)
 	want, _ := l.Head(ctx)
 	if head, err := l.Verify(ctx); err != nil || head != want {
@@ -35,6 +36,7 @@ func TestTriggersKeepTheLogAppendOnly(t *testing.T) {
 			t.Errorf("%s: error = %v, want the append-only refusal", stmt, err)
 		}
 	}
+
 	if _, err := l.Verify(context.Background()); err != nil {
 		t.Errorf("Verify after refused changes: %v", err)
 	}
@@ -81,11 +83,13 @@ func TestVerifyFindsTampering(t *testing.T) {
 			10, ReasonHead},
 		{"row added behind the head", forgeAfter(10), 11, ReasonHead},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			l, db, _ := newTestLog(t)
 			fillLog(t, l)
 			tc.mutate(t, db)
+
 			_, err := l.Verify(context.Background())
 			var ce *ChainError
 			if !errors.As(err, &ce) {
@@ -113,6 +117,7 @@ func rehash(seq int64) func(t *testing.T, db *sql.DB) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		e.Details = json.RawMessage(`{"spec_hash":"sha256:evil"}`)
 		tamper(t, db)
 		_, err = db.Exec("UPDATE audit_log SET details = ?, hash = ? WHERE seq = ?",
@@ -132,12 +137,14 @@ func forgeAfter(seq int64) func(t *testing.T, db *sql.DB) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		e.Seq, e.PrevHash = seq+1, e.Hash
 		tx, err := db.Begin()
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer tx.Rollback()
+
 		head := Head{Seq: seq, Hash: e.Hash}
 		if err := appendTx(context.Background(), tx, &head, &e); err != nil {
 			t.Fatal(err)

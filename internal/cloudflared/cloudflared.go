@@ -157,11 +157,13 @@ func New(opts Options) (*Supervisor, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+
 	opts.setDefaults()
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+
 	s := &Supervisor{opts: opts, log: log.With("component", "cloudflared"),
 		env: childEnv(opts.Token, opts.Env), done: make(chan struct{})}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
@@ -174,6 +176,7 @@ func (o *Options) validate() error {
 	if o.Token == "" {
 		errs = append(errs, errors.New("Token is required"))
 	}
+
 	for _, a := range o.Args {
 		if a == "--token" || strings.HasPrefix(a, "--token=") ||
 			(o.Token != "" && strings.Contains(a, o.Token)) {
@@ -182,12 +185,14 @@ func (o *Options) validate() error {
 			break
 		}
 	}
+
 	for _, kv := range o.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || k == "TUNNEL_TOKEN" {
 			errs = append(errs, fmt.Errorf("Env entry %q must be KEY=VALUE and not "+
 				"TUNNEL_TOKEN", k))
 		}
 	}
+
 	if o.MinBackoff < 0 || o.MaxBackoff < 0 || o.StableAfter < 0 || o.StopTimeout < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
@@ -204,6 +209,7 @@ func (o *Options) setDefaults() {
 	if o.Args == nil {
 		o.Args = DefaultArgs
 	}
+
 	o.Args = slices.Clone(o.Args)
 	if o.MinBackoff == 0 {
 		o.MinBackoff = time.Second
@@ -211,6 +217,7 @@ func (o *Options) setDefaults() {
 	if o.MaxBackoff == 0 {
 		o.MaxBackoff = time.Minute
 	}
+
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
 	if o.StableAfter == 0 {
 		o.StableAfter = time.Minute
@@ -218,6 +225,7 @@ func (o *Options) setDefaults() {
 	if o.StopTimeout == 0 {
 		o.StopTimeout = 10 * time.Second
 	}
+
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -235,6 +243,7 @@ func childEnv(token string, extra []string) []string {
 			env = append(env, k+"="+v)
 		}
 	}
+
 	env = append(env, extra...)
 	return append(env, "TUNNEL_TOKEN="+token)
 }
@@ -243,6 +252,7 @@ func childEnv(token string, extra []string) []string {
 func (s *Supervisor) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	st := s.status
 	if st.LastExit != nil {
 		e := *st.LastExit
@@ -260,9 +270,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return errors.New("cloudflared: Run called twice")
 	}
 	defer close(s.done)
+
 	if s.stopCtx.Err() != nil {
 		return nil // stopped before it started
 	}
+
+	// Stop ends the loop by cancelling ctx.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(s.stopCtx, cancel)()
@@ -274,17 +287,20 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break
 		}
+
 		if s.opts.OnExit != nil {
 			s.opts.OnExit(exit)
 		}
 		if exit.Ran >= s.opts.StableAfter {
 			backoff = s.opts.MinBackoff
 		}
+
 		if err := s.wait(ctx, jitter(backoff)); err != nil {
 			break
 		}
 		backoff = min(backoff*2, s.opts.MaxBackoff)
 	}
+
 	s.log.InfoContext(ctx, "cloudflared supervisor stopped")
 	return nil
 }
@@ -309,6 +325,7 @@ func (s *Supervisor) runOnce(ctx context.Context) Exit {
 		defer lw.Flush()
 		out = lw
 	}
+
 	cmd.Stdout, cmd.Stderr = out, out
 	prepare(cmd)
 	cmd.WaitDelay = s.opts.StopTimeout
@@ -318,10 +335,12 @@ func (s *Supervisor) runOnce(ctx context.Context) Exit {
 		s.log.ErrorContext(ctx, "cloudflared did not start", "binary", s.opts.Binary, "err", err)
 		return s.recordExit(Exit{Code: -1, Err: err.Error(), At: start})
 	}
+
 	s.setState(StateRunning, cmd.Process.Pid)
 	s.log.InfoContext(ctx, "cloudflared started", "pid", cmd.Process.Pid)
 	err := cmd.Wait()
 	end := s.opts.Now()
+
 	exit := Exit{Code: cmd.ProcessState.ExitCode(), At: end, Ran: end.Sub(start)}
 	if err != nil {
 		exit.Err = err.Error()
@@ -345,12 +364,14 @@ func (s *Supervisor) wait(ctx context.Context, d time.Duration) error {
 	s.status.State, s.status.Since, s.status.PID = StateBackoff, s.opts.Now(), 0
 	s.status.NextStart = s.status.Since.Add(d)
 	s.mu.Unlock()
+
 	if err := s.opts.Sleep(ctx, d); err != nil {
 		return err
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+
 	s.mu.Lock()
 	s.status.Restarts++
 	s.mu.Unlock()
@@ -373,6 +394,7 @@ func jitter(d time.Duration) time.Duration {
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
+
 	select {
 	case <-t.C:
 		return nil
@@ -391,6 +413,7 @@ type lineLogger struct {
 func (l *lineLogger) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+
 	l.buf.Write(p)
 	for {
 		line, err := l.buf.ReadBytes('\n')
@@ -402,10 +425,12 @@ func (l *lineLogger) Write(p []byte) (int, error) {
 		}
 		l.emit(line)
 	}
+
 	if l.buf.Len() > 64<<10 { // a runaway line is logged in pieces
 		l.emit(l.buf.Bytes())
 		l.buf.Reset()
 	}
+
 	return len(p), nil
 }
 

@@ -50,8 +50,10 @@ func start(t *testing.T, mode string, edit func(*Options)) *harness {
 	if err := os.WriteFile(bin, []byte(fakeScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
+
 	h := &harness{log: filepath.Join(dir, "log"), exits: make(chan Exit, 100),
 		ran: make(chan error, 1)}
+
 	opts := Options{Token: testToken, Binary: bin,
 		Env:         []string{"FAKE_LOG=" + h.log, "FAKE_MODE=" + mode},
 		OnExit:      func(e Exit) { h.exits <- e },
@@ -62,6 +64,7 @@ func start(t *testing.T, mode string, edit func(*Options)) *harness {
 			h.mu.Unlock()
 			return ctx.Err()
 		}}
+
 	if edit != nil {
 		edit(&opts)
 	}
@@ -69,6 +72,7 @@ func start(t *testing.T, mode string, edit func(*Options)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	h.sv = sv
 	go func() { h.ran <- sv.Run(context.Background()) }()
 	t.Cleanup(sv.Stop)
@@ -115,11 +119,13 @@ func TestTokenInEnvironmentNotArgv(t *testing.T) {
 	if e.Code != 3 {
 		t.Errorf("exit code %d, want 3", e.Code)
 	}
+
 	first := h.lines(t)[0]
 	want := "argv=tunnel --no-autoupdate run token=" + testToken + " secret= "
 	if !strings.HasPrefix(first, want) {
 		t.Errorf("fake saw %q, want prefix %q", first, want)
 	}
+
 	// The token is not on any process's command line either.
 	pid := strings.TrimPrefix(first[strings.LastIndex(first, " ")+1:], "pid=")
 	if cmdline, err := os.ReadFile("/proc/" + pid + "/cmdline"); err == nil &&
@@ -132,11 +138,13 @@ func TestRestartsWithBackoff(t *testing.T) {
 	h := start(t, "exit", func(o *Options) {
 		o.MinBackoff, o.MaxBackoff = time.Second, 4*time.Second
 	})
+
 	for range 5 {
 		if e := h.nextExit(t); e.Code != 3 {
 			t.Fatalf("exit code %d, want 3", e.Code)
 		}
 	}
+
 	h.sv.Stop()
 	h.mu.Lock()
 	waits := slices.Clone(h.waits)
@@ -144,12 +152,14 @@ func TestRestartsWithBackoff(t *testing.T) {
 	if len(waits) < 4 {
 		t.Fatalf("waits %v, want at least 4", waits)
 	}
+
 	for i, w := range waits[:4] {
 		step := min(time.Second<<i, 4*time.Second)
 		if w < step/2 || w > step {
 			t.Errorf("wait %d = %v, want within [%v, %v]", i, w, step/2, step)
 		}
 	}
+
 	st := h.sv.Status()
 	if st.State != StateStopped || st.Restarts < 4 || st.LastExit == nil {
 		t.Errorf("status = %+v", st)
@@ -164,12 +174,15 @@ func TestStableRunResetsBackoff(t *testing.T) {
 	h := start(t, "exit", func(o *Options) {
 		o.MinBackoff, o.MaxBackoff, o.StableAfter = time.Second, time.Minute, time.Nanosecond
 	})
+
 	for range 4 {
 		h.nextExit(t)
 	}
+
 	h.sv.Stop()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+
 	for i, w := range h.waits {
 		if w < time.Second/2 || w > time.Second {
 			t.Errorf("wait %d = %v, want within [0.5s, 1s]", i, w)
@@ -183,6 +196,7 @@ func TestStopKillsProcess(t *testing.T) {
 	pid := h.sv.Status().PID
 	waitFor(t, "the fake to log", func() bool { return h.lines(t)[0] != "" })
 	h.sv.Stop()
+
 	select {
 	case err := <-h.ran:
 		if err != nil {
@@ -191,6 +205,7 @@ func TestStopKillsProcess(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("Run did not return after Stop")
 	}
+
 	if err := syscall.Kill(pid, 0); err == nil {
 		t.Errorf("process %d still alive", pid)
 	}
@@ -200,11 +215,13 @@ func TestStopKillsProcess(t *testing.T) {
 	if st := h.sv.Status(); st.State != StateStopped || st.PID != 0 {
 		t.Errorf("status after Stop = %+v", st)
 	}
+
 	select {
 	case e := <-h.exits:
 		t.Errorf("OnExit called for a requested stop: %+v", e)
 	default:
 	}
+
 	h.sv.Stop() // again: no effect
 }
 
@@ -224,6 +241,7 @@ func TestRunTwiceAndStopFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	sv.Stop()
 	if err := sv.Run(context.Background()); err != nil {
 		t.Errorf("Run after Stop = %v, want nil", err)
@@ -279,5 +297,6 @@ func (r *lineRecorder) Handle(_ context.Context, rec slog.Record) error {
 		}
 		return true
 	})
+
 	return nil
 }

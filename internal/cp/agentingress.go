@@ -59,6 +59,7 @@ func (s *Server) createAgentTunnel(ctx context.Context, a *fleet.Agent) (string,
 		return "", httpapi.Upstream("creating the agent's tunnel failed",
 			fmt.Errorf("creating tunnel for %s: %w", a.Hostname, err))
 	}
+
 	a.TunnelID, a.URL = t.ID, s.publicURL(a.Hostname)
 	return t.Token, nil
 }
@@ -92,6 +93,7 @@ func (s *Server) checkOwnHostnames(hostnames []string) error {
 			return hostnameConflict(nil, "hostname %s is the control plane's own", h)
 		}
 	}
+
 	return nil
 }
 
@@ -104,15 +106,18 @@ func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []
 	if err := s.checkOwnHostnames(hostnames); err != nil {
 		return err
 	}
+
 	var names []string
 	for _, h := range hostnames {
 		names = append(names, possibleHolders(h)...)
 	}
+
 	slices.Sort(names)
 	holders, err := s.store.ByVMNames(ctx, slices.Compact(names))
 	if err != nil {
 		return err
 	}
+
 	for i := range holders {
 		a := &holders[i]
 		// A dead agent's record stays for the operator's view, but its
@@ -120,6 +125,7 @@ func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []
 		if a.VMName == vmName || a.Status == fleet.StatusDead || a.Hostname == "" {
 			continue
 		}
+
 		held := agentHostnames(a.Hostname, a.Claims)
 		for _, h := range hostnames {
 			if slices.Contains(held, h) {
@@ -128,6 +134,7 @@ func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []
 			}
 		}
 	}
+
 	return nil
 }
 
@@ -146,6 +153,7 @@ func possibleHolders(h string) []string {
 			vms = append(vms, first[:i])
 		}
 	}
+
 	for i := 0; ; {
 		j := strings.Index(first[i:], "-api-")
 		if j < 0 {
@@ -154,6 +162,7 @@ func possibleHolders(h string) []string {
 		vms = append(vms, first[:i+j]+"-agent-"+first[i+j+len("-api-"):])
 		i += j + 1
 	}
+
 	slices.Sort(vms)
 	return slices.Compact(vms)
 }
@@ -165,8 +174,10 @@ func (s *Server) deleteTunnel(ctx context.Context, tunnelID, name string) {
 	if tunnelID == "" {
 		return
 	}
+
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
+
 	if err := s.opts.Ingress.DeleteTunnel(ctx, tunnelID); err != nil {
 		s.log.ErrorContext(ctx, "deleting tunnel failed; reaping will retry",
 			"tunnel_id", tunnelID, "name", name, "err", err)
@@ -201,10 +212,12 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 	in := ingress.AgentIngress(a.Hostname, req.Claims)
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
+
 	err := s.checkHostnames(ctx, a.VMName, in.Hostnames())
 	if err == nil {
 		err = s.replaceIngress(ctx, a.ID, a.TunnelID, in)
 	}
+
 	var he *httpapi.Error
 	if errors.As(err, &he) && he.Status == http.StatusConflict {
 		s.log.WarnContext(ctx, "agent ingress refused", "agent_id", a.ID, "err", err)
@@ -218,6 +231,7 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.SetClaims(ctx, a.ID, req.Claims); err != nil {
 		return fmt.Errorf("storing claims of %s: %w", a.ID, err)
 	}
+
 	a.Claims = req.Claims
 	exposed := s.exposed(a)
 	s.record(ctx, audit.Event{Actor: audit.Agent(a.ID), Action: ActionIngressReplaced,
@@ -240,6 +254,7 @@ func (s *Server) replaceIngress(ctx context.Context, agentID, tunnelID string,
 		return httpapi.Upstream("publishing the claims failed",
 			fmt.Errorf("replacing ingress of %s: %w", agentID, err))
 	}
+
 	return nil
 }
 
@@ -251,6 +266,7 @@ func (s *Server) exposed(a *fleet.Agent) []agentapi.Exposed {
 		out = append(out, agentapi.Exposed{App: c.App, Label: c.Label, Port: c.Port,
 			Hostname: h, URL: s.publicURL(h), Published: a.TunnelID != ""})
 	}
+
 	return out
 }
 
@@ -264,5 +280,6 @@ func knownHostnames(agents []fleet.Agent) []string {
 		}
 		hs = append(hs, agentHostnames(a.Hostname, a.Claims)...)
 	}
+
 	return hs
 }

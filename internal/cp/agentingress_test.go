@@ -28,10 +28,12 @@ func TestAgentIngressClaims(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
+
 	var resp cpapi.IngressResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
 		t.Fatal(err)
 	}
+
 	wantHosts := []string{"web.localhost", "web-oracle.localhost", "web-www.localhost",
 		"web-agent-api.localhost"}
 	if diff := cmp.Diff(wantHosts, resp.Hostnames); diff != "" {
@@ -41,11 +43,13 @@ func TestAgentIngressClaims(t *testing.T) {
 		!resp.Exposed[0].Published {
 		t.Errorf("exposed = %+v", resp.Exposed)
 	}
+
 	for _, h := range wantHosts {
 		if got := e.ingress.owner(h); got != tunnelID {
 			t.Errorf("%s routes to tunnel %q, want the agent's %q", h, got, tunnelID)
 		}
 	}
+
 	records := e.ingress.Hostnames()
 	claims := e.agent(t, reg.AgentID).Claims
 
@@ -65,6 +69,7 @@ func TestAgentIngressClaims(t *testing.T) {
 		if rec.Code != http.StatusBadRequest {
 			t.Errorf("%s: status %d, want 400", name, rec.Code)
 		}
+
 		decodeError(t, rec)
 		if diff := cmp.Diff(records, e.ingress.Hostnames()); diff != "" {
 			t.Errorf("%s changed the records:\n%s", name, diff)
@@ -123,6 +128,7 @@ func TestCloudflareViews(t *testing.T) {
 	if !snap.Degraded || len(snap.Drift.MissingTunnels) != 0 {
 		t.Errorf("degraded snapshot = %+v, want degraded without drift", snap)
 	}
+
 	e.ingress.FailList("tunnels", nil)
 
 	var m reap.Map

@@ -48,6 +48,7 @@ func (s *Server) appraise(ctx context.Context, purpose string, nonce []byte,
 		// Options.AcceptUnverified: record the claim, never as verified.
 		return unverified(ev), nil
 	}
+
 	quote, err := base64.StdEncoding.DecodeString(ev.QuoteB64)
 	if err != nil {
 		return fleet.Attestation{}, httpapi.BadRequest("evidence.quote_b64 is not base64")
@@ -64,6 +65,7 @@ func (s *Server) appraise(ctx context.Context, purpose string, nonce []byte,
 			return fleet.Attestation{}, he
 		}
 	}
+
 	return verified(ev, a, s.opts.Now()), nil
 }
 
@@ -76,6 +78,7 @@ func appraisalError(err error) error {
 		he.Err = err
 		return he
 	}
+
 	var fe *ita.FetchError
 	if errors.As(err, &fe) {
 		return httpapi.Upstream("attestation verifier unavailable", err)
@@ -108,6 +111,7 @@ func verified(ev agentapi.Evidence, a *ita.Appraisal, now time.Time) fleet.Attes
 	if a.TCB != nil {
 		at.TCBStatus, at.TCBDate = a.TCB.Status, a.TCB.Date
 	}
+
 	return at
 }
 
@@ -121,6 +125,7 @@ func (s *Server) reattest(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+
 	var req cpapi.AttestRequest
 	if err := httpapi.Unmarshal(body, &req); err != nil {
 		return err
@@ -130,6 +135,7 @@ func (s *Server) reattest(w http.ResponseWriter, r *http.Request) error {
 		r.Header.Get(attestbind.SignatureHeader)); err != nil {
 		return httpapi.Unauthorized("request signature refused")
 	}
+
 	nonce, ok := s.nonces.consume(req.Nonce)
 	if !ok {
 		return httpapi.Unauthorized("nonce unknown, used or expired")
@@ -146,6 +152,7 @@ func (s *Server) reattest(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.UpdateAttestation(ctx, a.ID, at); err != nil {
 		return fmt.Errorf("recording attestation of %s: %w", a.ID, err)
 	}
+
 	s.log.InfoContext(ctx, "agent re-attested", "agent_id", a.ID, "mrtd", at.MRTD)
 	return httpapi.WriteJSON(w, http.StatusOK, apiAttestation(&at))
 }
@@ -158,11 +165,13 @@ func (s *Server) expireAttestation(ctx context.Context, a *fleet.Agent) {
 		s.opts.Now().Sub(at.VerifiedAt) <= s.opts.MaxEvidenceAge {
 		return
 	}
+
 	at.Status = attestationUnattested
 	if err := s.store.UpdateAttestation(ctx, a.ID, at); err != nil {
 		s.log.WarnContext(ctx, "marking agent unattested failed", "agent_id", a.ID, "err", err)
 		return
 	}
+
 	s.log.WarnContext(ctx, "agent evidence expired", "agent_id", a.ID,
 		"verified_at", at.VerifiedAt)
 	s.record(ctx, audit.Event{Actor: audit.System("collector"),
@@ -182,5 +191,6 @@ func apiAttestation(at *fleet.Attestation) cpapi.Attestation {
 		}
 		out.Debug = m.Debug
 	}
+
 	return out
 }

@@ -21,6 +21,7 @@ func TestRegisterVerifiesEvidence(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("register: %d %s", rec.Code, rec.Body)
 	}
+
 	var resp cpapi.RegisterResponse
 	json.Unmarshal(rec.Body.Bytes(), &resp)
 
@@ -28,6 +29,7 @@ func TestRegisterVerifiesEvidence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	at := a.Attestation
 	if !at.Verified || at.Status != "verified" || at.Type != "simulated" ||
 		at.MRTD != strings.Repeat("aa", 48) || at.TCBStatus != "UpToDate" ||
@@ -105,6 +107,7 @@ func TestRegisterRefusals(t *testing.T) {
 			if rec.Code != tt.status {
 				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
 			}
+
 			decodeError(t, rec)
 			if routeCount(e) != routes || agentCount(t, e) != agents {
 				t.Error("a refused registration changed the fleet")
@@ -156,6 +159,7 @@ func TestReattest(t *testing.T) {
 	if code, body := attest(a, ra.AgentID, ra.AgentToken, attestbind.PurposeReattest); code != 200 {
 		t.Fatalf("re-attestation: %d %s", code, body)
 	}
+
 	got, _ := e.store.Get(context.Background(), ra.AgentID)
 	if !got.Attestation.VerifiedAt.Equal(t0.Add(10 * time.Minute)) {
 		t.Errorf("verified_at = %v, want the re-attestation time", got.Attestation.VerifiedAt)
@@ -177,6 +181,7 @@ func TestReattest(t *testing.T) {
 			t.Errorf("%s: %d %s, want 401", r.name, code, body)
 		}
 	}
+
 	untouched, _ := e.store.Get(context.Background(), rb.AgentID)
 	if !untouched.Attestation.VerifiedAt.Equal(t0) {
 		t.Error("a refused re-attestation changed agent B")
@@ -190,12 +195,14 @@ func TestEvidenceExpires(t *testing.T) {
 	if a, _ := e.store.Get(context.Background(), id); a.Attestation.Status != "verified" {
 		t.Fatalf("status %q right after registration, want verified", a.Attestation.Status)
 	}
+
 	e.clock.Advance(time.Hour + time.Second)
 	e.srv.collect(context.Background())
 	a, _ := e.store.Get(context.Background(), id)
 	if a.Attestation.Status != "unattested" {
 		t.Errorf("status %q after the maximum age, want unattested", a.Attestation.Status)
 	}
+
 	var list []cpapi.Agent
 	json.Unmarshal(e.do("GET", "/api/agents", "", admin()).Body.Bytes(), &list)
 	if len(list) != 1 || list[0].Attestation.Status != "unattested" {
@@ -232,6 +239,7 @@ func TestAuditRecordsRegistrations(t *testing.T) {
 	if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &page) != nil || len(page.Entries) != 2 {
 		t.Fatalf("/api/audit = %d %s, want two registration entries", rec.Code, rec.Body)
 	}
+
 	denied, ok := page.Entries[0], page.Entries[1] // newest first
 	if denied.Outcome != "denied" || denied.Details["vm_name"] != "db" ||
 		!strings.Contains(denied.Details["reason"].(string), "report data") {

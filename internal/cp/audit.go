@@ -47,6 +47,7 @@ func (s *Server) importAudit(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
+
 	return httpapi.WriteJSON(w, http.StatusOK, cpapi.AuditAck{Added: added})
 }
 

@@ -60,6 +60,7 @@ func (c *caller) sees(a *fleet.Agent) bool {
 		return c.role == roleTenantCI || a.Tenant.Kind != ghoidc.KindUser ||
 			a.Tenant.ID == c.userID
 	}
+
 	return false
 }
 
@@ -127,6 +128,7 @@ func (s *Server) authorize(ru rule, h httpapi.HandlerFunc) httpapi.HandlerFunc {
 			}
 			return h(w, r.WithContext(context.WithValue(r.Context(), agentKey{}, a)))
 		}
+
 		c, err := s.identify(r)
 		if err != nil {
 			return err
@@ -134,11 +136,13 @@ func (s *Server) authorize(ru rule, h httpapi.HandlerFunc) httpapi.HandlerFunc {
 		if c.role == roleAnyone {
 			return s.refuseAnonymous(w, r, ru)
 		}
+
 		for _, allowed := range ru.roles {
 			if c.role == allowed {
 				return h(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 			}
 		}
+
 		return httpapi.Forbidden("this route is for: " + ru.Name)
 	}
 }
@@ -151,6 +155,7 @@ func (s *Server) refuseAnonymous(w http.ResponseWriter, r *http.Request, ru rule
 		http.Redirect(w, r, s.opts.Sessions.LoginURL(r.URL.RequestURI()), http.StatusSeeOther)
 		return nil
 	}
+
 	w.Header().Set("WWW-Authenticate", `Bearer realm="devopsdefender"`)
 	return httpapi.Unauthorized("sign in, or send a bearer token")
 }
@@ -165,6 +170,7 @@ func (s *Server) authenticateAgent(r *http.Request) (*fleet.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	return &a, nil
 }
 
@@ -178,12 +184,14 @@ func (s *Server) identify(r *http.Request) (*caller, error) {
 	case tok != "" && !websession.IsSessionToken(tok):
 		return s.identifyCI(r.Context(), tok)
 	}
+
 	if s.opts.Sessions == nil {
 		if tok != "" {
 			return nil, httpapi.Unauthorized("invalid token")
 		}
 		return &caller{}, nil
 	}
+
 	sess, err := s.opts.Sessions.Authenticate(r)
 	switch {
 	case err == nil:
@@ -196,6 +204,7 @@ func (s *Server) identify(r *http.Request) (*caller, error) {
 		}
 		return &caller{}, nil
 	}
+
 	return nil, err
 }
 
@@ -208,6 +217,7 @@ func (s *Server) sessionCaller(ctx context.Context, sess *websession.Session) (*
 	for _, id := range sess.Agents {
 		held[id] = true
 	}
+
 	return &caller{role: roleTenant, actor: actor, agents: held, userID: sess.UserID}, nil
 }
 
@@ -218,6 +228,7 @@ func (s *Server) identifyCI(ctx context.Context, tok string) (*caller, error) {
 	if s.opts.CIVerifier == nil {
 		return nil, httpapi.Unauthorized("invalid token")
 	}
+
 	claims, err := s.opts.CIVerifier.Verify(ctx, tok)
 	if err != nil {
 		return nil, ghoidc.HTTPError(err)
@@ -226,6 +237,7 @@ func (s *Server) identifyCI(ctx context.Context, tok string) (*caller, error) {
 	if s.opts.Owner.Matches(claims) {
 		return &caller{role: roleFleetCI, actor: actor}, nil
 	}
+
 	agents, err := s.store.List(ctx)
 	if err != nil {
 		return nil, err
@@ -237,6 +249,7 @@ func (s *Server) identifyCI(ctx context.Context, tok string) (*caller, error) {
 			actor = audit.CI(a.Tenant.String(), claims.Repository, claims.SHA)
 		}
 	}
+
 	if len(held) == 0 {
 		return nil, httpapi.Forbidden("the token's repository is neither the fleet owner's " +
 			"nor a tenant's")
@@ -273,6 +286,7 @@ func tenantAgents(ctx context.Context, store *fleet.Store, who websession.Identi
 		if a.Tenant == nil {
 			continue
 		}
+
 		ok, err := who.Holds(ctx, *a.Tenant)
 		if err != nil {
 			return nil, err
@@ -281,5 +295,6 @@ func tenantAgents(ctx context.Context, store *fleet.Store, who websession.Identi
 			held = append(held, holding(a.ID, *a.Tenant))
 		}
 	}
+
 	return held, nil
 }

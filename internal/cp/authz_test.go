@@ -43,6 +43,7 @@ func loopbackClient(t *testing.T) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	d := &net.Dialer{}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		_, port, _ := net.SplitHostPort(addr)
@@ -63,6 +64,7 @@ func newMatrixEnv(t *testing.T) *matrixEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	iss.Config.Handler = issuer.Handler()
 	iss.Start()
 	t.Cleanup(iss.Close)
@@ -71,6 +73,7 @@ func newMatrixEnv(t *testing.T) *matrixEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	t.Cleanup(func() { verifier.Close() })
 
 	e, appURL := newSessionEnv(t, websession.DevUsers(testOwner), func(o *Options) {
@@ -82,6 +85,7 @@ func newMatrixEnv(t *testing.T) *matrixEnv {
 	if _, err := e.store.SetTenant(ctx, m.b, &tenantUser); err != nil {
 		t.Fatal(err)
 	}
+
 	return m
 }
 
@@ -96,6 +100,7 @@ func newSessionEnv(t *testing.T, users []websession.LocalUser,
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	gh := httptest.NewServer(provider)
 	t.Cleanup(gh.Close)
 	ghURL := "http://github.localhost:" + portOf(gh.Listener)
@@ -139,6 +144,7 @@ func (m *matrixEnv) ciToken(t *testing.T, owner string, id int64) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	return tok
 }
 
@@ -163,6 +169,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"foreign CI":    {anon, m.ciToken(t, "mallory", 666)},
 		"agent A":       {anon, m.aToken},
 	}
+
 	order := []string{"anyone", "admin token", "admin session", "tenant", "fleet CI",
 		"tenant CI", "foreign CI", "agent A"}
 	setB := `{"tenant":{"kind":"user","name":"dev-tenant","id":2002}}`
@@ -196,6 +203,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/agent/" + m.b + "/tenant", "action=set&kind=user&name=dev-tenant&id=2002",
 			[]int{401, 303, 303, 403, 403, 403, 403, 401}},
 	}
+
 	covered := map[string]bool{}
 	for _, tt := range tests {
 		pattern := tt.method + " " + tt.path
@@ -204,12 +212,14 @@ func TestAuthorizationMatrix(t *testing.T) {
 			headBefore, _ := m.store.Audit().Head(context.Background())
 			req, _ := http.NewRequest(tt.method, m.appURL+tt.path, strings.NewReader(tt.body))
 			req.Header.Set("Accept", "text/html, application/json")
+
 			switch {
 			case strings.HasPrefix(tt.body, "{"):
 				req.Header.Set("Content-Type", "application/json")
 			case tt.body != "":
 				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			}
+
 			if c.bearer != "" {
 				req.Header.Set("Authorization", "Bearer "+c.bearer)
 			}
@@ -217,11 +227,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			var body map[string]any
 			isJSON := strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json")
 			if isJSON && resp.StatusCode >= 400 {
 				json.NewDecoder(resp.Body).Decode(&body)
 			}
+
 			resp.Body.Close()
 			if resp.StatusCode != tt.want[i] {
 				t.Errorf("%s as %s = %d, want %d", pattern, name, resp.StatusCode, tt.want[i])
@@ -236,6 +248,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 					t.Errorf("%s as %s: a refused request changed the audit log", pattern, name)
 				}
 			}
+
 			if name == "anyone" && resp.StatusCode == 303 &&
 				!strings.HasPrefix(resp.Header.Get("Location"), websession.LoginPath) {
 				t.Errorf("%s as %s: redirected to %q, want the sign-in page", pattern, name,
@@ -244,11 +257,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 		covered[tt.method+" "+routeOf(tt.path, m)] = true
 	}
+
 	for _, rt := range m.srv.Routes() {
 		if !covered[rt.Pattern] {
 			t.Errorf("route %s (%s) is not in the matrix", rt.Pattern, rt.Rule.Name)
 		}
 	}
+
 	if b, _ := m.store.Get(context.Background(), m.b); b.Tenant == nil || *b.Tenant != tenantUser {
 		t.Errorf("agent B's tenant = %v after the walk, want %v", b.Tenant, tenantUser)
 	}
@@ -259,6 +274,7 @@ func routeOf(path string, m *matrixEnv) string {
 	for _, id := range []string{m.a, m.b} {
 		path = strings.Replace(path, id, "{id}", 1)
 	}
+
 	if path == "/" {
 		return "/{$}"
 	}
@@ -273,12 +289,14 @@ func TestTenantSeesOnlyItsAgents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var agents []cpapi.Agent
 	json.NewDecoder(resp.Body).Decode(&agents)
 	resp.Body.Close()
 	if len(agents) != 1 || agents[0].AgentID != m.b {
 		t.Fatalf("tenant lists %+v, want only agent B", agents)
 	}
+
 	want := &cpapi.Principal{Kind: "user", Name: websession.DevTenantLogin,
 		ID: websession.DevTenantID}
 	if got := agents[0].Tenant; got == nil || *got != *want {
@@ -291,14 +309,17 @@ func TestTenantSeesOnlyItsAgents(t *testing.T) {
 	if resp, err := c.Do(out); err != nil || resp.StatusCode >= 400 {
 		t.Fatalf("logout: %v %v", resp, err)
 	}
+
 	replay, _ := http.NewRequest("GET", m.appURL+"/api/agents", nil)
 	for _, ck := range cookies {
 		replay.AddCookie(ck)
 	}
+
 	resp, err = loopbackClient(t).Do(replay)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("old cookie after logout = %d, want 401", resp.StatusCode)
@@ -317,9 +338,11 @@ func TestTenantChangesAreAudited(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		resp.Body.Close()
 		return resp.StatusCode
 	}
+
 	bad := []string{`{}`, `{"tenant":{"kind":"user","name":"x","id":0}}`,
 		`{"tenant":{"kind":"team","name":"x","id":1}}`, `{"tenant":null,"x":1}`,
 		`{"tenant":{"kind":"org","name":"acme","id":4242}}`}
@@ -328,12 +351,14 @@ func TestTenantChangesAreAudited(t *testing.T) {
 			t.Errorf("tenant body %s = %d, want 400", b, code)
 		}
 	}
+
 	if code := do(`{"tenant":{"kind":"org","name":"globex","id":9}}`); code != 200 {
 		t.Fatalf("set = %d", code)
 	}
 	if code := do(`{"tenant":null}`); code != 200 {
 		t.Fatalf("clear = %d", code)
 	}
+
 	rec := m.do("GET", "/api/audit?agent="+m.a, "", admin())
 	for _, want := range []string{`"action":"tenant_set"`, `"action":"tenant_cleared"`,
 		`"tenant":"org:globex(9)"`, `"previous":"org:globex(9)"`} {
@@ -358,12 +383,14 @@ func TestTenantLosesAgentWhenReassigned(t *testing.T) {
 	if _, err := m.store.SetTenant(context.Background(), m.b, &other); err != nil {
 		t.Fatal(err)
 	}
+
 	req, _ := http.NewRequest("GET", m.appURL+"/agent/"+m.b, nil)
 	req.Header.Set("Accept", "text/html")
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("former tenant's agent page = %d, want 404", resp.StatusCode)
@@ -385,16 +412,19 @@ func TestOrgTenantLosesReassignedAgent(t *testing.T) {
 	if _, err := e.store.SetTenant(ctx, id, &t1); err != nil {
 		t.Fatal(err)
 	}
+
 	carol := loopbackClient(t)
 	if err := websessiontest.SignIn(carol, appURL, "carol"); err != nil {
 		t.Fatal(err)
 	}
+
 	sees := func() bool {
 		resp, err := carol.Get(appURL + "/api/agents")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
+
 		var list []cpapi.Agent
 		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
 			t.Fatal(err)

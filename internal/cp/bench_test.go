@@ -46,6 +46,7 @@ func BenchmarkQuoteVerify(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+
 	at := func() time.Time { return time.Date(2023, 7, 1, 0, 0, 0, 0, time.UTC) }
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -68,22 +69,27 @@ func BenchmarkTokenVerify(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+
 	srv.Config.Handler = auth.Handler()
 	srv.Start()
 	defer srv.Close()
+
 	client, err := ita.NewClient(ita.ClientOptions{BaseURL: url, APIKey: "bench-key-0123456789"})
 	if err != nil {
 		b.Fatal(err)
 	}
+
 	token, _, err := client.Token(ctx, sim, make([]byte, 64))
 	if err != nil {
 		b.Fatal(err)
 	}
+
 	v, err := ita.NewVerifier(ctx, ita.VerifierOptions{JWKSURL: auth.JWKSURL(), Issuer: url})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer v.Close()
+
 	if _, err := v.Verify(ctx, token); err != nil {
 		b.Fatal(err)
 	}
@@ -106,6 +112,7 @@ func BenchmarkRegister(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+
 	e := newTestEnvAt(b, filepath.Join(b.TempDir(), "fleet.db"), func(o *Options) {
 		o.Appraiser = direct
 		o.Now = time.Now
@@ -143,11 +150,13 @@ func register(base, vm string, keys attestbind.Keys, priv ed25519.PrivateKey,
 	if err != nil {
 		return err
 	}
+
 	raw, _ := base64.StdEncoding.DecodeString(n.Nonce)
 	rd, err := attestbind.ReportData(attestbind.PurposeRegister, raw, keys)
 	if err != nil {
 		return err
 	}
+
 	quote, err := sim.Quote(context.Background(), rd)
 	if err != nil {
 		return err
@@ -157,6 +166,7 @@ func register(base, vm string, keys attestbind.Keys, priv ed25519.PrivateKey,
 		NoiseKey: base64.StdEncoding.EncodeToString(keys.Noise),
 		Evidence: agentapi.Evidence{AttestationType: "simulated", QuoteFormat: "tdx",
 			QuoteB64: base64.StdEncoding.EncodeToString(quote)}})
+
 	req, _ := http.NewRequest(http.MethodPost, base+"/register", bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(attestbind.SignatureHeader, attestbind.Sign(priv, body))
@@ -164,6 +174,7 @@ func register(base, vm string, keys attestbind.Keys, priv ed25519.PrivateKey,
 	if err != nil {
 		return err
 	}
+
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("register %s: status %d", vm, resp.StatusCode)

@@ -35,12 +35,14 @@ func (s *Server) cfSnapshot(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+
 	v := s.opts.Ingress.List(ctx, ingress.ListOptions{Apps: true})
 	account, zone := s.account()
 	states := make([]reap.AgentState, 0, len(agents))
 	for _, a := range agents {
 		states = append(states, agentState(&a))
 	}
+
 	return httpapi.WriteJSON(w, http.StatusOK, reap.BuildSnapshot(reap.SnapshotInput{
 		View: v, Env: s.opts.Env, Hostname: s.opts.Hostname, CPTunnelID: s.tunnelID(),
 		AccountID: account, ZoneID: zone, Agents: states}))
@@ -53,6 +55,7 @@ func agentState(a *fleet.Agent) reap.AgentState {
 	for _, c := range a.Claims {
 		st.Extras = append(st.Extras, reap.Extra{Label: c.Label, Port: c.Port})
 	}
+
 	return st
 }
 
@@ -64,12 +67,14 @@ func (s *Server) cfMap(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+
 	known := 0
 	for _, a := range agents {
 		if a.TunnelID != "" {
 			known++
 		}
 	}
+
 	v := s.opts.Ingress.List(ctx, ingress.ListOptions{Apps: true})
 	account, zone := s.account()
 	return httpapi.WriteJSON(w, http.StatusOK, reap.BuildMap(reap.MapInput{View: v,

@@ -38,10 +38,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return errors.New("cp: collector already running")
 	}
 	defer s.running.Store(false)
+
 	bgCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer stop()
+
 	if s.opts.Connect != nil {
 		if s.tunnelID() != "" {
 			return errors.New("cp: Run with Connect may be called once")
@@ -55,6 +57,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if !s.Fenced() {
 		return nil
 	}
+	// Fenced: stop the background work, then drain and power off.
 	stop()
 	wg.Wait()
 	return s.afterFence(ctx)
@@ -65,6 +68,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) collectLoop(ctx context.Context) {
 	ticker := time.NewTicker(s.opts.ScrapeInterval)
 	defer ticker.Stop()
+
 	s.log.InfoContext(ctx, "collector started", "interval", s.opts.ScrapeInterval,
 		"stale_after", s.opts.StaleAfter, "dead_after", s.opts.DeadAfter)
 	for {
@@ -94,15 +98,18 @@ func (s *Server) collect(ctx context.Context) {
 		}
 		return
 	}
+
 	sem := make(chan struct{}, s.opts.ScrapeConcurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+
 	for _, a := range agents {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
+
 		wg.Go(func() {
 			defer func() { <-sem }()
 			s.expireAttestation(ctx, &a)
@@ -128,6 +135,7 @@ func (s *Server) recordHealthy(ctx context.Context, a *fleet.Agent, h agentapi.H
 	if s.Fenced() {
 		return // a newer control plane owns the registry now
 	}
+
 	err := s.store.UpdateHealth(ctx, a.ID, s.opts.Now(), h.Units)
 	switch {
 	case errors.Is(err, fleet.ErrNotFound):
@@ -136,6 +144,7 @@ func (s *Server) recordHealthy(ctx context.Context, a *fleet.Agent, h agentapi.H
 		s.log.ErrorContext(ctx, "recording scrape failed", "agent_id", a.ID, "err", err)
 		return
 	}
+
 	if a.Status != fleet.StatusHealthy {
 		s.log.InfoContext(ctx, "agent status changed", "agent_id", a.ID,
 			"vm_name", a.VMName, "from", a.Status, "to", fleet.StatusHealthy)
@@ -149,6 +158,7 @@ func (s *Server) recordFailure(ctx context.Context, a *fleet.Agent, scrapeErr er
 	if s.Fenced() {
 		return
 	}
+
 	status := a.Status
 	switch silent := s.opts.Now().Sub(a.LastHeard()); {
 	case silent >= s.opts.DeadAfter:
@@ -156,6 +166,7 @@ func (s *Server) recordFailure(ctx context.Context, a *fleet.Agent, scrapeErr er
 	case silent >= s.opts.StaleAfter:
 		status = fleet.StatusStale
 	}
+
 	msg := truncate(scrapeErr.Error(), maxErrorLen)
 	err := s.store.SetStatus(ctx, a.ID, status, msg)
 	switch {
@@ -165,6 +176,7 @@ func (s *Server) recordFailure(ctx context.Context, a *fleet.Agent, scrapeErr er
 		s.log.ErrorContext(ctx, "recording scrape failed", "agent_id", a.ID, "err", err)
 		return
 	}
+
 	if status != a.Status {
 		s.log.WarnContext(ctx, "agent status changed", "agent_id", a.ID,
 			"vm_name", a.VMName, "from", a.Status, "to", status, "err", msg)
@@ -176,17 +188,20 @@ func (s *Server) recordFailure(ctx context.Context, a *fleet.Agent, scrapeErr er
 func (s *Server) fetchHealth(ctx context.Context, a *fleet.Agent) (agentapi.Health, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ScrapeTimeout)
 	defer cancel()
+
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
 		s.publicURL(ingress.AgentAPIHostname(a.Hostname))+"/health", nil)
 	if err != nil {
 		return agentapi.Health{}, fmt.Errorf("building /health request: %w", err)
 	}
+
 	req.Header.Set("Accept", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return agentapi.Health{}, fmt.Errorf("GET /health: %w", err)
 	}
 	defer resp.Body.Close()
+
 	if resp.StatusCode != http.StatusOK {
 		return agentapi.Health{}, fmt.Errorf("GET /health: status %d", resp.StatusCode)
 	}
@@ -194,6 +209,7 @@ func (s *Server) fetchHealth(ctx context.Context, a *fleet.Agent) (agentapi.Heal
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxHealthBody)).Decode(&h); err != nil {
 		return agentapi.Health{}, fmt.Errorf("decoding /health: %w", err)
 	}
+
 	return h, checkHealth(a, &h)
 }
 
@@ -209,6 +225,7 @@ func checkHealth(a *fleet.Agent, h *agentapi.Health) error {
 	if !h.OK {
 		return errors.New("/health reports not ok")
 	}
+
 	return nil
 }
 
@@ -217,8 +234,10 @@ func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
+
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}
+
 	return s[:n] + "…"
 }

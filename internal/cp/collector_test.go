@@ -32,6 +32,7 @@ func newFakeAgent(t *testing.T) (*fakeAgent, *httptest.Server) {
 			http.NotFound(w, r)
 			return
 		}
+
 		f.scrapes.Add(1)
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -85,6 +86,7 @@ func TestCollectorLifecycle(t *testing.T) {
 	if diff := cmp.Diff(units, a.Units); diff != "" {
 		t.Errorf("units (-want +got):\n%s", diff)
 	}
+
 	lastSeen := a.LastSeen
 
 	// Failures shorter than StaleAfter keep it healthy but record the error.
@@ -213,21 +215,25 @@ func TestCollectBoundsConcurrency(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := inFlight.Add(1)
 		defer inFlight.Add(-1)
+
 		for {
 			p := peak.Load()
 			if n <= p || peak.CompareAndSwap(p, n) {
 				break
 			}
 		}
+
 		<-release
 		json.NewEncoder(w).Encode(agentapi.Health{OK: true, Service: "agent"})
 	}))
 	t.Cleanup(srv.Close)
+
 	for i := range agents {
 		vm := string(rune('a' + i))
 		e.ingress.setURL(vm+".localhost", srv.URL)
 		e.register(t, vm)
 	}
+
 	done := make(chan struct{})
 	go func() { e.srv.collect(context.Background()); close(done) }()
 	// Let requests through one at a time while the collector runs.
@@ -239,6 +245,7 @@ func TestCollectBoundsConcurrency(t *testing.T) {
 		}
 		break
 	}
+
 	if p := peak.Load(); p > limit {
 		t.Errorf("%d scrapes in flight, limit %d", p, limit)
 	}

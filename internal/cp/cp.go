@@ -242,6 +242,7 @@ func New(opts Options) (*Server, error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("cp: %w", err)
 	}
+
 	opts.setDefaults()
 
 	log := slog.New(requestIDHandler{opts.Logger.Handler()}).With("component", "cp")
@@ -276,6 +277,7 @@ func (o *Options) validate() error {
 	if !validDNSName(o.Domain) {
 		errs = append(errs, fmt.Errorf("Domain %q is not a DNS name", o.Domain))
 	}
+
 	if len(o.AdminToken) < MinAdminTokenLen {
 		errs = append(errs, fmt.Errorf("AdminToken must have at least %d characters",
 			MinAdminTokenLen))
@@ -289,12 +291,14 @@ func (o *Options) validate() error {
 	if o.Appraiser == nil && !o.AcceptUnverified {
 		errs = append(errs, errors.New("Appraiser is required unless AcceptUnverified is set"))
 	}
+
 	if o.ScrapeInterval < 0 || o.ScrapeTimeout < 0 || o.StaleAfter < 0 ||
 		o.DeadAfter < 0 || o.ScrapeConcurrency < 0 || o.FenceGrace < 0 ||
 		o.SelfCheckInterval < 0 || o.FenceAfter < 0 || o.ReapEvery < 0 ||
 		o.ReapGrace < 0 || o.ReapFailures < 0 || o.NonceBurst < 0 || o.NonceEvery < 0 {
 		errs = append(errs, errors.New("durations, counts and concurrency must not be negative"))
 	}
+
 	return errors.Join(errs...)
 }
 
@@ -310,6 +314,7 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+
 	setDefault(&o.ScrapeInterval, 5*time.Second)
 	setDefault(&o.ScrapeTimeout, 3*time.Second)
 	setDefault(&o.StaleAfter, 30*time.Second)
@@ -324,12 +329,14 @@ func (o *Options) setDefaults() {
 	if o.ScrapeConcurrency == 0 {
 		o.ScrapeConcurrency = 8
 	}
+
 	if o.Build == "" {
 		o.Build = "dev"
 	}
 	if o.PublicURL == nil {
 		o.PublicURL = func(h string) string { return "https://" + h }
 	}
+
 	setDefault(&o.FenceGrace, 10*time.Second)
 	setDefault(&o.SelfCheckInterval, 10*time.Second)
 	setDefault(&o.ReapGrace, reap.DefaultGrace)
@@ -350,11 +357,13 @@ func validDNSName(name string) bool {
 	if name == "" || len(name) > 253 {
 		return false
 	}
+
 	for _, l := range strings.Split(name, ".") {
 		if !workload.ValidLabel(l) {
 			return false
 		}
 	}
+
 	return true
 }
 

@@ -36,6 +36,7 @@ func (e *testEnv) register(t *testing.T, vm string) cpapi.RegisterResponse {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("register %s: %d %s", vm, rec.Code, rec.Body)
 	}
+
 	var resp cpapi.RegisterResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
 		t.Fatal(err)
@@ -49,6 +50,7 @@ func decodeError(t *testing.T, rec interface{ Result() *http.Response }) httpapi
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("error content type %q, want application/json", ct)
 	}
+
 	var b httpapi.Body
 	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil || b.Code == "" {
 		t.Errorf("error body is not {code, message}: %v", err)
@@ -66,6 +68,7 @@ func TestNewValidatesOptions(t *testing.T) {
 		"no domain":         func(o *Options) { o.Domain = "" },
 		"negative interval": func(o *Options) { o.ScrapeInterval = -time.Second },
 	}
+
 	base := newTestEnv(t, nil)
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -86,10 +89,12 @@ func TestHealth(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d", rec.Code)
 	}
+
 	var got cpapi.Health
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
+
 	want := cpapi.Health{OK: true, Service: "cp", Env: "dev", Hostname: "app.localhost",
 		Build: "abc123", UptimeSecs: 90, AgentCount: 1, HealthyCount: 0}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -107,10 +112,12 @@ func TestRegisterStoresUnverified(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
+
 	var resp cpapi.RegisterResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
 		t.Fatal(err)
 	}
+
 	const prefix = "dd-dev-agent-"
 	if !strings.HasPrefix(resp.AgentID, prefix) || len(resp.AgentID) != len(prefix)+16 {
 		t.Errorf("agent_id %q, want dd-dev-agent-<16 hex>", resp.AgentID)
@@ -130,6 +137,7 @@ func TestRegisterStoresUnverified(t *testing.T) {
 		!a.RegisteredAt.Equal(t0) {
 		t.Errorf("stored %+v", a)
 	}
+
 	wantAtt := fleet.Attestation{Type: "simulated", QuoteFormat: "fake",
 		QuoteB64: sent.Evidence.QuoteB64, Verified: false, Status: "unverified"}
 	if diff := cmp.Diff(wantAtt, a.Attestation); diff != "" {
@@ -144,12 +152,14 @@ func TestRegisterStoresUnverified(t *testing.T) {
 	if got := e.ingress.owner("web.localhost"); got != a.TunnelID {
 		t.Errorf("ingress routes web.localhost to tunnel %q, want %q", got, a.TunnelID)
 	}
+
 	if got := e.ingress.owner("web-agent-api.localhost"); got != a.TunnelID {
 		t.Errorf("ingress routes the API hostname to tunnel %q, want %q", got, a.TunnelID)
 	}
 	if strings.Contains(e.logs.String(), resp.TunnelToken) {
 		t.Error("the tunnel token was logged")
 	}
+
 	select {
 	case <-e.srv.wake:
 	default:
@@ -199,10 +209,12 @@ func TestRegisterRejectsBadInput(t *testing.T) {
 			if tc.ctype != "" {
 				h["Content-Type"] = tc.ctype
 			}
+
 			rec := e.do("POST", "/register", tc.body, h)
 			if rec.Code != tc.status {
 				t.Errorf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
 			}
+
 			decodeError(t, rec)
 			assertEmpty(t, e)
 		})
@@ -250,14 +262,17 @@ func TestRegisterReplacesSameVMName(t *testing.T) {
 	if first.AgentID == second.AgentID {
 		t.Fatal("re-registration reused the agent id")
 	}
+
 	list, err := e.store.List(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var ids []string
 	for _, a := range list {
 		ids = append(ids, a.ID)
 	}
+
 	if diff := cmp.Diff([]string{other.AgentID, second.AgentID}, ids); diff != "" {
 		t.Errorf("agents (-want +got):\n%s", diff)
 	}
@@ -266,12 +281,14 @@ func TestRegisterReplacesSameVMName(t *testing.T) {
 		t.Errorf("web.localhost routes to tunnel %q, want the new agent's %q", got,
 			newer.TunnelID)
 	}
+
 	v := e.ingress.List(context.Background(), ingress.ListOptions{})
 	for _, tun := range v.Tunnels {
 		if tun.Name == older {
 			t.Errorf("the replaced agent's tunnel %s was not deleted", tun.ID)
 		}
 	}
+
 	if _, err := e.store.AuthenticateAgent(context.Background(), first.AgentID,
 		first.AgentToken); err == nil {
 		t.Error("the replaced agent's token still authenticates")
@@ -301,6 +318,7 @@ func TestAPIAgentsAuth(t *testing.T) {
 			if tc.remote != "" {
 				r.RemoteAddr = tc.remote
 			}
+
 			rec := serve(e, r)
 			if rec.Code != tc.status {
 				t.Fatalf("status %d, want %d", rec.Code, tc.status)
@@ -309,6 +327,7 @@ func TestAPIAgentsAuth(t *testing.T) {
 				decodeError(t, rec)
 				return
 			}
+
 			var agents []cpapi.Agent
 			if err := json.Unmarshal(rec.Body.Bytes(), &agents); err != nil {
 				t.Fatal(err)
@@ -316,6 +335,7 @@ func TestAPIAgentsAuth(t *testing.T) {
 			if len(agents) != 2 || agents[0].VMName != "alpha" || agents[1].VMName != "web" {
 				t.Fatalf("agents not sorted by vm_name: %+v", agents)
 			}
+
 			a := agents[0]
 			if a.Status != "registering" || a.Attestation.Verified ||
 				a.Attestation.Status != "unverified" || a.RegisteredAt != "2026-03-01T12:00:00Z" ||
@@ -368,11 +388,13 @@ func TestRouteErrorsAreJSON(t *testing.T) {
 		if rec.Code != tc.status {
 			t.Errorf("%s %s = %d, want %d", tc.method, tc.path, rec.Code, tc.status)
 		}
+
 		decodeError(t, rec)
 		if got := rec.Header().Get("Allow"); got != tc.allow {
 			t.Errorf("%s %s Allow %q, want %q", tc.method, tc.path, got, tc.allow)
 		}
 	}
+
 	if rec := e.do("GET", "/agent/nope", "", admin()); rec.Code != 404 {
 		t.Errorf("unknown agent page = %d, want 404", rec.Code)
 	}
@@ -395,6 +417,7 @@ func TestPagesRequireAdmin(t *testing.T) {
 		if rec := e.do("GET", path, "", wrongBearer); rec.Code != 401 {
 			t.Errorf("wrong bearer GET %s = %d, want 401", path, rec.Code)
 		}
+
 		rec := e.do("GET", path, "", admin())
 		if rec.Code != 200 {
 			t.Fatalf("admin GET %s = %d", path, rec.Code)
@@ -415,6 +438,7 @@ func TestFleetPageShowsUnverified(t *testing.T) {
 			t.Errorf("fleet page lacks %q:\n%s", want, body)
 		}
 	}
+
 	if strings.Contains(body, ">verified<") {
 		t.Error("fleet page claims an agent is verified")
 	}
@@ -429,6 +453,7 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	if !strings.Contains(logs, "http request") || !strings.Contains(logs, "request_id=") {
 		t.Errorf("no access log with request ids:\n%s", logs)
 	}
+
 	for _, secret := range []string{testAdminToken, resp.AgentToken} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("logs contain a secret:\n%s", logs)

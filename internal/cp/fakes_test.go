@@ -49,6 +49,7 @@ func newTestIngress(t testing.TB, now func() time.Time) *testIngress {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	p, err := localedge.NewProvider(edge, localedge.ProviderOptions{Now: now})
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +66,7 @@ func (f *testIngress) CreateTunnel(ctx context.Context, name string,
 	if err != nil {
 		return ingress.Tunnel{}, err
 	}
+
 	return f.Provider.CreateTunnel(ctx, name, in)
 }
 
@@ -148,6 +150,7 @@ func newTestEnvAt(t testing.TB, dbPath string, mutate func(*Options)) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	t.Cleanup(func() { store.Close() })
 	env := &testEnv{store: store, clock: &clock{t: t0}, logs: &syncBuffer{}, dbPath: dbPath}
 	env.ingress = newTestIngress(t, env.clock.Now)
@@ -168,6 +171,7 @@ func newTestEnvAt(t testing.TB, dbPath string, mutate func(*Options)) *testEnv {
 	if mutate != nil {
 		mutate(&opts)
 	}
+
 	env.srv, err = New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -183,9 +187,11 @@ func (e *testEnv) do(method, path, body string, header map[string]string) *httpt
 	} else {
 		r = httptest.NewRequest(method, path, strings.NewReader(body))
 	}
+
 	for k, v := range header {
 		r.Header.Set(k, v)
 	}
+
 	rec := httptest.NewRecorder()
 	e.srv.Handler().ServeHTTP(rec, r)
 	return rec
@@ -255,6 +261,7 @@ func newTestAgent(t *testing.T) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	noise := make([]byte, 32)
 	rand.Read(noise)
 	return &testAgent{keys: attestbind.Keys{Signing: pub, Noise: noise}, priv: priv}
@@ -268,6 +275,7 @@ func (e *testEnv) nonce(t *testing.T) string {
 	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &n) != nil {
 		t.Fatalf("nonce: %d %s", rec.Code, rec.Body)
 	}
+
 	return n.Nonce
 }
 
@@ -279,6 +287,7 @@ func (a *testAgent) evidence(t *testing.T, purpose, nonce string) agentapi.Evide
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	return agentapi.Evidence{AttestationType: "simulated", QuoteFormat: "fake",
 		QuoteB64: fakeQuote(rd)}
 }

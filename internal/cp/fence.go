@@ -107,6 +107,7 @@ func (s *Server) TunnelID() string { return s.tunnelID() }
 func (s *Server) ingressHealth() *cpapi.CPIngress {
 	s.self.mu.Lock()
 	defer s.self.mu.Unlock()
+
 	if s.self.tunnel.ID == "" {
 		return nil
 	}
@@ -116,6 +117,7 @@ func (s *Server) ingressHealth() *cpapi.CPIngress {
 		st := s.self.conn.Status()
 		h.Connector = &st
 	}
+
 	return h
 }
 
@@ -142,6 +144,7 @@ func (s *Server) openSelf(ctx context.Context) (Connector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cp: creating the control plane's tunnel: %w", err)
 	}
+
 	conn, err := s.opts.Connect(t.Token, func(cloudflared.Exit) {
 		select {
 		case s.self.exited <- struct{}{}:
@@ -152,6 +155,7 @@ func (s *Server) openSelf(ctx context.Context) (Connector, error) {
 		s.deleteTunnel(ctx, t.ID, name)
 		return nil, fmt.Errorf("cp: starting the control plane's connector: %w", err)
 	}
+
 	t.Token = "" // the connector holds it; nothing else may
 	s.self.mu.Lock()
 	s.self.tunnel, s.self.conn = t, conn
@@ -177,6 +181,7 @@ func (s *Server) watchSelf(ctx context.Context) {
 		if !s.servedOnce() {
 			wait /= 10
 		}
+
 		t := time.NewTimer(wait)
 		exited = false
 		select {
@@ -213,11 +218,13 @@ func (s *Server) checkSelf(ctx context.Context, connectorExited bool) {
 	if ctx.Err() != nil {
 		return
 	}
+
 	gone := errors.Is(err, ingress.ErrNotFound) || (err == nil && info.Deleted())
 	probe, other := s.probeSelf(ctx, own)
 	if ctx.Err() != nil {
 		return
 	}
+
 	var strike string
 	switch served := s.servedOnce(); {
 	case gone && connectorExited:
@@ -301,17 +308,20 @@ func (s *Server) connectorRunning() bool {
 func (s *Server) probeSelf(ctx context.Context, own string) (probeResult, string) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ScrapeTimeout)
 	defer cancel()
+
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
 		strings.TrimSuffix(s.opts.PublicURL(s.opts.Hostname), "/")+"/health", nil)
 	if err != nil {
 		return probeFailed, ""
 	}
+
 	req.Header.Set("Accept", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return probeFailed, ""
 	}
 	defer resp.Body.Close()
+
 	var h cpapi.Health
 	if resp.StatusCode != http.StatusOK ||
 		json.NewDecoder(io.LimitReader(resp.Body, maxHealthBody)).Decode(&h) != nil ||
@@ -321,6 +331,7 @@ func (s *Server) probeSelf(ctx context.Context, own string) (probeResult, string
 	if h.Ingress.TunnelID == own {
 		return probeSelf, ""
 	}
+
 	return probeOther, truncate(h.Ingress.TunnelID, 64)
 }
 
@@ -346,6 +357,7 @@ func (s *Server) fencePredecessors(ctx context.Context) {
 		s.log.WarnContext(ctx, "finding older control planes failed; retrying", "err", err)
 		return
 	}
+
 	failed := false
 	for _, p := range preds {
 		if !s.confirmServing(ctx) {
@@ -357,12 +369,14 @@ func (s *Server) fencePredecessors(ctx context.Context) {
 			failed = true
 			continue
 		}
+
 		s.record(ctx, audit.Event{Actor: s.actor(), Action: audit.ActionStonith, Target: p.Name,
 			Outcome: audit.OutcomeOK, Details: map[string]any{"tunnel_id": p.ID,
 				"created_at": p.CreatedAt.UTC().Format(time.RFC3339Nano),
 				"hostname":   s.opts.Hostname, "by_tunnel_id": own}})
 		s.log.InfoContext(ctx, "older control plane fenced", "tunnel_id", p.ID, "name", p.Name)
 	}
+
 	if !failed {
 		s.self.mu.Lock()
 		s.self.stonithd = true
@@ -378,6 +392,7 @@ func (s *Server) fence(ctx context.Context, reason string) {
 	if !s.self.fenced.CompareAndSwap(false, true) {
 		return
 	}
+
 	s.self.mu.Lock()
 	s.self.reason, s.self.serving = reason, false
 	s.self.mu.Unlock()
@@ -394,6 +409,7 @@ func (s *Server) afterFence(ctx context.Context) error {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+
 	t.Stop()
 	s.self.mu.Lock()
 	reason := s.self.reason
@@ -404,6 +420,7 @@ func (s *Server) afterFence(ctx context.Context) error {
 			s.log.ErrorContext(ctx, "power-off failed", "err", err)
 		}
 	}
+
 	return fmt.Errorf("%w: %s", ErrFenced, reason)
 }
 

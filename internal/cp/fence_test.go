@@ -38,10 +38,12 @@ func newEdgeEnv(t *testing.T) *edgeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	p, err := localedge.NewProvider(edge, localedge.ProviderOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	srv.Config.Handler = edge
 	srv.Start()
 	t.Cleanup(srv.Close)
@@ -68,6 +70,7 @@ func (e *edgeEnv) newCP(t *testing.T, mutate func(*Options)) *runningCP {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	t.Cleanup(func() { store.Close() })
 	c := &runningCP{store: store, logs: &syncBuffer{}, done: make(chan struct{})}
 	c.http = httptest.NewUnstartedServer(nil)
@@ -93,6 +96,7 @@ func (e *edgeEnv) newCP(t *testing.T, mutate func(*Options)) *runningCP {
 	if mutate != nil {
 		mutate(&opts)
 	}
+
 	if c.srv, err = New(opts); err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +138,7 @@ func (c *runningCP) post(t *testing.T, path string) int {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	var body map[string]any
 	if json.NewDecoder(resp.Body).Decode(&body) != nil && resp.StatusCode >= 400 {
 		t.Errorf("POST %s = %d without a JSON body", path, resp.StatusCode)
@@ -148,6 +153,7 @@ func (c *runningCP) health(t *testing.T) cpapi.Health {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	var h cpapi.Health
 	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
 		t.Fatal(err)
@@ -163,6 +169,7 @@ func TestSecondControlPlaneFencesTheFirst(t *testing.T) {
 	if code := first.post(t, "/register/nonce"); code != http.StatusOK {
 		t.Fatalf("a write on the serving control plane = %d", code)
 	}
+
 	h := first.health(t)
 	if h.Ingress == nil || h.Ingress.TunnelID != first.srv.TunnelID() || !h.Ingress.Serving ||
 		h.Ingress.Connector == nil || h.Ingress.Connector.State != cloudflared.StateRunning {
@@ -187,10 +194,12 @@ func TestSecondControlPlaneFencesTheFirst(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the first control plane did not stop after the second took over")
 	}
+
 	if !errors.Is(first.err, ErrFenced) || first.poweroff.Load() != 1 {
 		t.Errorf("first Run = %v, power-offs %d; want ErrFenced and one", first.err,
 			first.poweroff.Load())
 	}
+
 	eventually(t, "the second control plane serves", second.srv.Serving)
 
 	// The fenced control plane refuses writes with a JSON 503 and still
@@ -213,6 +222,7 @@ func TestSecondControlPlaneFencesTheFirst(t *testing.T) {
 	if got := e.provider.Hostnames()["app.localhost"]; got != second.srv.TunnelID() {
 		t.Errorf("app.localhost routes to %q, want the second tunnel", got)
 	}
+
 	entries := auditEntries(t, second.store, audit.ActionStonith)
 	if len(entries) != 1 || entries[0].Actor.Name != "cp:"+second.srv.TunnelID() ||
 		!strings.HasPrefix(entries[0].Target, "dd-dev-cp-") {
@@ -241,6 +251,7 @@ func TestSelfCheckStrikes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
+
 	open := func(cp *runningCP) {
 		conn, err := cp.srv.openSelf(ctx)
 		if err != nil {
@@ -268,6 +279,7 @@ func TestSelfCheckStrikes(t *testing.T) {
 		t.Fatalf("after one strike: fenced %v serving %v; want neither", c.srv.Fenced(),
 			c.srv.Serving())
 	}
+
 	c.srv.checkSelf(ctx, false)
 	if !c.srv.Fenced() {
 		t.Fatal("two strikes in a row did not fence")

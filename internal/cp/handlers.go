@@ -70,6 +70,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := s.validateRegister(&req); err != nil {
 		return err
 	}
+
 	keys, err := attestbind.DecodeKeys(req.SigningKey, req.NoiseKey)
 	if err != nil {
 		return httpapi.BadRequest("%s", err.Error())
@@ -81,6 +82,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		s.refuseRegistration(ctx, r, req.VMName, "", err)
 		return err
 	}
+
 	holder, err := s.nameHolder(ctx, req.VMName, keys)
 	if err != nil {
 		s.refuseRegistration(ctx, r, req.VMName, holderID(holder), err)
@@ -89,6 +91,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
+
 	if err := s.confirmHolder(ctx, req.VMName, holder); err != nil {
 		s.refuseRegistration(ctx, r, req.VMName, holderID(holder), err)
 		return err
@@ -98,6 +101,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		s.refuseRegistration(ctx, r, req.VMName, "", err)
 		return err
 	}
+
 	a, token, err := s.newAgent(ctx, &req, keys, at)
 	if err != nil {
 		return err
@@ -109,11 +113,13 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+
 	replaced, err := s.store.Register(ctx, a)
 	if err != nil {
 		s.deleteTunnel(ctx, a.TunnelID, a.ID)
 		return fmt.Errorf("storing registration of %s: %w", a.ID, err)
 	}
+
 	// The new tunnel took the hostnames over when it was created; the
 	// replaced registration's tunnel keeps only what nobody else uses.
 	replacedIDs := []string{}
@@ -121,6 +127,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		s.deleteTunnel(ctx, old.TunnelID, old.ID)
 		replacedIDs = append(replacedIDs, old.ID)
 	}
+
 	details := map[string]any{
 		"vm_name": a.VMName, "hostname": a.Hostname, "attestation_type": a.Attestation.Type,
 		"attestation_status": a.Attestation.Status, "mrtd": a.Attestation.MRTD,
@@ -131,6 +138,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 			"agent_id", a.ID, "vm_name", a.VMName, "tenant", dropped.String(),
 			"replaced", replacedIDs)
 	}
+
 	s.record(ctx, audit.Event{Actor: audit.Agent(a.ID), Action: audit.ActionRegistration,
 		Target: a.ID, Outcome: audit.OutcomeOK, Details: details})
 	s.log.InfoContext(ctx, "agent registered", "agent_id", a.ID, "vm_name", a.VMName,
@@ -153,6 +161,7 @@ func (s *Server) refuseRegistration(ctx context.Context, r *http.Request, vmName
 	if holder != "" {
 		details["holder"] = holder
 	}
+
 	s.record(ctx, audit.Event{Actor: audit.Anonymous(r.RemoteAddr),
 		Action: audit.ActionRegistration, Outcome: audit.OutcomeDenied, Details: details})
 }
@@ -164,6 +173,7 @@ func (s *Server) checkRegistration(ctx context.Context, body []byte, sig string,
 	if err := attestbind.VerifySignature(keys.Signing, body, sig); err != nil {
 		return fleet.Attestation{}, httpapi.Unauthorized("request signature refused")
 	}
+
 	nonce, ok := s.nonces.consume(req.Nonce)
 	if !ok {
 		return fleet.Attestation{}, httpapi.Unauthorized("nonce unknown, used or expired")
@@ -175,6 +185,7 @@ func (s *Server) validateRegister(req *cpapi.RegisterRequest) error {
 	if !workload.ValidLabel(req.VMName) {
 		return httpapi.BadRequest("vm_name must be a lowercase DNS label of at most 63 characters")
 	}
+
 	hostnames := agentHostnames(s.agentHostname(req.VMName), nil)
 	for _, h := range hostnames {
 		if ingress.ValidateHostname(h) != nil {
@@ -182,17 +193,20 @@ func (s *Server) validateRegister(req *cpapi.RegisterRequest) error {
 				req.VMName)
 		}
 	}
+
 	if err := s.checkOwnHostnames(hostnames); err != nil {
 		return err
 	}
 	if err := validateOrigin(req.Origin); err != nil {
 		return err
 	}
+
 	switch req.Evidence.AttestationType {
 	case "tdx", "simulated", "none":
 	default:
 		return httpapi.BadRequest("evidence.attestation_type must be tdx, simulated or none")
 	}
+
 	for field, v := range map[string]string{
 		"evidence.quote_b64":       req.Evidence.QuoteB64,
 		"evidence.report_data_b64": req.Evidence.ReportDataB64,
@@ -201,6 +215,7 @@ func (s *Server) validateRegister(req *cpapi.RegisterRequest) error {
 			return httpapi.BadRequest("%s is not standard base64", field)
 		}
 	}
+
 	return nil
 }
 
@@ -210,6 +225,7 @@ func validateOrigin(origin string) error {
 	if len(origin) > maxOriginLen {
 		return httpapi.BadRequest("origin is longer than %d bytes", maxOriginLen)
 	}
+
 	u, err := url.Parse(origin)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return httpapi.BadRequest("origin must be an absolute http or https URL")
@@ -217,6 +233,7 @@ func validateOrigin(origin string) error {
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 		return httpapi.BadRequest("origin must not carry credentials, a query or a fragment")
 	}
+
 	return nil
 }
 
@@ -272,6 +289,7 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) error {
 	for i := range agents {
 		out = append(out, s.apiAgent(&agents[i]))
 	}
+
 	return httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
@@ -289,6 +307,7 @@ func (s *Server) visibleAgents(ctx context.Context) ([]fleet.Agent, error) {
 			visible = append(visible, a)
 		}
 	}
+
 	return visible, nil
 }
 
@@ -333,6 +352,7 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) error {
 	for i := range agents {
 		page.Agents = append(page.Agents, pageAgent(&agents[i]))
 	}
+
 	return dashboard.Write(w, http.StatusOK, func(out io.Writer) error {
 		return dashboard.RenderFleet(out, page)
 	})
@@ -359,6 +379,7 @@ func (s *Server) agentPageWithError(w http.ResponseWriter, r *http.Request, caus
 	if err != nil {
 		return err
 	}
+
 	// No refresh: it would reload the form's URL, not the page.
 	page.RefreshSecs, page.Error = 0, he.Message
 	return dashboard.Write(w, he.Status, func(out io.Writer) error {
@@ -380,6 +401,7 @@ func (s *Server) agentPageData(r *http.Request) (dashboard.AgentPage, error) {
 	if err != nil {
 		return dashboard.AgentPage{}, err
 	}
+
 	page := dashboard.AgentPage{Env: s.opts.Env, Hostname: s.opts.Hostname,
 		Now: s.opts.Now(), RefreshSecs: s.refreshSecs(), Agent: pageAgent(&a),
 		CanAssign: c.role == roleAdmin}
@@ -399,6 +421,7 @@ func pageIngress(h *cpapi.CPIngress) *dashboard.Ingress {
 	if h == nil {
 		return nil
 	}
+
 	in := &dashboard.Ingress{TunnelID: h.TunnelID, Serving: h.Serving, Fenced: h.Fenced,
 		FencedReason: h.FencedReason, Connector: "none"}
 	if c := h.Connector; c != nil {

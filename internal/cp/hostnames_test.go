@@ -33,6 +33,7 @@ func (e *testEnv) claim(t *testing.T, reg cpapi.RegisterResponse,
 	if claims == nil {
 		claims = []ingress.Claim{}
 	}
+
 	body, _ := json.Marshal(cpapi.IngressRequest{Claims: claims})
 	return e.do("POST", "/agents/"+reg.AgentID+"/ingress", string(body),
 		bearer(reg.AgentToken))
@@ -50,12 +51,14 @@ func (e *testEnv) deniedAudits(t *testing.T, action string) int {
 	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &page) != nil {
 		t.Fatalf("/api/audit = %d %s", rec.Code, rec.Body)
 	}
+
 	n := 0
 	for _, en := range page.Entries {
 		if en.Outcome == "denied" {
 			n++
 		}
 	}
+
 	return n
 }
 
@@ -112,11 +115,13 @@ func TestHostnameOwnership(t *testing.T) {
 				if label == "" {
 					continue
 				}
+
 				c := ingress.Claim{App: label, Label: label, Port: 9000}
 				if rec := e.claim(t, last, c); rec.Code != http.StatusOK {
 					t.Fatalf("claim %s: %d %s", a, rec.Code, rec.Body)
 				}
 			}
+
 			before := e.ingress.Hostnames()
 			agents, err := e.store.List(context.Background())
 			if err != nil {
@@ -131,6 +136,7 @@ func TestHostnameOwnership(t *testing.T) {
 			if diff := cmp.Diff(before, e.ingress.Hostnames()); diff != "" {
 				t.Errorf("records changed (-before +after):\n%s", diff)
 			}
+
 			after, err := e.store.List(context.Background())
 			if err != nil {
 				t.Fatal(err)
@@ -169,11 +175,13 @@ func TestHostnameOwnershipAllowsOwnNames(t *testing.T) {
 	shop := ingress.Claim{App: "x", Label: "shop", Port: 9000}
 	web := e.register(t, "web")
 	e.register(t, "db")
+
 	for range 2 { // the same claim again is no conflict with itself
 		if rec := e.claim(t, web, shop); rec.Code != http.StatusOK {
 			t.Fatalf("claim: %d %s", rec.Code, rec.Body)
 		}
 	}
+
 	e.clock.Advance(time.Minute)  // the first "web" is gone: unseen, unreachable
 	again := e.register(t, "web") // takes web.localhost from the first registration
 	tunnel := e.agent(t, again.AgentID).TunnelID
@@ -182,6 +190,7 @@ func TestHostnameOwnershipAllowsOwnNames(t *testing.T) {
 			t.Errorf("%s routes to %q, want the new registration's %q", h, got, tunnel)
 		}
 	}
+
 	if rec := e.claim(t, again, shop); rec.Code != http.StatusOK {
 		t.Fatalf("claim after re-registration: %d %s", rec.Code, rec.Body)
 	}
@@ -200,6 +209,7 @@ func TestPreviewAgentCannotTakeProductionHostname(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	before := maps.Clone(e.ingress.Hostnames())
 	wantConflict(t, "register app", e.tryRegister(t, "app"))
 	if got := e.ingress.owner("app.localhost"); got != prod.ID {
@@ -208,15 +218,18 @@ func TestPreviewAgentCannotTakeProductionHostname(t *testing.T) {
 	if diff := cmp.Diff(before, e.ingress.Hostnames()); diff != "" {
 		t.Errorf("records changed (-before +after):\n%s", diff)
 	}
+
 	agents, err := e.store.List(context.Background())
 	if err != nil || len(agents) != 0 {
 		t.Errorf("registry holds %d agents (%v), want none", len(agents), err)
 	}
+
 	for _, tun := range e.ingress.List(context.Background(), ingress.ListOptions{}).Tunnels {
 		if tun.ID != prod.ID {
 			t.Errorf("tunnel %s (%s) was left behind", tun.ID, tun.Name)
 		}
 	}
+
 	if e.deniedAudits(t, "registration") != 1 {
 		t.Error("no denied registration entry in the audit log")
 	}
@@ -237,6 +250,7 @@ func TestPossibleHolders(t *testing.T) {
 			}
 		}
 	}
+
 	if got, want := possibleHolders("a-b.example.com"), []string{"a", "a-b"}; !slices.Equal(got,
 		want) {
 		t.Errorf("possibleHolders(a-b.example.com) = %q, want %q", got, want)
@@ -252,6 +266,7 @@ func TestDeadAgentReleasesHostnames(t *testing.T) {
 		http.StatusOK {
 		t.Fatalf("claim: %d %s", rec.Code, rec.Body)
 	}
+
 	wantConflict(t, "register web-shop while web lives", e.tryRegister(t, "web-shop"))
 	if err := e.store.SetStatus(context.Background(), web.AgentID, fleet.StatusDead,
 		"no answer"); err != nil {

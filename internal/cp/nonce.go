@@ -83,12 +83,14 @@ func (n *nonces) issue(anonymous bool) (string, time.Time, error) {
 
 	n.mu.Lock()
 	defer n.mu.Unlock()
+
 	if !n.roomLocked(anonymous) {
 		n.expireLocked(now)
 	}
 	if !n.roomLocked(anonymous) {
 		return "", time.Time{}, errNoncesExhausted
 	}
+
 	n.pending[v] = pendingNonce{expires: exp, anonymous: anonymous}
 	if anonymous {
 		n.held++
@@ -114,6 +116,7 @@ func (n *nonces) consume(v string) ([]byte, bool) {
 	if !ok || n.now().After(p.expires) {
 		return nil, false
 	}
+
 	raw, err := base64.StdEncoding.DecodeString(v)
 	return raw, err == nil
 }
@@ -162,6 +165,7 @@ const overflowClient = "overflow"
 func (a *allowance) take(client string, now time.Time) (wait time.Duration, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+
 	full, seen := a.full[client]
 	if !seen && len(a.full) >= maxNonceClients {
 		a.forgetFullLocked(now)
@@ -173,11 +177,13 @@ func (a *allowance) take(client string, now time.Time) (wait time.Duration, ok b
 	if full.Before(now) {
 		full = now
 	}
+
 	next := full.Add(a.every)
 	// An empty bucket is burst intervals away from full.
 	if over := next.Sub(now) - time.Duration(a.burst)*a.every; over > 0 {
 		return over, false
 	}
+
 	a.full[client] = next
 	return 0, true
 }
@@ -213,6 +219,7 @@ func clientOf(r *http.Request) string {
 		p, _ := addr.Prefix(64)
 		return p.String()
 	}
+
 	return addr.String()
 }
 
@@ -228,6 +235,7 @@ func parseHost(s string) (netip.Addr, bool) {
 	if err != nil {
 		return netip.Addr{}, false
 	}
+
 	return addr.Unmap(), true
 }
 
@@ -251,6 +259,7 @@ func (s *Server) grantNonce(w http.ResponseWriter, a *allowance, client string,
 		return &httpapi.Error{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
 			Message: "too many nonce requests; retry after the time in Retry-After"}
 	}
+
 	v, exp, err := s.nonces.issue(anonymous)
 	if err != nil {
 		return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: httpapi.CodeUnavailable,

@@ -20,10 +20,12 @@ func (e *testEnv) nonceFrom(addr, agentID, token string) *httptest.ResponseRecor
 	if agentID != "" {
 		path = "/agents/" + agentID + "/nonce"
 	}
+
 	r := httptest.NewRequest("POST", path, nil)
 	if token != "" {
 		r.Header.Set("Authorization", "Bearer "+token)
 	}
+
 	r.RemoteAddr = addr
 	rec := httptest.NewRecorder()
 	e.srv.Handler().ServeHTTP(rec, r)
@@ -47,6 +49,7 @@ func TestNonceFloodIsLimitedPerAddress(t *testing.T) {
 		t.Fatalf("nonce past the burst: %d %+v Retry-After %q; want 429 %s, Retry-After 2",
 			rec.Code, body, rec.Header().Get("Retry-After"), codeTooManyRequests)
 	}
+
 	// Another port of the same host, or another address of its /64, is
 	// the same client.
 	for _, same := range []string{"203.0.113.7:4001", "[::ffff:203.0.113.7]:1"} {
@@ -83,6 +86,7 @@ func TestNoncePoolStaysBounded(t *testing.T) {
 		json.Unmarshal(rec.Body.Bytes(), &reg) != nil {
 		t.Fatalf("register: %d %s", rec.Code, rec.Body)
 	}
+
 	addr := func(i int) string { return fmt.Sprintf("10.0.%d.%d:1", i/256, i%256) }
 
 	// Many addresses together fill the anonymous part of the pool only.
@@ -91,6 +95,7 @@ func TestNoncePoolStaysBounded(t *testing.T) {
 			t.Fatalf("anonymous nonce %d: %d %s", i, rec.Code, rec.Body)
 		}
 	}
+
 	if rec := e.nonceFrom(addr(0), "", ""); rec.Code != http.StatusServiceUnavailable {
 		t.Fatalf("anonymous nonce past its share: %d, want 503", rec.Code)
 	}
@@ -102,17 +107,20 @@ func TestNoncePoolStaysBounded(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("agent nonce with the anonymous share full: %d %s", rec.Code, rec.Body)
 	}
+
 	body, h = a.sign(cpapi.AttestRequest{Nonce: n.Nonce,
 		Evidence: a.evidence(t, attestbind.PurposeReattest, n.Nonce)})
 	h["Authorization"] = "Bearer " + reg.AgentToken
 	if rec := e.do("POST", "/agents/"+reg.AgentID+"/attest", body, h); rec.Code != http.StatusOK {
 		t.Fatalf("re-attestation with the agent's nonce: %d %s", rec.Code, rec.Body)
 	}
+
 	for i := maxAnonymousNonces; i < maxOutstandingNonces; i++ {
 		if rec := e.nonceFrom(addr(0), reg.AgentID, reg.AgentToken); rec.Code != http.StatusOK {
 			t.Fatalf("agent nonce %d: %d %s", i, rec.Code, rec.Body)
 		}
 	}
+
 	if rec := e.nonceFrom(addr(0), reg.AgentID, reg.AgentToken); rec.Code !=
 		http.StatusServiceUnavailable {
 		t.Errorf("agent nonce past the global cap: %d, want 503", rec.Code)
@@ -164,6 +172,7 @@ func TestAllowanceRemembersBoundedClients(t *testing.T) {
 			t.Fatalf("client %d refused its first nonce", i)
 		}
 	}
+
 	// Past the bound, newcomers share one allowance.
 	if _, ok := a.take("new-1", now); !ok {
 		t.Fatal("first newcomer refused")
@@ -171,6 +180,7 @@ func TestAllowanceRemembersBoundedClients(t *testing.T) {
 	if wait, ok := a.take("new-2", now); ok || wait != time.Second {
 		t.Errorf("second newcomer: wait %v ok %v, want to wait 1s", wait, ok)
 	}
+
 	// Clients whose buckets are full again are forgotten to make room.
 	now = now.Add(time.Second)
 	if _, ok := a.take("new-2", now); !ok {

@@ -44,6 +44,7 @@ func (s *Server) reapRound(ctx context.Context) {
 	if s.opts.Connect == nil || !s.Serving() || ctx.Err() != nil {
 		return // only a control plane that serves its hostname reaps
 	}
+
 	r := &s.reaper
 	listRound := r.round%s.opts.ReapEvery == 0
 	r.round++
@@ -51,11 +52,13 @@ func (s *Server) reapRound(ctx context.Context) {
 		s.probeUnknown(ctx)
 		return
 	}
+
 	agents, err := s.store.List(ctx)
 	if err != nil {
 		s.log.ErrorContext(ctx, "listing agents to reap failed", "err", err)
 		return
 	}
+
 	v := s.opts.Ingress.List(ctx, ingress.ListOptions{})
 	if !v.Degraded() {
 		r.unknown = unknownTunnels(v, s.opts.Env, agents)
@@ -63,10 +66,12 @@ func (s *Server) reapRound(ctx context.Context) {
 		for _, u := range r.unknown {
 			ids = append(ids, u.id)
 		}
+
 		r.mu.Lock()
 		r.probes.Retain(ids)
 		r.mu.Unlock()
 	}
+
 	s.probeUnknown(ctx)
 	s.reap(ctx, v, agents)
 }
@@ -78,6 +83,7 @@ func unknownTunnels(v ingress.View, env string, agents []fleet.Agent) []unknownT
 	for _, a := range agents {
 		known[a.TunnelID] = true
 	}
+
 	var out []unknownTunnel
 	for _, t := range v.Tunnels {
 		rn, ok := ingress.ParseResourceName(t.Name)
@@ -86,6 +92,7 @@ func unknownTunnels(v ingress.View, env string, agents []fleet.Agent) []unknownT
 		}
 		out = append(out, unknownTunnel{id: t.ID, name: t.Name, probe: probeHost(v, t.ID)})
 	}
+
 	return out
 }
 
@@ -99,11 +106,13 @@ func probeHost(v ingress.View, tunnelID string) string {
 			names = append(names, r.Name)
 		}
 	}
+
 	for _, n := range names {
 		if slices.Contains(names, ingress.AgentAPIHostname(n)) {
 			return ingress.AgentAPIHostname(n)
 		}
 	}
+
 	if len(names) == 0 {
 		return ""
 	}
@@ -116,14 +125,17 @@ func (s *Server) probeUnknown(ctx context.Context) {
 	sem := make(chan struct{}, s.opts.ScrapeConcurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+
 	for _, u := range s.reaper.unknown {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
+
 		wg.Go(func() {
 			defer func() { <-sem }()
+
 			ok := s.probe(ctx, u.probe)
 			if ctx.Err() != nil {
 				return
@@ -142,8 +154,10 @@ func (s *Server) probe(ctx context.Context, host string) bool {
 	if host == "" {
 		return false // nothing routes to the tunnel
 	}
+
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ScrapeTimeout)
 	defer cancel()
+
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.publicURL(host)+"/health", nil)
 	if err != nil {
 		return false
@@ -152,6 +166,7 @@ func (s *Server) probe(ctx context.Context, host string) bool {
 	if err != nil {
 		return false
 	}
+
 	resp.Body.Close()
 	return resp.StatusCode < 400 || resp.StatusCode == http.StatusUnauthorized ||
 		resp.StatusCode == http.StatusForbidden
@@ -168,6 +183,7 @@ func (s *Server) reap(ctx context.Context, v ingress.View, agents []fleet.Agent)
 			in.KnownTunnels = append(in.KnownTunnels, a.TunnelID)
 		}
 	}
+
 	s.reaper.mu.Lock()
 	in.Probes = maps.Clone(s.reaper.probes)
 	s.reaper.mu.Unlock()
@@ -177,9 +193,11 @@ func (s *Server) reap(ctx context.Context, v ingress.View, agents []fleet.Agent)
 		s.log.WarnContext(ctx, "reaping refused", "reason", d.Refused)
 		return
 	}
+
 	for _, k := range d.Kept {
 		s.log.DebugContext(ctx, "orphan kept", "name", k.Name, "reason", k.Reason)
 	}
+
 	if len(d.Tunnels)+len(d.Records) == 0 {
 		return
 	}
@@ -188,9 +206,11 @@ func (s *Server) reap(ctx context.Context, v ingress.View, agents []fleet.Agent)
 			"control plane")
 		return
 	}
+
 	for _, a := range d.Tunnels {
 		s.applyReap(ctx, reap.Decision{Tunnels: []reap.Action{a}}, a)
 	}
+
 	for _, a := range d.Records {
 		s.applyReap(ctx, reap.Decision{Records: []reap.Action{a}}, a)
 	}
@@ -204,6 +224,7 @@ func (s *Server) applyReap(ctx context.Context, d reap.Decision, a reap.Action) 
 		s.log.ErrorContext(ctx, "reaping failed", "name", a.Name, "err", err)
 		return
 	}
+
 	details := map[string]any{"id": a.ID, "reason": a.Reason}
 	if len(a.Records) > 0 {
 		details["records"] = a.Records
@@ -211,6 +232,7 @@ func (s *Server) applyReap(ctx context.Context, d reap.Decision, a reap.Action) 
 	if a.TunnelID != "" {
 		details["tunnel_id"] = a.TunnelID
 	}
+
 	s.record(ctx, audit.Event{Actor: s.actor(), Action: ActionIngressReaped, Target: a.Name,
 		Outcome: audit.OutcomeOK, Details: details})
 }

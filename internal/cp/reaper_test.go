@@ -36,6 +36,7 @@ func newReapEnv(t *testing.T) *reapEnv {
 	if err := r.c.srv.startSelf(ctx, &wg); err != nil {
 		t.Fatal(err)
 	}
+
 	eventually(t, "serving", func() bool {
 		r.c.srv.checkSelf(ctx, false)
 		return r.c.srv.Serving()
@@ -50,6 +51,7 @@ func newReapEnv(t *testing.T) *reapEnv {
 	if _, err := r.c.store.Register(context.Background(), a); err != nil {
 		t.Fatal(err)
 	}
+
 	return r
 }
 
@@ -60,6 +62,7 @@ func (r *reapEnv) tunnel(t *testing.T, name, host string) ingress.Tunnel {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	return tun
 }
 
@@ -101,6 +104,7 @@ func TestReapingNeedsACompleteViewGraceAndFailedProbes(t *testing.T) {
 			t.Fatalf("%s: a registered agent's or another env's tunnel was reaped", st.name)
 		}
 	}
+
 	if !strings.Contains(r.c.logs.String(), "reaping refused") {
 		t.Error("the degraded view was not logged as refused")
 	}
@@ -121,9 +125,11 @@ func TestFencedControlPlaneNeverReaps(t *testing.T) {
 	r.clock.Advance(2 * time.Minute)
 	// ...but the control plane is fenced first.
 	r.c.srv.fence(ctx, "test")
+
 	for range 3 {
 		r.c.srv.reapRound(ctx)
 	}
+
 	if !r.live(t, r.orphan) {
 		t.Error("a fenced control plane reaped")
 	}
@@ -145,6 +151,7 @@ func TestControlPlaneWithoutItsHostnameNeverReaps(t *testing.T) {
 		ingress.ControlPlaneIngress("app.localhost")); err != nil {
 		t.Fatal(err)
 	}
+
 	r.c.srv.reapRound(ctx)
 	if !r.live(t, r.orphan) {
 		t.Error("a control plane whose hostname no longer reaches it reaped")

@@ -51,11 +51,13 @@ func (s *Server) routes() http.Handler {
 	for _, rt := range s.Routes() {
 		mux.Handle(rt.Pattern, httpapi.Handle(s.log, s.authorize(rt.Rule, rt.handler)))
 	}
+
 	// The sign-in routes are public by nature: GitHub's OAuth flow, the
 	// device flow, and sign-out, which ends the caller's own session.
 	if s.opts.Sessions != nil {
 		s.opts.Sessions.Mount(mux)
 	}
+
 	mux.Handle("GET "+dashboard.AssetPrefix, dashboard.Assets())
 	return s.accessLog(s.refuseWhenFenced(s.jsonRouteErrors(mux)))
 }
@@ -70,10 +72,12 @@ func (s *Server) jsonRouteErrors(mux *http.ServeMux) http.Handler {
 			mux.ServeHTTP(w, r)
 			return
 		}
+
 		// No route: let the mux pick 404 or 405 (and its Allow header),
 		// then replace its plain-text body.
 		rec := &recorder{header: http.Header{}}
 		h.ServeHTTP(rec, r)
+
 		switch rec.status {
 		case http.StatusNotFound:
 			httpapi.WriteError(s.log, w, r, httpapi.NotFound("no such route"))
@@ -132,6 +136,7 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
+
 		s.log.LogAttrs(ctx, slog.LevelInfo, "http request",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.Int("status", sw.status), slog.Int64("bytes", sw.bytes),

@@ -24,6 +24,7 @@ func (s *Server) setTenant(w http.ResponseWriter, r *http.Request) error {
 	if !req.Set {
 		return httpapi.BadRequest(`give "tenant": a principal, or null to clear it`)
 	}
+
 	var p *ghoidc.Principal
 	if req.Tenant != nil {
 		parsed, err := s.parseTenant(req.Tenant.Kind, req.Tenant.Name, req.Tenant.ID.String())
@@ -32,6 +33,7 @@ func (s *Server) setTenant(w http.ResponseWriter, r *http.Request) error {
 		}
 		p = &parsed
 	}
+
 	id := r.PathValue("id")
 	prev, err := s.changeTenant(r.Context(), id, p)
 	if err != nil {
@@ -85,6 +87,7 @@ func (s *Server) parseTenant(kind, name, id string) (ghoidc.Principal, error) {
 	if p == s.opts.Owner {
 		return p, httpapi.BadRequest("the fleet owner controls every agent already")
 	}
+
 	return p, nil
 }
 
@@ -99,10 +102,12 @@ func (s *Server) changeTenant(ctx context.Context, id string,
 	if err != nil {
 		return nil, err
 	}
+
 	action := audit.ActionTenantSet
 	if p == nil {
 		action = audit.ActionTenantCleared
 	}
+
 	s.record(ctx, audit.Event{Actor: callerOf(ctx).actor, Action: action, Target: id,
 		Outcome: audit.OutcomeOK, Details: map[string]any{
 			"tenant": principalString(p), "previous": principalString(prev)}})

@@ -22,6 +22,7 @@ func TestTenantForm(t *testing.T) {
 		h["Accept"] = "text/html"
 		return h
 	}
+
 	post := func(body string) (int, string, string) {
 		rec := e.do("POST", "/agent/"+id+"/tenant", body, form())
 		return rec.Code, rec.Header().Get("Location"), rec.Body.String()
@@ -36,6 +37,7 @@ func TestTenantForm(t *testing.T) {
 		t.Fatalf("set = %d to %q, tenant %v; want 303 to the page and %v", code, loc,
 			tenant(), want)
 	}
+
 	page := e.do("GET", "/agent/"+id, "", map[string]string{
 		"Authorization": "Bearer " + testAdminToken, "Accept": "text/html"}).Body.String()
 	if !strings.Contains(page, want.String()) || !strings.Contains(page, "Clear tenant") {
@@ -61,6 +63,7 @@ func TestTenantForm(t *testing.T) {
 				tc.contains)
 		}
 	}
+
 	if after, _ := e.store.Audit().Head(context.Background()); after != head ||
 		*tenant() != want {
 		t.Errorf("refused forms changed the tenant (%v) or the audit log", tenant())
@@ -70,6 +73,7 @@ func TestTenantForm(t *testing.T) {
 	if code != http.StatusSeeOther || tenant() != nil {
 		t.Fatalf("clear = %d, tenant %v; want 303 and none", code, tenant())
 	}
+
 	var entries audit.Page
 	rec := e.do("GET", "/api/audit?action="+string(audit.ActionTenantCleared), "", admin())
 	if err := json.Unmarshal(rec.Body.Bytes(), &entries); err != nil {

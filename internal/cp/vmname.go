@@ -41,6 +41,7 @@ func (s *Server) nameHolder(ctx context.Context, vmName string,
 	case err != nil:
 		return nil, fmt.Errorf("looking up vm %s: %w", vmName, err)
 	}
+
 	if fleet.SameSigningKey(&old, &fleet.Agent{SigningKey: keys.Signing}) {
 		return &old, nil
 	}
@@ -56,6 +57,7 @@ func (s *Server) nameHolder(ctx context.Context, vmName string,
 			"holder", old.ID, "err", err)
 		return &old, nil
 	}
+
 	return &old, conflict("vm_name is held by a live agent with other keys")
 }
 
@@ -81,6 +83,7 @@ func (s *Server) probeHolder(ctx context.Context, a *fleet.Agent) error {
 	if err != nil || len(a.SigningKey) == 0 || !bytes.Equal(key, a.SigningKey) {
 		return errors.New("/health shows another signing key")
 	}
+
 	return nil
 }
 
@@ -99,6 +102,7 @@ func (s *Server) confirmHolder(ctx context.Context, vmName string, holder *fleet
 	case holder != nil && now.ID == holder.ID:
 		return nil
 	}
+
 	return conflict("vm_name changed hands during registration; retry")
 }
 

@@ -70,6 +70,7 @@ func lastRegistration(t *testing.T, e *testEnv) (audit.Entry, map[string]any) {
 	if len(entries) == 0 {
 		t.Fatal("no registration audit entries")
 	}
+
 	var details map[string]any
 	if err := json.Unmarshal(entries[0].Details, &details); err != nil {
 		t.Fatal(err)
@@ -154,12 +155,14 @@ func testHolderKeepsName(t *testing.T,
 	if diff := cmp.Diff(before, e.agent(t, held.AgentID)); diff != "" {
 		t.Errorf("holder's record changed (-before +after):\n%s", diff)
 	}
+
 	if got := e.ingress.owner("web.localhost"); got != owner || got != before.TunnelID {
 		t.Errorf("web.localhost routes to %q, want the holder's tunnel %q", got, owner)
 	}
 	if n := len(e.ingress.List(context.Background(), ingress.ListOptions{}).Tunnels); n != agents {
 		t.Errorf("%d tunnels after the refusal, want %d", n, agents)
 	}
+
 	entry, details := lastRegistration(t, e)
 	if entry.Outcome != audit.OutcomeDenied || details["holder"] != held.AgentID ||
 		details["vm_name"] != "web" {
@@ -209,6 +212,7 @@ func TestReRegistrationOtherKeyHolderGone(t *testing.T) {
 				t.Errorf("web.localhost routes to %q, want the new tunnel %q", owner,
 					got.TunnelID)
 			}
+
 			entry, details := lastRegistration(t, e)
 			want := map[string]any{"tenant_dropped": alice.String(),
 				"replaced": []any{held.AgentID}}
@@ -234,12 +238,14 @@ func TestConfirmHolderSeesRace(t *testing.T) {
 	if err != nil || holder != nil {
 		t.Fatalf("nameHolder of a free name = %v, %v", holder, err)
 	}
+
 	registered(t, e.registerAs(t, newTestAgent(t), "web"))
 	var he *httpapi.Error
 	if err := e.srv.confirmHolder(ctx, "web", holder); !errors.As(err, &he) ||
 		he.Status != http.StatusConflict {
 		t.Errorf("confirmHolder after a concurrent registration = %v, want a 409", err)
 	}
+
 	now, err := e.store.ByVMName(ctx, "web")
 	if err != nil {
 		t.Fatal(err)

@@ -208,6 +208,7 @@ func (t *TenantRequest) UnmarshalJSON(data []byte) error {
 			return fmt.Errorf("unknown field %q", k)
 		}
 	}
+
 	t.Set = ok
 	if !ok || string(v) == "null" {
 		return nil

@@ -191,6 +191,7 @@ func Write(w http.ResponseWriter, status int, render func(io.Writer) error) erro
 	if err := render(&buf); err != nil {
 		return err
 	}
+
 	SetHeaders(w.Header())
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(status)
@@ -226,6 +227,8 @@ func loadAssets() map[string]asset {
 		if err != nil {
 			return err
 		}
+
+		// a short content hash versions the asset's URL
 		sum := sha256.Sum256(data)
 		out[path.Base(p)] = asset{data: data, contentType: contentType(p),
 			version: hex.EncodeToString(sum[:4])}
@@ -246,6 +249,7 @@ func contentType(name string) string {
 	case ".png":
 		return "image/png"
 	}
+
 	return "application/octet-stream"
 }
 
@@ -260,6 +264,7 @@ func Assets() http.Handler {
 			http.NotFound(w, r)
 			return
 		}
+
 		w.Header().Set("Content-Type", a.contentType)
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Cache-Control", "public, max-age=86400")

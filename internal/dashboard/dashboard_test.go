@@ -61,6 +61,7 @@ func TestGolden(t *testing.T) {
 	verified := agents[0]
 	verified.Attestation = Attestation{Type: "tdx", Verified: true, Status: "verified",
 		MRTD: "ab12", TCBStatus: "UpToDate", VerifiedAt: now.Add(-time.Minute)}
+
 	tests := []struct {
 		name   string
 		render func(io.Writer) error
@@ -125,6 +126,7 @@ func TestGolden(t *testing.T) {
 				Error: "That token is not valid."})
 		}},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
@@ -145,6 +147,7 @@ func checkGolden(t *testing.T, name string, got []byte) {
 		}
 		return
 	}
+
 	want, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("reading golden file (run with -update to create it): %v", err)
@@ -163,6 +166,7 @@ func TestAgentSuppliedFieldsAreEscaped(t *testing.T) {
 		Units: []agentapi.Unit{{AppName: evil, Status: evil, Kind: evil,
 			ErrorMessage: evil, StartedAt: evil}},
 	}
+
 	pages := map[string]func(io.Writer) error{
 		"fleet": func(w io.Writer) error {
 			return RenderFleet(w, FleetPage{Env: evil, Hostname: evil, Now: now, Agents: []Agent{a}})
@@ -178,18 +182,21 @@ func TestAgentSuppliedFieldsAreEscaped(t *testing.T) {
 			return RenderLogin(w, LoginPage{Env: evil, Hostname: evil, Error: evil})
 		},
 	}
+
 	for name, render := range pages {
 		t.Run(name, func(t *testing.T) {
 			var buf bytes.Buffer
 			if err := render(&buf); err != nil {
 				t.Fatal(err)
 			}
+
 			out := buf.String()
 			for _, bad := range []string{"<script", "<img", `href="javascript:`} {
 				if strings.Contains(out, bad) {
 					t.Errorf("output contains unescaped %q:\n%s", bad, out)
 				}
 			}
+
 			if !strings.Contains(out, "&lt;script&gt;") {
 				t.Errorf("output lacks the escaped field:\n%s", out)
 			}
@@ -204,6 +211,7 @@ func TestFleetShowsUnverified(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if n := strings.Count(buf.String(), ">unverified<"); n != 2 {
 		t.Errorf("page labels %d agents unverified, want 2", n)
 	}
@@ -220,12 +228,14 @@ func TestWriteSetsSecurityHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	want := map[string]string{
 		"Content-Type":            "text/html; charset=utf-8",
 		"Content-Security-Policy": CSP,
 		"X-Content-Type-Options":  "nosniff",
 		"X-Frame-Options":         "DENY",
 	}
+
 	for k, v := range want {
 		if got := rec.Header().Get(k); got != v {
 			t.Errorf("%s = %q, want %q", k, got, v)
@@ -241,6 +251,7 @@ func TestAssets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	tests := []struct {
 		path   string
 		status int
@@ -251,6 +262,7 @@ func TestAssets(t *testing.T) {
 		{AssetPrefix + "nope.css", http.StatusNotFound},
 		{AssetPrefix + "x/dashboard.css", http.StatusNotFound},
 	}
+
 	for _, tc := range tests {
 		rec := httptest.NewRecorder()
 		Assets().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))

@@ -50,6 +50,7 @@ func pillClass(status string) string {
 	case "dead", "failed", "exited", "error":
 		return "bad"
 	}
+
 	return "idle"
 }
 
@@ -57,6 +58,7 @@ func ago(now, t time.Time) string {
 	if t.IsZero() {
 		return "never"
 	}
+
 	d := now.Sub(t)
 	switch {
 	case d < 0:
@@ -68,6 +70,7 @@ func ago(now, t time.Time) string {
 	case d < 48*time.Hour:
 		return fmt.Sprintf("%dh ago", int(d/time.Hour))
 	}
+
 	return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
 }
 
@@ -95,6 +98,7 @@ func uptime(d time.Duration) string {
 	case d >= time.Minute:
 		return fmt.Sprintf("%dm", int(d/time.Minute))
 	}
+
 	return fmt.Sprintf("%ds", int(d/time.Second))
 }
 

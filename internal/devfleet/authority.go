@@ -21,6 +21,7 @@ func (f *Fleet) startTrustAuthority(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	auth, err := ita.NewAuthority(ita.AuthorityOptions{
 		URL: url, APIKey: f.secrets.TrustAuthorityKey,
 		KeyPath:        filepath.Join(f.opts.StateDir, "trust-authority-key.pem"),
@@ -30,6 +31,7 @@ func (f *Fleet) startTrustAuthority(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	f.goService("trust-authority", func() error { return serveHTTP(ctx, ln, auth.Handler()) })
 
 	f.taURL, f.taJWKSURL = url, auth.JWKSURL()
@@ -60,10 +62,12 @@ func (f *Fleet) policy(ctx context.Context) (*policy.Policy, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	m, err := tdx.Parse(quote)
 	if err != nil {
 		return nil, err
 	}
+
 	p := &policy.Policy{MRTD: []string{hex.EncodeToString(m.MRTD)},
 		TCBStatuses: []string{"UpToDate"}, Mode: policy.Enforce}
 	if err := p.Validate(); err != nil {

@@ -21,6 +21,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	if chromium == "" {
 		t.Skip("no chromium on the PATH (apt-get install chromium)")
 	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	f, err := Start(ctx, Options{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -33,8 +34,10 @@ func TestDashboardInABrowser(t *testing.T) {
 		chromedp.Flag("no-sandbox", true), chromedp.Flag("headless", true))
 	alloc, stopAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	defer stopAlloc()
+
 	browser, stopBrowser := chromedp.NewContext(alloc)
 	defer stopBrowser()
+
 	browser, stopTimeout := context.WithTimeout(browser, 60*time.Second)
 	defer stopTimeout()
 
@@ -44,6 +47,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("opening the dashboard: %v", err)
 	}
+
 	signIn, err := chromedp.Run(browser, chromedp.Text(chromedp.CSS("body")))
 	if err != nil {
 		t.Fatal(err)
@@ -57,10 +61,12 @@ func TestDashboardInABrowser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("signing in: %v", err)
 	}
+
 	location, err := chromedp.Run(browser, chromedp.Location())
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	// The page refreshes itself; the collector may need a round to report
 	// the agent's workloads.
 	var fleet string
@@ -74,12 +80,14 @@ func TestDashboardInABrowser(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+
 	if !strings.Contains(signIn, "Sign in with GitHub") {
 		t.Errorf("sign-in page text = %q", signIn)
 	}
 	if !strings.HasPrefix(location, f.State().DashboardURL) {
 		t.Errorf("after sign-in the browser is at %q, want the dashboard", location)
 	}
+
 	for _, want := range []string{"agent-1", "simulated", "verified", "ticker"} {
 		if !strings.Contains(fleet, want) {
 			t.Errorf("fleet page lacks %q:\n%s", want, fleet)
@@ -90,6 +98,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	// form, and the page shows the tenant.
 	var agents []cpapi.Agent
 	getJSON(t, f.CP().URL+"/api/agents", f.State().AdminToken, &agents)
+
 	err = chromedp.Do(browser, chromedp.Navigate(f.State().DashboardURL+"agent/"+agents[0].AgentID),
 		chromedp.WaitVisible(chromedp.CSS(`form.tenant input[name="name"]`)),
 		chromedp.SetValue(chromedp.CSS(`form.tenant select[name="kind"]`), "user"),
@@ -100,10 +109,12 @@ func TestDashboardInABrowser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("assigning the tenant on the agent page: %v", err)
 	}
+
 	page, err := chromedp.Run(browser, chromedp.Text(chromedp.CSS("body")))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if !strings.Contains(page, "user:dev-tenant(2002) controls this agent") {
 		t.Errorf("agent page after the assignment:\n%s", page)
 	}

@@ -165,6 +165,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	f.ctx, f.cancel = context.WithCancel(ctx)
 	ctx = f.ctx
 	if err := f.start(ctx); err != nil {
@@ -178,10 +179,12 @@ func newFleet(opts Options) (*Fleet, error) {
 	if opts.StateDir == "" {
 		return nil, errors.New("devfleet: StateDir is required")
 	}
+
 	dir, err := filepath.Abs(opts.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("devfleet: resolving state dir: %w", err)
 	}
+
 	opts.StateDir = dir
 	if opts.Listen == "" {
 		opts.Listen = "127.0.0.1:8080"
@@ -189,20 +192,24 @@ func newFleet(opts Options) (*Fleet, error) {
 	if opts.Agents == 0 {
 		opts.Agents = 1
 	}
+
 	if opts.Agents < 0 || opts.Agents > maxAgents {
 		return nil, fmt.Errorf("devfleet: agents %d must be in 1..%d", opts.Agents, maxAgents)
 	}
+
 	if opts.Domain == "" {
 		opts.Domain = "localhost"
 	}
 	if opts.SelfCheckInterval <= 0 {
 		opts.SelfCheckInterval = time.Second
 	}
+
 	if opts.HostTools == nil {
 		if _, err := exec.LookPath("busybox"); err == nil {
 			opts.HostTools = []string{"busybox"}
 		}
 	}
+
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -218,6 +225,7 @@ func (f *Fleet) start(ctx context.Context) error {
 	if err := f.lockStateDir(); err != nil {
 		return err
 	}
+
 	s, err := loadSecrets(f.opts.StateDir)
 	if err != nil {
 		return err
@@ -233,6 +241,7 @@ func (f *Fleet) start(ctx context.Context) error {
 	if err := f.startTrustAuthority(ctx); err != nil {
 		return err
 	}
+
 	if err := f.startEdge(ctx); err != nil {
 		return err
 	}
@@ -242,6 +251,7 @@ func (f *Fleet) start(ctx context.Context) error {
 	if err := f.startCP(ctx); err != nil {
 		return err
 	}
+
 	agents, err := f.startAgents(ctx)
 	if err != nil {
 		return err
@@ -256,6 +266,7 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 			return err
 		}
 	}
+
 	st := State{
 		CPURL:          f.CP().URL,
 		EdgeURL:        f.edge.URL("localhost"),
@@ -269,10 +280,12 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 			EdgeAPIURL: f.edgeAPIURL, TrustAuthorityURL: f.taURL,
 			TrustAuthorityJWKSURL: f.taJWKSURL, GitHubURL: f.githubURL},
 	}
+
 	for _, a := range agents {
 		st.Agents = append(st.Agents, StateAgent{Name: a.name, URL: a.publicURL(),
 			RuntimeSocket: a.socket})
 	}
+
 	f.mu.Lock()
 	f.state = st
 	f.mu.Unlock()
@@ -298,6 +311,7 @@ func (f *Fleet) startSimulator() error {
 	if err != nil {
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	f.sim = sim
 	return nil
 }
@@ -324,12 +338,14 @@ func (f *Fleet) Wait() error {
 	f.wg.Wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+
 	if f.lock != nil {
 		if err := f.lock.Unlock(); err != nil {
 			f.errs = append(f.errs, fmt.Errorf("devfleet: unlocking the state dir: %w", err))
 		}
 		f.lock = nil
 	}
+
 	return errors.Join(f.errs...)
 }
 
@@ -349,11 +365,13 @@ func (f *Fleet) lockStateDir() error {
 	if err != nil {
 		return fmt.Errorf("devfleet: locking the state dir: %w", err)
 	}
+
 	if !ok {
 		return fmt.Errorf("%w (%s); to start a second control plane for it, run "+
 			"`devopsdefender dev cp --state-dir %s`", ErrRunning, f.opts.StateDir,
 			f.opts.StateDir)
 	}
+
 	f.lock = l
 	return nil
 }
@@ -365,6 +383,7 @@ func Running(dir string) (bool, error) {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
+
 	l := flock.New(path, flock.SetFlag(os.O_RDONLY))
 	ok, err := l.TryLock()
 	if err != nil {
@@ -410,11 +429,14 @@ func loadSecrets(dir string) (secrets, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return s, fmt.Errorf("devfleet: reading secrets: %w", err)
 	}
+
+	// Keep the stored secrets and generate only the missing ones.
 	s = secrets{AdminToken: cmp.Or(s.AdminToken, randomHex(32)),
 		MintSecret:        cmp.Or(s.MintSecret, randomHex(32)),
 		OAuthSecret:       cmp.Or(s.OAuthSecret, randomHex(32)),
 		TrustAuthorityKey: cmp.Or(s.TrustAuthorityKey, randomHex(32)),
 		EdgeAPIToken:      cmp.Or(s.EdgeAPIToken, randomHex(32))}
+
 	data, err = json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return s, fmt.Errorf("devfleet: encoding secrets: %w", err)
@@ -447,9 +469,11 @@ func (f *Fleet) PrintSummary(w io.Writer) {
 	fmt.Fprintf(w, "                sign in with GitHub as dev-admin (or dev-tenant) on the local GitHub\n")
 	fmt.Fprintf(w, "                API: bearer admin token, jq -r .admin_token %s\n", state)
 	fmt.Fprintf(w, "  control plane %s\n", st.CPURL)
+
 	for _, a := range st.Agents {
 		fmt.Fprintf(w, "  agent %-8s %s\n", a.Name, a.URL)
 	}
+
 	first := st.Agents[0].Name
 	fmt.Fprintf(w, "\nTry:\n  devopsdefender deploy --state-dir %s --agent %s examples/hello.json\n",
 		f.opts.StateDir, first)

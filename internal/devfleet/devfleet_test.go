@@ -40,12 +40,14 @@ func startFleetIn(t *testing.T, dir string) (*Fleet, context.CancelFunc) {
 		cancel()
 		t.Fatalf("Start: %v", err)
 	}
+
 	t.Cleanup(func() {
 		cancel()
 		if err := f.Wait(); err != nil {
 			t.Errorf("fleet stopped with error: %v", err)
 		}
 	})
+
 	return f, cancel
 }
 
@@ -69,6 +71,7 @@ func TestDevFleetEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		if onDisk.CPURL != st.CPURL || len(onDisk.Agents) != 1 || onDisk.AdminToken == "" {
 			t.Errorf("dev.json = %+v, want the running fleet's state", onDisk)
 		}
@@ -96,14 +99,17 @@ func TestDevFleetEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Deploy: %v", err)
 		}
+
 		u := waitUnit(t, c, res.ID)
 		if u.Status != runtime.StatusCompleted {
 			t.Fatalf("hello ended %s (%s), want completed", u.Status, u.ErrorMessage)
 		}
+
 		logs, err := c.Logs(ctx, "hello", 10)
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		if !strings.Contains(strings.Join(logs.Lines, "\n"), "hello") {
 			t.Errorf("hello logs = %q, want the word hello", logs.Lines)
 		}
@@ -122,6 +128,7 @@ func TestDevFleetEndToEnd(t *testing.T) {
 	t.Run("deploy refused", func(t *testing.T) {
 		spec, _ := examples.FS.ReadFile("hello.json")
 		expired := int64(-60)
+
 		tests := []struct {
 			name  string
 			token string
@@ -151,11 +158,13 @@ func TestDevFleetEndToEnd(t *testing.T) {
 		if err := f.RestartCP(); err != nil {
 			t.Fatal(err)
 		}
+
 		var agents []cpapi.Agent
 		getJSON(t, st.CPURL+"/api/agents", st.AdminToken, &agents)
 		if len(agents) != 1 || agents[0].VMName != "agent-1" {
 			t.Fatalf("agents after restart = %+v, want agent-1", agents)
 		}
+
 		at := agents[0].Attestation
 		if !at.Verified || at.Status != "verified" || at.Type != "simulated" ||
 			len(at.MRTD) != 96 || len(at.RTMR) != 4 || at.TCBStatus == "" || at.VerifiedAt == "" {
@@ -165,6 +174,7 @@ func TestDevFleetEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("/api/agents without a token = %d, want 401", resp.StatusCode)
@@ -182,6 +192,7 @@ func TestPublishedEvidenceCannotRegister(t *testing.T) {
 	if err != nil || h.Evidence == nil || h.EvidenceNonce == "" {
 		t.Fatalf("health = %+v, %v; want published evidence", h, err)
 	}
+
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	ownKeys := base64.StdEncoding.EncodeToString(pub)
 
@@ -203,6 +214,7 @@ func TestPublishedEvidenceCannotRegister(t *testing.T) {
 			Nonce: tt.nonce(), SigningKey: tt.signingKey, NoiseKey: h.NoiseKey, Evidence: *h.Evidence}
 		body, _ := json.Marshal(req)
 		r, _ := http.NewRequest(http.MethodPost, st.CPURL+"/register", bytes.NewReader(body))
+
 		r.Header.Set("Content-Type", "application/json")
 		if tt.sign {
 			r.Header.Set(attestbind.SignatureHeader, attestbind.Sign(priv, body))
@@ -211,11 +223,13 @@ func TestPublishedEvidenceCannotRegister(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("%s: register = %d, want 401", tt.name, resp.StatusCode)
 		}
 	}
+
 	var agents []cpapi.Agent
 	getJSON(t, st.CPURL+"/api/agents", st.AdminToken, &agents)
 	if len(agents) != 1 {
@@ -230,6 +244,7 @@ func nonce(t *testing.T, st State) string {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	var n cpapi.NonceResponse
 	if err := json.NewDecoder(resp.Body).Decode(&n); err != nil {
 		t.Fatal(err)
@@ -244,6 +259,7 @@ func TestDevFleetStopsEveryProcess(t *testing.T) {
 		cancel()
 		t.Fatal(err)
 	}
+
 	st := f.State()
 	var pids []int
 	for _, a := range st.Agents {
@@ -251,10 +267,12 @@ func TestDevFleetStopsEveryProcess(t *testing.T) {
 		units := waitRunning(t, c, "ticker")
 		pids = append(pids, *units.PID)
 	}
+
 	cancel()
 	if err := f.Wait(); err != nil {
 		t.Fatalf("Wait: %v", err)
 	}
+
 	for _, pid := range pids {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("ticker pid %d still exists after stop (kill 0: %v)", pid, err)
@@ -270,13 +288,16 @@ func waitUnit(t *testing.T, c *agentapi.Client, id string) agentapi.Unit {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		for _, u := range units {
 			if u.ID == id && runtime.Terminal(u.Status) {
 				return u
 			}
 		}
+
 		time.Sleep(50 * time.Millisecond)
 	}
+
 	t.Fatalf("deployment %s did not finish", id)
 	return agentapi.Unit{}
 }
@@ -289,13 +310,16 @@ func waitRunning(t *testing.T, c *agentapi.Client, app string) agentapi.Unit {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		for _, u := range units {
 			if u.AppName == app && u.Status == runtime.StatusRunning && u.PID != nil {
 				return u
 			}
 		}
+
 		time.Sleep(50 * time.Millisecond)
 	}
+
 	t.Fatalf("%s did not start", app)
 	return agentapi.Unit{}
 }
@@ -312,11 +336,13 @@ func getJSONWith(t *testing.T, c *http.Client, url, token string, v any) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s = %d", url, resp.StatusCode)
 	}

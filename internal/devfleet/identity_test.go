@@ -26,6 +26,7 @@ func browser(t *testing.T) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	c := localedge.HTTPClient()
 	c.Jar = jar
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -44,6 +45,7 @@ func TestIdentityEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cancel(); f.Wait() }()
+
 	st := f.State()
 	hc := localedge.HTTPClient()
 	var agents []cpapi.Agent
@@ -65,11 +67,13 @@ func TestIdentityEndToEnd(t *testing.T) {
 	tenantCI := mint(t, st, ghoidc.MintRequest{Repository: "dev-tenant/shop",
 		RepositoryOwnerID: websession.DevTenantID, SHA: strings.Repeat("ab", 20)})
 	spec, _ := examples.FS.ReadFile("hello.json")
+
 	deployTo := func(url string) error {
 		c := &agentapi.Client{BaseURL: url, Token: tenantCI, HTTP: hc}
 		_, err := c.Deploy(context.Background(), spec)
 		return err
 	}
+
 	deadline := time.Now().Add(20 * time.Second)
 	for err := deployTo(st.Agents[1].URL); err != nil; err = deployTo(st.Agents[1].URL) {
 		if time.Now().After(deadline) {
@@ -77,6 +81,7 @@ func TestIdentityEndToEnd(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+
 	var ae *agentapi.APIError
 	if err := deployTo(st.Agents[0].URL); !errors.As(err, &ae) || ae.Status != 403 {
 		t.Errorf("tenant deploy to another agent = %v, want 403", err)
@@ -96,6 +101,7 @@ func TestIdentityEndToEnd(t *testing.T) {
 	if err := websessiontest.SignIn(b, dashboard, websession.DevTenantLogin); err != nil {
 		t.Fatal(err)
 	}
+
 	page := get(t, b, dashboard+"/", "text/html")
 	if !strings.Contains(page, ">agent-2<") || strings.Contains(page, ">agent-1<") {
 		t.Errorf("tenant's fleet page: has agent-2 %v, has agent-1 %v; want only agent-2",
@@ -108,10 +114,12 @@ func TestIdentityEndToEnd(t *testing.T) {
 	if resp, err := b.Do(out); err != nil || resp.StatusCode >= 400 {
 		t.Fatalf("logout: %v %v", resp, err)
 	}
+
 	replay, _ := http.NewRequest("GET", dashboard+"/api/agents", nil)
 	for _, c := range cookies {
 		replay.AddCookie(c)
 	}
+
 	if resp, err := browser(t).Do(replay); err != nil || resp.StatusCode != 401 {
 		t.Errorf("old cookie after logout = %v %v, want 401", resp, err)
 	}
@@ -140,6 +148,7 @@ func get(t *testing.T, c *http.Client, url, accept string) string {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	var sb strings.Builder
 	buf := make([]byte, 32<<10)
 	for {
@@ -149,6 +158,7 @@ func get(t *testing.T, c *http.Client, url, accept string) string {
 			break
 		}
 	}
+
 	if resp.StatusCode != 200 {
 		t.Fatalf("GET %s = %d: %s", url, resp.StatusCode, sb.String())
 	}
@@ -164,6 +174,7 @@ func getAuth(t *testing.T, url, token string) string {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	var sb strings.Builder
 	buf := make([]byte, 64<<10)
 	for {
@@ -173,6 +184,7 @@ func getAuth(t *testing.T, url, token string) string {
 			break
 		}
 	}
+
 	return sb.String()
 }
 

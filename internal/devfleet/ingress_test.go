@@ -43,6 +43,7 @@ func oracleSpec(t *testing.T, port int) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	spec := string(data)
 	p := strconv.Itoa(port)
 	for old, new := range map[string]string{"0.0.0.0:8082": "127.0.0.1:" + p,
@@ -52,6 +53,7 @@ func oracleSpec(t *testing.T, port int) []byte {
 		}
 		spec = strings.ReplaceAll(spec, old, new)
 	}
+
 	return []byte(spec)
 }
 
@@ -62,6 +64,7 @@ func freePort(t *testing.T) int {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
@@ -85,6 +88,7 @@ func TestOracleReachableThroughTheEdge(t *testing.T) {
 	if _, err := exec.LookPath("busybox"); err != nil {
 		t.Skip("busybox is not installed; the oracle fixture needs it")
 	}
+
 	f, _ := startFleet(t)
 	st := f.State()
 	ctx := context.Background()
@@ -95,12 +99,14 @@ func TestOracleReachableThroughTheEdge(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Deploy: %v", err)
 	}
+
 	host := ingress.LabelHostname("agent-1.localhost", "oracle")
 	want := f.edge.URL(host)
 	if res.Exposed == nil || !res.Exposed.Published || res.Exposed.URL != want {
 		t.Errorf("deploy exposed = %+v, want published at %s", res.Exposed, want)
 	}
 	var body string
+
 	eventually(t, "the oracle document through the edge", func() bool {
 		resp, err := localedge.HTTPClient().Get(want + "/oracle.json")
 		if err != nil {
@@ -111,6 +117,7 @@ func TestOracleReachableThroughTheEdge(t *testing.T) {
 		body = string(b)
 		return resp.StatusCode == http.StatusOK
 	})
+
 	if !strings.Contains(body, `"oracle":"oracle-readonly"`) {
 		t.Errorf("oracle document = %q", body)
 	}
@@ -128,10 +135,12 @@ func TestOracleReachableThroughTheEdge(t *testing.T) {
 		`"hostname_label": "api"`, 1)
 	bad = strings.Replace(bad, `"app_name": "oracle-readonly"`, `"app_name": "bad-oracle"`, 1)
 	_, err = c.Deploy(ctx, []byte(bad))
+
 	var ae *agentapi.APIError
 	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
 		t.Errorf("deploy with a reserved label = %v, want 400", err)
 	}
+
 	if diff := cmp.Diff(records, f.Provider().Hostnames()); diff != "" {
 		t.Errorf("the refused deploy changed the records:\n%s", diff)
 	}
@@ -153,14 +162,17 @@ func TestSecondControlPlaneTakesOver(t *testing.T) {
 		cancel()
 		t.Fatal(err)
 	}
+
 	defer func() {
 		cancel()
 		if err := f.Wait(); err != nil {
 			t.Errorf("fleet stopped with error: %v", err)
 		}
 	}()
+
 	st := f.State()
 	first := f.CP()
+
 	// An orphan agent tunnel: nothing connects it, so every probe fails.
 	ghost, err := f.Provider().CreateTunnel(ctx, "dd-dev-agent-0badcafe",
 		ingress.AgentIngress("ghost.localhost", nil))
@@ -172,11 +184,13 @@ func TestSecondControlPlaneTakesOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	select {
 	case <-first.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatal("the first control plane did not stop after the second took over")
 	}
+
 	if !first.Fenced() || f.CP() != second || f.State().CPURL != second.URL {
 		t.Errorf("first fenced %v, current is second %v; want both", first.Fenced(),
 			f.CP() == second)
@@ -198,12 +212,14 @@ func TestSecondControlPlaneTakesOver(t *testing.T) {
 	var agents []cpapi.Agent
 	getJSON(t, second.URL+"/api/agents", st.AdminToken, &agents)
 	setTenant(t, second.URL, st.AdminToken, agents[0].AgentID)
+
 	tenant := ghoidc.Principal{Kind: ghoidc.KindUser, Name: "dev-tenant", ID: 2002}.String()
 	eventually(t, "the agent syncs the tenant from the new control plane", func() bool {
 		ah, err := agent.Health(ctx)
 		return err == nil && ah.Tenant == tenant
 	})
 	takeover := time.Now().UTC().Truncate(time.Second)
+
 	eventually(t, "the new control plane scrapes the agent", func() bool {
 		getJSON(t, second.URL+"/api/agents", st.AdminToken, &agents)
 		seen, _ := time.Parse(time.RFC3339, agents[0].LastSeen)
@@ -215,17 +231,20 @@ func TestSecondControlPlaneTakesOver(t *testing.T) {
 		info, err := f.Provider().Tunnel(ctx, ghost.ID)
 		return err == nil && info.Deleted()
 	})
+
 	var reaped, stonith audit.Page
 	getJSON(t, second.URL+"/api/audit?action="+string(cp.ActionIngressReaped), st.AdminToken,
 		&reaped)
 	if len(reaped.Entries) == 0 {
 		t.Error("no reaping entry in the audit log")
 	}
+
 	for _, e := range reaped.Entries {
 		if e.Actor.Name != "cp:"+second.TunnelID() {
 			t.Errorf("reaping entry by %s, want only the new control plane", e.Actor)
 		}
 	}
+
 	getJSON(t, second.URL+"/api/audit?action="+string(audit.ActionStonith), st.AdminToken,
 		&stonith)
 	if len(stonith.Entries) != 1 || stonith.Entries[0].Actor.Name != "cp:"+second.TunnelID() {
@@ -239,11 +258,13 @@ func setTenant(t *testing.T, cpURL, adminToken, agentID string) {
 	req, _ := http.NewRequest("POST", cpURL+"/api/agents/"+agentID+"/tenant",
 		strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+adminToken)
+
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("setting the tenant = %d", resp.StatusCode)
@@ -270,12 +291,14 @@ func TestJoinTakesOver(t *testing.T) {
 			t.Errorf("joined control plane stopped with error: %v", err)
 		}
 	}()
+
 	second := joined.CP()
 	select {
 	case <-first.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatal("the first control plane did not stop after the second joined")
 	}
+
 	if !first.Fenced() {
 		t.Error("the first control plane stopped without being fenced")
 	}
@@ -283,6 +306,7 @@ func TestJoinTakesOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if got.CPURL != second.URL || got.AdminToken != st.AdminToken {
 		t.Errorf("dev.json after the join: cp_url %s, admin token kept %v; want %s, true",
 			got.CPURL, got.AdminToken == st.AdminToken, second.URL)
@@ -296,6 +320,7 @@ func TestJoinTakesOver(t *testing.T) {
 		t.Errorf("the public hostname reaches %+v, want the joined control plane", h.Ingress)
 	}
 	takeover := time.Now().UTC().Truncate(time.Second)
+
 	eventually(t, "the joined control plane scrapes the agent", func() bool {
 		var agents []cpapi.Agent
 		getJSON(t, second.URL+"/api/agents", st.AdminToken, &agents)
@@ -305,16 +330,19 @@ func TestJoinTakesOver(t *testing.T) {
 		seen, _ := time.Parse(time.RFC3339, agents[0].LastSeen)
 		return agents[0].Status == "healthy" && !seen.Before(takeover)
 	})
+
 	agent := &agentapi.Client{BaseURL: st.Agents[0].URL, HTTP: localedge.HTTPClient(),
 		Token: mint(t, st, st.Owner.MintRequest())}
 	hello, err := examples.FS.ReadFile("hello.json")
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	res, err := agent.Deploy(ctx, hello)
 	if err != nil {
 		t.Fatalf("deploying after the takeover: %v", err)
 	}
+
 	if u := waitUnit(t, agent, res.ID); u.Status != runtime.StatusCompleted {
 		t.Errorf("hello after the takeover: %s", u.Status)
 	}
@@ -332,6 +360,7 @@ func TestStartAndJoinCheckTheLock(t *testing.T) {
 	if !errors.Is(err, ErrRunning) {
 		t.Fatalf("a second Start on a running state dir = %v, want ErrRunning", err)
 	}
+
 	// The refused fleet touched nothing: the running one still serves.
 	var agents []cpapi.Agent
 	getJSON(t, f.CP().URL+"/api/agents", f.State().AdminToken, &agents)
@@ -348,6 +377,7 @@ func TestJoinWithoutAFleetCreatesNothing(t *testing.T) {
 			t.Errorf("Join(%s) = %v, want ErrNotRunning", d, err)
 		}
 	}
+
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("Join left %d files behind", len(entries))
 	}

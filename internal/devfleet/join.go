@@ -55,6 +55,7 @@ func Join(ctx context.Context, opts JoinOptions) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	f.ctx, f.cancel = context.WithCancel(ctx)
 	if err := f.join(f.ctx, opts.Listen); err != nil {
 		f.cancel()
@@ -78,6 +79,7 @@ func (f *Fleet) join(ctx context.Context, listenAddr string) error {
 	if err != nil {
 		return err
 	}
+
 	c, err := f.runCP(ctx, ln)
 	if err != nil {
 		return err
@@ -107,6 +109,7 @@ func (f *Fleet) loadRunning() (State, error) {
 		return State{}, fmt.Errorf("%w (%s): start it with `devopsdefender dev --state-dir %s`",
 			ErrNotRunning, dir, dir)
 	}
+
 	st, err := LoadState(dir)
 	if err != nil {
 		return State{}, fmt.Errorf("devfleet: %w", err)
@@ -115,10 +118,12 @@ func (f *Fleet) loadRunning() (State, error) {
 		return State{}, fmt.Errorf("devfleet: %s has no services section: "+
 			"restart the fleet with this version of devopsdefender", StateFile)
 	}
+
 	f.secrets, err = loadSecrets(dir)
 	if err != nil {
 		return State{}, err
 	}
+
 	f.opts.Domain = st.Services.Domain
 	return st, nil
 }
@@ -130,6 +135,7 @@ func (f *Fleet) connectServices(ctx context.Context, st State) error {
 	if err := f.startSimulator(); err != nil {
 		return err
 	}
+
 	var err error
 	f.issuerURL = st.OIDCIssuer
 	f.verifier, err = ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{
@@ -137,12 +143,14 @@ func (f *Fleet) connectServices(ctx context.Context, st State) error {
 	if err != nil {
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	f.taURL, f.taJWKSURL = st.Services.TrustAuthorityURL, st.Services.TrustAuthorityJWKSURL
 	f.taVerifier, err = ita.NewVerifier(ctx, ita.VerifierOptions{JWKSURL: f.taJWKSURL,
 		Issuer: f.taURL, Logger: f.log})
 	if err != nil {
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	f.githubURL = st.Services.GitHubURL
 
 	client, err := localedge.NewClient(localedge.ClientOptions{URL: st.Services.EdgeAPIURL,
@@ -150,6 +158,7 @@ func (f *Fleet) connectServices(ctx context.Context, st State) error {
 	if err != nil {
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	port := st.Services.EdgePort
 	f.account, f.links = client, client
 	f.publicURL = func(host string) string {

@@ -36,13 +36,16 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
+
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		// Requests still running (a held tunnel connection, a slow
 		// client) end now rather than outlive the server.
@@ -58,6 +61,7 @@ func (f *Fleet) startIssuer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	iss, err := ghoidc.NewIssuer(ghoidc.IssuerOptions{
 		URL: url, Audience: Audience, MintSecret: f.secrets.MintSecret,
 		KeyPath: filepath.Join(f.opts.StateDir, "oidc-issuer-key.pem"), Logger: f.log,
@@ -66,6 +70,7 @@ func (f *Fleet) startIssuer(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	f.issuerURL = url
 	f.goService("oidc-issuer", func() error { return serveHTTP(ctx, ln, iss.Handler()) })
 	f.verifier, err = ghoidc.NewVerifier(ctx, ghoidc.VerifierOptions{
@@ -83,17 +88,20 @@ func (f *Fleet) startEdge(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	edge, err := localedge.New(localedge.Options{Domain: f.opts.Domain,
 		Port: ln.Addr().(*net.TCPAddr).Port, Logger: f.log})
 	if err != nil {
 		ln.Close()
 		return err
 	}
+
 	f.provider, err = localedge.NewProvider(edge, localedge.ProviderOptions{Logger: f.log})
 	if err != nil {
 		ln.Close()
 		return err
 	}
+
 	f.edge = edge
 	f.account, f.links, f.publicURL = f.provider, f.provider, edge.URL
 	f.goService("edge", func() error { return serveHTTP(ctx, ln, edge) })
@@ -109,10 +117,12 @@ func (f *Fleet) startEdgeAPI(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	ln, url, err := listen("127.0.0.1:0")
 	if err != nil {
 		return err
 	}
+
 	f.edgeAPIURL = url
 	f.goService("edge-api", func() error { return serveHTTP(ctx, ln, api) })
 	return nil
@@ -151,6 +161,7 @@ func (f *Fleet) startCP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	c, err := f.runCP(ctx, ln)
 	if err != nil {
 		return err
@@ -174,6 +185,7 @@ func (f *Fleet) StartSecondCP() (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	c, err := f.runCP(f.ctx, ln)
 	if err != nil {
 		return nil, err
@@ -181,6 +193,7 @@ func (f *Fleet) StartSecondCP() (*ControlPlane, error) {
 	if err := f.waitServing(f.ctx, c); err != nil {
 		return nil, err
 	}
+
 	f.setCP(c)
 	return c, nil
 }
@@ -191,6 +204,7 @@ func (f *Fleet) setCP(c *ControlPlane) {
 	f.state.CPURL = c.URL
 	st := f.state
 	f.mu.Unlock()
+
 	if st.AdminToken != "" { // the fleet finished starting: keep dev.json current
 		if err := writeState(f.opts.StateDir, st); err != nil {
 			f.log.Error("writing dev.json failed", "err", err)
@@ -202,6 +216,7 @@ func (f *Fleet) setCP(c *ControlPlane) {
 func (f *Fleet) waitServing(ctx context.Context, c *ControlPlane) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+
 	for !c.Serving() {
 		select {
 		case <-ctx.Done():
@@ -212,6 +227,7 @@ func (f *Fleet) waitServing(ctx context.Context, c *ControlPlane) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+
 	return nil
 }
 
@@ -226,6 +242,7 @@ func (f *Fleet) runCP(ctx context.Context, ln net.Listener) (*ControlPlane, erro
 		ln.Close()
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
+
 	url := "http://" + ln.Addr().String()
 	srv, err := f.newCP(ctx, store, url)
 	if err != nil {
@@ -233,21 +250,26 @@ func (f *Fleet) runCP(ctx context.Context, ln net.Listener) (*ControlPlane, erro
 		store.Close()
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
+
 	cpCtx, cancel := context.WithCancel(ctx)
 	c := &ControlPlane{URL: url, addr: ln.Addr().String(), srv: srv, cancel: cancel,
 		done: make(chan struct{})}
 	if f.CP() == nil {
 		f.setCP(c)
 	}
+
 	f.goService("control-plane", func() error {
 		defer close(c.done)
 		defer store.Close()
+
 		errc := make(chan error, 1)
 		go func() {
 			err := srv.Run(cpCtx)
 			cancel() // a fenced control plane stops serving too
 			errc <- err
 		}()
+
+		// Serve until cpCtx ends or serving fails, then stop Run and collect its error.
 		err := serveHTTP(cpCtx, ln, srv.Handler())
 		cancel()
 		runErr := <-errc
@@ -255,8 +277,10 @@ func (f *Fleet) runCP(ctx context.Context, ln net.Listener) (*ControlPlane, erro
 			f.log.Info("fenced control plane stopped", "url", url, "reason", runErr)
 			runErr = nil
 		}
+
 		return errors.Join(err, runErr)
 	})
+
 	return c, nil
 }
 
@@ -269,6 +293,7 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.
 	if err != nil {
 		return nil, err
 	}
+
 	sessions, err := websession.New(ctx, websession.Options{
 		DB: store.DB(), Env: fleetenv.Dev, PublicURL: f.dashboardOrigin(), Owner: f.owner(),
 		TenantAgents: cp.TenantsOf(store), HTTPClient: localedge.HTTPClient(),
@@ -279,6 +304,7 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.
 	if err != nil {
 		return nil, err
 	}
+
 	return cp.New(cp.Options{
 		Store: store, Env: "dev", Hostname: f.cpHost(), Domain: f.opts.Domain,
 		AdminToken: f.secrets.AdminToken, Ingress: f.account, PublicURL: f.publicURL,
@@ -315,6 +341,7 @@ func (f *Fleet) startGitHub(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	provider, err := websession.NewLocalProvider(websession.LocalProviderOptions{
 		Env: fleetenv.Dev, ClientID: oauthClientID, ClientSecret: f.secrets.OAuthSecret,
 		Users: websession.DevUsers(f.owner()), Logger: f.log})
@@ -322,11 +349,13 @@ func (f *Fleet) startGitHub(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("devfleet: %w", err)
 	}
+
 	f.goService("local-github", func() error { return serveHTTP(ctx, ln, provider) })
 	host := "github." + f.opts.Domain
 	if _, err := f.edge.Publish(ctx, "local-github", host, url); err != nil {
 		return fmt.Errorf("devfleet: publishing the local GitHub: %w", err)
 	}
+
 	f.githubURL = f.edge.URL(host)
 	return nil
 }
@@ -343,6 +372,7 @@ func (f *Fleet) RestartCP() error {
 	if err != nil {
 		return fmt.Errorf("devfleet: relistening on %s: %w", old.addr, err)
 	}
+
 	c, err := f.runCP(f.ctx, ln)
 	if err != nil {
 		return err
@@ -350,6 +380,7 @@ func (f *Fleet) RestartCP() error {
 	if err := f.waitServing(f.ctx, c); err != nil {
 		return err
 	}
+
 	f.setCP(c)
 	return nil
 }
@@ -375,6 +406,7 @@ func (f *Fleet) startAgents(ctx context.Context) ([]*agentService, error) {
 		}
 		out = append(out, a)
 	}
+
 	return out, nil
 }
 
@@ -385,26 +417,31 @@ func (f *Fleet) startAgent(ctx context.Context, name string,
 	if err != nil {
 		return nil, err
 	}
+
 	ln, origin, err := listen("127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
+
 	fwd, err := audit.OpenForwarder(audit.ForwarderOptions{
 		Path: filepath.Join(dir, "audit.jsonl"), Logger: f.log})
 	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
+
 	// The agent finds the control plane by its public hostname, as in
 	// production, so it follows the hostname to a newer control plane.
 	connect := f.connector(map[string]string{ingress.DefaultService: origin,
 		ingress.LocalService(ingress.AgentAPIPort): origin})
+
 	ta, err := f.trustAuthorityClient()
 	if err != nil {
 		ln.Close()
 		fwd.Close()
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
+
 	ag, err := agent.New(agent.Options{
 		VMName: name, Runtime: rt, Verifier: verifier, Owner: f.owner(), Audit: fwd,
 		TrustAuthority:  ta,
@@ -422,6 +459,7 @@ func (f *Fleet) startAgent(ctx context.Context, name string,
 		fwd.Close()
 		return nil, err
 	}
+
 	f.goService(name, func() error {
 		defer fwd.Close()
 		return ag.Serve(ctx, ln)
@@ -436,10 +474,12 @@ func (f *Fleet) startRuntime(ctx context.Context, name, dir string) (*runtime.Cl
 	if err != nil {
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
+
 	socket, err := socketPath(dir)
 	if err != nil {
 		return nil, err
 	}
+
 	rs, err := server.New(server.Options{
 		SocketPath: socket, DataDir: filepath.Join(dir, "runtime"),
 		HostTools: f.opts.HostTools, BootWorkloads: []workload.Spec{ticker},
@@ -449,12 +489,14 @@ func (f *Fleet) startRuntime(ctx context.Context, name, dir string) (*runtime.Cl
 	if err != nil {
 		return nil, fmt.Errorf("devfleet: %w", err)
 	}
+
 	f.goService(name+"-runtime", func() error { return rs.Serve(ctx) })
 	select {
 	case <-rs.Ready():
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+
 	return runtime.NewClient(runtime.ClientOptions{SocketPath: socket, Token: rs.Token()})
 }
 
@@ -462,6 +504,7 @@ func (f *Fleet) startRuntime(ctx context.Context, name, dir string) (*runtime.Cl
 func (a *agentService) waitRegistered(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+
 	for {
 		if a.agent.Registered() {
 			return nil
@@ -484,6 +527,7 @@ func socketPath(dir string) (string, error) {
 	if len(p) <= maxSocketPath {
 		return p, nil
 	}
+
 	sum := sha256.Sum256([]byte(dir))
 	short := filepath.Join(os.TempDir(), "dd-"+hex.EncodeToString(sum[:6]), "runtime.sock")
 	if len(short) > maxSocketPath {

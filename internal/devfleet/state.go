@@ -86,10 +86,12 @@ func (s *State) Agent(name string) (StateAgent, error) {
 			return a, nil
 		}
 	}
+
 	names := make([]string, 0, len(s.Agents))
 	for _, a := range s.Agents {
 		names = append(names, a.Name)
 	}
+
 	return StateAgent{}, fmt.Errorf("no agent %q in the dev fleet (agents: %v)", name, names)
 }
 
@@ -100,6 +102,7 @@ func LoadState(dir string) (State, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, fmt.Errorf("no dev fleet state in %s: is `devopsdefender dev` running?", dir)
 	}
+
 	if err != nil {
 		return s, fmt.Errorf("reading dev fleet state: %w", err)
 	}
@@ -125,6 +128,7 @@ func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	defer os.Remove(tmp.Name())
+
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
@@ -133,6 +137,7 @@ func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
 		tmp.Close()
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
+
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}

@@ -37,6 +37,7 @@ func check(raw string, base bool) error {
 	case u.Scheme == "http" && isLoopback(u.Hostname()):
 		return nil
 	}
+
 	return fmt.Errorf("%q must be https (http only to a loopback host)", raw)
 }
 

@@ -31,6 +31,7 @@ func encodeAgent(a *Agent) ([]any, error) {
 	if units == nil {
 		units = []agentapi.Unit{}
 	}
+
 	data, err := json.Marshal(units)
 	if err != nil {
 		return nil, fmt.Errorf("encoding units: %w", err)
@@ -40,11 +41,13 @@ func encodeAgent(a *Agent) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	var tk, tn string
 	var tid int64
 	if p := a.Tenant; p != nil {
 		tk, tn, tid = string(p.Kind), p.Name, p.ID
 	}
+
 	claims, err := encodeClaims(a.Claims)
 	if err != nil {
 		return nil, err
@@ -68,6 +71,7 @@ func encodeClaims(claims []ingress.Claim) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("encoding claims: %w", err)
 	}
+
 	return string(data), nil
 }
 
@@ -76,6 +80,7 @@ func encodeMeasurements(m *tdx.Measurements) (string, error) {
 	if m == nil {
 		return "", nil
 	}
+
 	data, err := json.Marshal(m)
 	if err != nil {
 		return "", fmt.Errorf("encoding measurements: %w", err)
@@ -98,6 +103,7 @@ func decodeRest(a *Agent, signing, noise, meas, tcbDate string) error {
 			return fmt.Errorf("agent %s: att_measurements: %w", a.ID, err)
 		}
 	}
+
 	if a.Attestation.TCBDate, err = parseTime(tcbDate); err != nil {
 		return fmt.Errorf("agent %s: att_tcb_date: %w", a.ID, err)
 	}
@@ -127,6 +133,7 @@ func scanAgent(row rowScanner) (Agent, error) {
 		tenantID                  int64
 		claims                    string
 	)
+
 	at := &a.Attestation
 	err := row.Scan(&a.ID, &a.VMName, &a.Hostname, &a.URL, &a.Origin, &status,
 		&registered, &seen,
@@ -140,10 +147,12 @@ func scanAgent(row rowScanner) (Agent, error) {
 	if err := decodeRest(&a, signing, noise, meas, tcb); err != nil {
 		return Agent{}, err
 	}
+
 	if tenantKind != "" {
 		a.Tenant = &ghoidc.Principal{Kind: ghoidc.Kind(tenantKind), Name: tenantName,
 			ID: tenantID}
 	}
+
 	a.Status = Status(status)
 	if a.RegisteredAt, err = parseTime(registered); err != nil {
 		return Agent{}, fmt.Errorf("agent %s: registered_at: %w", a.ID, err)
@@ -157,6 +166,7 @@ func scanAgent(row rowScanner) (Agent, error) {
 	if err := json.Unmarshal([]byte(units), &a.Units); err != nil {
 		return Agent{}, fmt.Errorf("agent %s: units: %w", a.ID, err)
 	}
+
 	if a.Claims, err = decodeClaims(claims); err != nil {
 		return Agent{}, fmt.Errorf("agent %s: ingress_claims: %w", a.ID, err)
 	}
@@ -174,6 +184,7 @@ func queryAgents(ctx context.Context, q querier, query string, args ...any) ([]A
 		return nil, err
 	}
 	defer rows.Close()
+
 	var agents []Agent
 	for rows.Next() {
 		a, err := scanAgent(rows)
@@ -182,6 +193,7 @@ func queryAgents(ctx context.Context, q querier, query string, args ...any) ([]A
 		}
 		agents = append(agents, a)
 	}
+
 	return agents, rows.Err()
 }
 

@@ -113,6 +113,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("fleet: creating store directory: %w", err)
 	}
+
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -127,6 +128,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
 	}
+
 	s := &Store{db: db, log: log}
 	if err := s.init(ctx); err != nil {
 		db.Close()
@@ -136,6 +138,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
 	}
+
 	return s, nil
 }
 
@@ -161,6 +164,7 @@ func (s *Store) init(ctx context.Context) error {
 		// Some file systems cannot hold a WAL; the store still works.
 		s.log.Warn("store not in WAL mode", "journal_mode", mode)
 	}
+
 	return s.migrate(ctx)
 }
 
@@ -196,6 +200,7 @@ func (s *Store) migrateStep(ctx context.Context) (done bool, err error) {
 	case v == len(migrations):
 		return true, nil
 	}
+
 	if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
 		return false, fmt.Errorf("migrating schema to version %d: %w", v+1, err)
 	}
@@ -206,6 +211,7 @@ func (s *Store) migrateStep(ctx context.Context) (done bool, err error) {
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("committing schema version %d: %w", v+1, err)
 	}
+
 	s.log.Info("store schema migrated", "version", v+1)
 	return false, nil
 }
@@ -227,6 +233,7 @@ func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err er
 	if err := a.validate(); err != nil {
 		return nil, fmt.Errorf("fleet: registering agent: %w", err)
 	}
+
 	rec, err := encodeAgent(&a)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
@@ -244,6 +251,7 @@ func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err er
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: committing: %w", a.ID, err)
 	}
+
 	return replaced, nil
 }
 
@@ -256,6 +264,7 @@ func (s *Store) registerTx(ctx context.Context, tx *sql.Tx, a Agent, rec []any) 
 	if n > 0 {
 		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, ErrExists)
 	}
+
 	replaced, err := queryAgents(ctx, tx,
 		"SELECT "+agentColumns+" FROM agents WHERE vm_name = ? ORDER BY id", a.VMName)
 	if err != nil {
@@ -272,12 +281,14 @@ func (s *Store) registerTx(ctx context.Context, tx *sql.Tx, a Agent, rec []any) 
 			}
 		}
 	}
+
 	if _, err := tx.ExecContext(ctx, "DELETE FROM agents WHERE vm_name = ?", a.VMName); err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: removing old: %w", a.ID, err)
 	}
 	if _, err := tx.ExecContext(ctx, insertAgent, rec...); err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: inserting: %w", a.ID, err)
 	}
+
 	return replaced, nil
 }
 
@@ -308,6 +319,7 @@ func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
 	if err != nil {
 		return Agent{}, fmt.Errorf("fleet: reading agent %s: %w", id, err)
 	}
+
 	return a, nil
 }
 
@@ -322,6 +334,7 @@ func (s *Store) ByVMName(ctx context.Context, vmName string) (Agent, error) {
 	if err != nil {
 		return Agent{}, fmt.Errorf("fleet: reading vm %s: %w", vmName, err)
 	}
+
 	return a, nil
 }
 
@@ -331,16 +344,19 @@ func (s *Store) ByVMNames(ctx context.Context, vmNames []string) ([]Agent, error
 	if len(vmNames) == 0 {
 		return nil, nil
 	}
+
 	args := make([]any, len(vmNames))
 	for i, n := range vmNames {
 		args[i] = n
 	}
+
 	marks := strings.TrimSuffix(strings.Repeat("?,", len(vmNames)), ",")
 	agents, err := queryAgents(ctx, s.db, "SELECT "+agentColumns+
 		" FROM agents WHERE vm_name IN ("+marks+") ORDER BY vm_name", args...)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: reading vms %v: %w", vmNames, err)
 	}
+
 	return agents, nil
 }
 
@@ -361,6 +377,7 @@ func (s *Store) Counts(ctx context.Context) (Counts, error) {
 	if err != nil {
 		return Counts{}, fmt.Errorf("fleet: counting agents: %w", err)
 	}
+
 	return c, nil
 }
 
@@ -375,6 +392,7 @@ func (s *Store) UpdateHealth(ctx context.Context, id string, seen time.Time,
 	if err != nil {
 		return fmt.Errorf("fleet: encoding units of %s: %w", id, err)
 	}
+
 	return s.update(ctx, id, `UPDATE agents SET status = ?, last_seen = ?, units = ?,
 		last_error = '' WHERE id = ?`, StatusHealthy, formatTime(seen), string(data), id)
 }
@@ -407,6 +425,7 @@ func (s *Store) SetTenant(ctx context.Context, id string,
 	if tenant != nil {
 		kind, name, pid = string(tenant.Kind), tenant.Name, tenant.ID
 	}
+
 	err = s.update(ctx, id, `UPDATE agents SET tenant_kind = ?, tenant_name = ?, tenant_id = ?
 		WHERE id = ?`, kind, name, pid, id)
 	return a.Tenant, err
@@ -446,6 +465,7 @@ func (s *Store) update(ctx context.Context, id, query string, args ...any) error
 	if n == 0 {
 		return fmt.Errorf("fleet: updating agent %s: %w", id, ErrNotFound)
 	}
+
 	return nil
 }
 
@@ -463,6 +483,7 @@ func (s *Store) AuthenticateAgent(ctx context.Context, id, token string) (Agent,
 		// about as long as for a known one.
 		want = make([]byte, sha256.Size)
 	}
+
 	ok := subtle.ConstantTimeCompare(HashToken(token), want) == 1
 	if !ok || err != nil || token == "" {
 		return Agent{}, fmt.Errorf("fleet: authenticating agent %s: %w", id, ErrBadToken)
@@ -484,6 +505,7 @@ func (a *Agent) validate() error {
 	if a.RegisteredAt.IsZero() {
 		errs = append(errs, errors.New("registration time is required"))
 	}
+
 	if len(a.TokenHash) != sha256.Size {
 		errs = append(errs, errors.New("token hash must be a SHA-256 digest"))
 	}

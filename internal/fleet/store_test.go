@@ -28,6 +28,7 @@ func openStore(t *testing.T, path string) *Store {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+
 	t.Cleanup(func() { s.Close() })
 	return s
 }
@@ -66,11 +67,13 @@ func TestRegisterGetList(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Get: %v", err)
 	}
+
 	a.Units = []agentapi.Unit{}
 	b.Units = []agentapi.Unit{}
 	if diff := cmp.Diff(a, got); diff != "" {
 		t.Errorf("Get mismatch (-want +got):\n%s", diff)
 	}
+
 	list, err := s.List(ctx)
 	if err != nil {
 		t.Fatalf("List: %v", err)
@@ -84,6 +87,7 @@ func TestRegisterGetList(t *testing.T) {
 	if _, err := s.ByVMName(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("ByVMName(unknown) error = %v, want ErrNotFound", err)
 	}
+
 	for _, tt := range []struct {
 		names []string
 		want  []Agent
@@ -111,6 +115,7 @@ func TestRegisterReplacesSameVMName(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
 	replacement := newAgent("dd-dev-agent-00000003", "web", "new")
 	replaced, err := s.Register(ctx, replacement)
 	if err != nil {
@@ -119,6 +124,7 @@ func TestRegisterReplacesSameVMName(t *testing.T) {
 	if len(replaced) != 1 || replaced[0].ID != old.ID {
 		t.Errorf("replaced = %v, want [%s]", ids(replaced), old.ID)
 	}
+
 	list, err := s.List(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +157,7 @@ func TestRegisterRejectsBadInputAndChangesNothing(t *testing.T) {
 			if _, err := s.Register(ctx, a); err == nil {
 				t.Fatal("Register succeeded, want error")
 			}
+
 			list, err := s.List(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -160,6 +167,7 @@ func TestRegisterRejectsBadInputAndChangesNothing(t *testing.T) {
 			}
 		})
 	}
+
 	a := newAgent(first.ID, "other", "x")
 	if _, err := s.Register(ctx, a); !errors.Is(err, ErrExists) {
 		t.Errorf("duplicate id error = %v, want ErrExists", err)
@@ -183,6 +191,7 @@ func TestHealthAndStatusUpdates(t *testing.T) {
 	if err := s.UpdateHealth(ctx, a.ID, seen, units); err != nil {
 		t.Fatalf("UpdateHealth: %v", err)
 	}
+
 	got, err := s.Get(ctx, a.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -194,6 +203,7 @@ func TestHealthAndStatusUpdates(t *testing.T) {
 	if diff := cmp.Diff(units, got.Units); diff != "" {
 		t.Errorf("units (-want +got):\n%s", diff)
 	}
+
 	c, err := s.Counts(ctx)
 	if err != nil || c != (Counts{Agents: 1, Healthy: 1}) {
 		t.Errorf("Counts = %+v, %v; want 1 agent, 1 healthy", c, err)
@@ -251,10 +261,12 @@ func TestRestartKeepsAgents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	a := newAgent("dd-dev-agent-00000001", "web", "tok")
 	if _, err := s.Register(ctx, a); err != nil {
 		t.Fatal(err)
 	}
+
 	code := 0
 	units := []agentapi.Unit{{ID: "u1", AppName: "hello", Status: "running", ExitCode: &code}}
 	if err := s.UpdateHealth(ctx, a.ID, t0.Add(time.Minute), units); err != nil {
@@ -263,6 +275,7 @@ func TestRestartKeepsAgents(t *testing.T) {
 	if err := s.SetStatus(ctx, a.ID, StatusStale, "timeout"); err != nil {
 		t.Fatal(err)
 	}
+
 	before, err := s.List(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -291,6 +304,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	if _, err := s.db.ExecContext(ctx, "PRAGMA user_version = 99"); err != nil {
 		t.Fatal(err)
 	}
+
 	s.Close()
 	if s2, err := Open(ctx, path, Options{}); err == nil {
 		s2.Close()
@@ -328,6 +342,7 @@ func TestConcurrentWriters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
 	var wg sync.WaitGroup
 	errs := make(chan error, 4*n)
 	for i := range n {
@@ -341,6 +356,7 @@ func TestConcurrentWriters(t *testing.T) {
 		})
 		wg.Go(func() { _, err := s1.List(ctx); errs <- err })
 	}
+
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -348,6 +364,7 @@ func TestConcurrentWriters(t *testing.T) {
 			t.Errorf("concurrent write: %v", err)
 		}
 	}
+
 	list, err := s1.List(ctx)
 	if err != nil || len(list) != n {
 		t.Errorf("List = %d agents, %v; want %d (each vm_name once)", len(list), err, n)
@@ -364,6 +381,7 @@ func TestAttestationAndKeysRoundTrip(t *testing.T) {
 	if _, err := s.Register(ctx, a); err != nil {
 		t.Fatal(err)
 	}
+
 	at := Attestation{Type: "simulated", Verified: true, Status: "verified", MRTD: "ab",
 		TCBStatus: "UpToDate", VerifiedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
 		TCBDate:      time.Date(2025, 11, 12, 0, 0, 0, 0, time.UTC),
@@ -371,6 +389,7 @@ func TestAttestationAndKeysRoundTrip(t *testing.T) {
 	if err := s.UpdateAttestation(ctx, a.ID, at); err != nil {
 		t.Fatal(err)
 	}
+
 	s.Close()
 
 	s = openStore(t, path)
@@ -397,11 +416,13 @@ func TestTenantPersists(t *testing.T) {
 	if _, err := s.Register(ctx, a); err != nil {
 		t.Fatal(err)
 	}
+
 	acme := &ghoidc.Principal{Kind: ghoidc.KindOrg, Name: "acme", ID: 7}
 	prev, err := s.SetTenant(ctx, a.ID, acme)
 	if err != nil || prev != nil {
 		t.Fatalf("SetTenant = %v, %v; want no previous tenant", prev, err)
 	}
+
 	s.Close()
 
 	s = openStore(t, path)
@@ -412,6 +433,7 @@ func TestTenantPersists(t *testing.T) {
 	if diff := cmp.Diff(acme, got.Tenant); diff != "" {
 		t.Errorf("tenant after reopen (-want +got):\n%s", diff)
 	}
+
 	prev, err = s.SetTenant(ctx, a.ID, nil)
 	if err != nil || prev == nil || *prev != *acme {
 		t.Errorf("clearing = %v, %v; want the previous tenant", prev, err)
@@ -453,12 +475,14 @@ func TestReRegistrationTenant(t *testing.T) {
 			if _, err := s.SetTenant(ctx, old.ID, acme); err != nil {
 				t.Fatal(err)
 			}
+
 			a := newAgent("dd-test-agent-2", "vm-1", "tok2")
 			a.SigningKey, a.Tenant = tt.newKey, tt.newTenant
 			replaced, err := s.Register(ctx, a)
 			if err != nil || len(replaced) != 1 {
 				t.Fatalf("Register = %v, %v; want the old record replaced", ids(replaced), err)
 			}
+
 			got, err := s.Get(ctx, a.ID)
 			if err != nil {
 				t.Fatal(err)
@@ -485,6 +509,7 @@ func TestAuditSharesTheDatabase(t *testing.T) {
 	if _, err := s.Audit().Append(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
+
 	s.Close()
 
 	s = openStore(t, path)
@@ -492,6 +517,7 @@ func TestAuditSharesTheDatabase(t *testing.T) {
 	if err != nil || head.Seq != 1 {
 		t.Errorf("audit after reopen: head %+v, %v; want one verified entry", head, err)
 	}
+
 	var v int
 	if err := s.DB().QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil ||
 		v != len(migrations) {
@@ -508,6 +534,7 @@ func TestTunnelAndClaimsPersist(t *testing.T) {
 	if _, err := s.Register(ctx, a); err != nil {
 		t.Fatal(err)
 	}
+
 	claims := []ingress.Claim{{App: "oracle", Label: "oracle", Port: 8082},
 		{App: "web", Label: "www", Port: 9000}}
 	if err := s.SetClaims(ctx, a.ID, claims); err != nil {
@@ -516,6 +543,7 @@ func TestTunnelAndClaimsPersist(t *testing.T) {
 	if err := s.SetClaims(ctx, "nope", claims); !errors.Is(err, ErrNotFound) {
 		t.Errorf("SetClaims of an unknown agent: %v, want ErrNotFound", err)
 	}
+
 	s.Close()
 
 	got, err := openStore(t, path).Get(ctx, a.ID)

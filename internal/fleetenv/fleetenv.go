@@ -34,6 +34,7 @@ func Parse(label string) (Env, error) {
 	if label == "prod" {
 		return "", fmt.Errorf("fleetenv: %q is ambiguous; use %q", label, Production)
 	}
+
 	return Env(label), nil
 }
 

@@ -29,25 +29,30 @@ func FetchActionsToken(ctx context.Context, client *http.Client, requestURL, req
 	if audience == "" {
 		return "", errors.New("ghoidc: actions token: audience is required")
 	}
+
 	endpoint, err := actionsTokenURL(requestURL, audience)
 	if err != nil {
 		return "", fmt.Errorf("ghoidc: actions token: %w", err)
 	}
+
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
 	}
+
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
 	if err != nil {
 		return "", fmt.Errorf("ghoidc: actions token: %w", err)
 	}
 	req.Header.Set("Authorization", "bearer "+requestToken)
 	req.Header.Set("Accept", "application/json")
+
 	var reply struct {
 		Value string `json:"value"`
 	}
 	if err := doJSON(client, req, &reply); err != nil {
 		return "", fmt.Errorf("ghoidc: fetching actions token: %w", err)
 	}
+
 	if reply.Value == "" {
 		return "", errors.New("ghoidc: fetching actions token: empty value in reply")
 	}
@@ -61,6 +66,7 @@ func actionsTokenURL(requestURL, audience string) (string, error) {
 	if err := endpoint.Check(requestURL); err != nil {
 		return "", fmt.Errorf("request URL: %w", err)
 	}
+
 	u, err := url.Parse(requestURL)
 	if err != nil {
 		return "", err

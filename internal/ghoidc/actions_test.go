@@ -43,17 +43,20 @@ func TestFetchActionsToken(t *testing.T) {
 		{"empty value", 200, `{"value":""}`, "request-token", "", "empty value"},
 		{"not json", 200, `<html>`, "request-token", "", "decoding"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := fakeActionsRuntime(t, tt.status, tt.reply)
 			got, err := FetchActionsToken(t.Context(), srv.Client(),
 				srv.URL+"/_apis/idtoken?api-version=2.0", tt.token, "dd fleet/a")
+
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("FetchActionsToken: %v, want an error with %q", err, tt.wantErr)
 				}
 				return
 			}
+
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,6 +74,7 @@ func TestFetchActionsTokenInputs(t *testing.T) {
 		{"no audience", "https://runner.example/x", "t", ""},
 		{"plain http", "http://runner.example/x", "t", "a"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := FetchActionsToken(t.Context(), nil, tt.url, tt.token, tt.aud); err == nil {

@@ -109,6 +109,7 @@ func (c *Claims) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &w); err != nil {
 		return err
 	}
+
 	*c = Claims{
 		Issuer: w.Issuer, Subject: w.Subject, Audience: []string(w.Audience),
 		Expiry: w.Expiry.time(), IssuedAt: w.IssuedAt.time(), NotBefore: w.NotBefore.time(),
@@ -170,12 +171,14 @@ func (f *flexID) UnmarshalJSON(data []byte) error {
 		*f = 0
 		return nil
 	}
+
 	s := string(data)
 	if len(data) > 0 && data[0] == '"' {
 		if err := json.Unmarshal(data, &s); err != nil {
 			return err
 		}
 	}
+
 	// ParseInt refuses fractions and exponents, so "1.5" and 1e3 are
 	// errors instead of being rounded into some other id.
 	n, err := strconv.ParseInt(s, 10, 64)
@@ -207,10 +210,12 @@ func (d *numericDate) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &n); err != nil {
 		return errors.New("invalid NumericDate")
 	}
+
 	if i, err := n.Int64(); err == nil && i >= -maxDate && i <= maxDate {
 		*d = numericDate(i)
 		return nil
 	}
+
 	f, err := n.Float64()
 	if err != nil || math.IsNaN(f) || math.Abs(f) > maxDate {
 		return fmt.Errorf("invalid NumericDate %.40q", n.String())
@@ -243,11 +248,13 @@ func (a *audience) UnmarshalJSON(data []byte) error {
 		*a = nil
 		return nil
 	}
+
 	var one string
 	if err := json.Unmarshal(data, &one); err == nil {
 		*a = audience{one}
 		return nil
 	}
+
 	var many []string
 	if err := json.Unmarshal(data, &many); err != nil {
 		return errors.New("aud must be a string or an array of strings")

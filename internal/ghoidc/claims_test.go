@@ -42,6 +42,7 @@ func TestDecodeClaims(t *testing.T) {
 		{"sub number", `{"sub":5}`, nil},
 		{"not an object", `[]`, nil},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := decodeClaims([]byte(tt.json))
@@ -51,6 +52,7 @@ func TestDecodeClaims(t *testing.T) {
 				}
 				return
 			}
+
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -67,6 +69,7 @@ func TestClaimsMarshal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if want := `{"aud":"a","exp":100,"repository_id":"42"}`; string(data) != want {
 		t.Errorf("Marshal = %s, want %s", data, want)
 	}
@@ -79,15 +82,18 @@ func FuzzDecodeClaims(f *testing.F) {
 	f.Add([]byte(`{"repository_owner_id":67890123,"aud":"x","nbf":-3,"iat":253402300799}`))
 	f.Add([]byte(`{"run_id":"00012","sub":"repo:a/b:ref:refs/heads/main"}`))
 	f.Add([]byte(`{"actor_id":"1e3"}`))
+
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := decodeClaims(data)
 		if err != nil {
 			return
 		}
+
 		out, err := json.Marshal(c)
 		if err != nil {
 			t.Fatalf("Marshal of decoded claims: %v", err)
 		}
+
 		again, err := decodeClaims(out)
 		if err != nil {
 			t.Fatalf("decoding %s: %v", out, err)
@@ -107,6 +113,7 @@ func TestClaimNamesComplete(t *testing.T) {
 		name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
 		tags = append(tags, name)
 	}
+
 	if diff := cmp.Diff(tags, claimNames); diff != "" {
 		t.Errorf("claimNames (-wire tags +list):\n%s", diff)
 	}

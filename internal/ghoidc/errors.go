@@ -68,6 +68,7 @@ func HTTPError(err error) error {
 		he.Err = err
 		return he
 	}
+
 	var fe *FetchError
 	if errors.As(err, &fe) {
 		return httpapi.Upstream("identity provider unavailable", err)

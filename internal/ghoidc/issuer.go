@@ -84,15 +84,18 @@ func NewIssuer(opts IssuerOptions) (*Issuer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ghoidc: %w", err)
 	}
+
 	key, err := loadOrCreateKey(opts.KeyPath, opts.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("ghoidc: signing key: %w", err)
 	}
+
 	jwk := jose.JSONWebKey{Key: &key.PublicKey}
 	thumb, err := jwk.Thumbprint(crypto.SHA256)
 	if err != nil {
 		return nil, fmt.Errorf("ghoidc: key thumbprint: %w", err)
 	}
+
 	// The RFC 7638 thumbprint as kid stays the same across restarts with
 	// the same key file and changes with the key.
 	kid := base64.RawURLEncoding.EncodeToString(thumb)
@@ -102,6 +105,7 @@ func NewIssuer(opts IssuerOptions) (*Issuer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ghoidc: signer: %w", err)
 	}
+
 	return &Issuer{
 		url: base, audience: opts.Audience, secretHash: sha256.Sum256([]byte(opts.MintSecret)),
 		key: key, kid: kid, signer: signer, now: opts.Now, log: opts.Logger,
@@ -115,12 +119,14 @@ func checkIssuerOptions(opts *IssuerOptions) (string, error) {
 	if err := endpoint.CheckBase(base); err != nil {
 		return "", fmt.Errorf("issuer URL: %w", err)
 	}
+
 	if opts.Audience == "" || strings.TrimSpace(opts.Audience) != opts.Audience {
 		return "", errors.New("audience is required and must not have surrounding spaces")
 	}
 	if len(opts.MintSecret) < minMintSecret {
 		return "", fmt.Errorf("mint secret must have at least %d characters", minMintSecret)
 	}
+
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -189,14 +195,17 @@ func (i *Issuer) serveMint(w http.ResponseWriter, r *http.Request) error {
 	if subtle.ConstantTimeCompare(got[:], i.secretHash[:]) != 1 {
 		return httpapi.Unauthorized("mint secret required")
 	}
+
 	var req MintRequest
 	if err := httpapi.DecodeBody(w, r, maxMintBody, &req); err != nil {
 		return err
 	}
+
 	claims, err := i.claimsFor(req)
 	if err != nil {
 		return httpapi.BadRequest("%s", err.Error())
 	}
+
 	token, err := i.sign(claims)
 	if err != nil {
 		return err
@@ -210,6 +219,7 @@ func (i *Issuer) Mint(ctx context.Context, req MintRequest) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+
 	claims, err := i.claimsFor(req)
 	if err != nil {
 		return "", fmt.Errorf("ghoidc: mint request: %w", err)
@@ -222,6 +232,7 @@ func (i *Issuer) sign(c *Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("ghoidc: encoding claims: %w", err)
 	}
+
 	jws, err := i.signer.Sign(payload)
 	if err != nil {
 		return "", fmt.Errorf("ghoidc: signing token: %w", err)
@@ -230,6 +241,7 @@ func (i *Issuer) sign(c *Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("ghoidc: serialising token: %w", err)
 	}
+
 	i.log.Info("token minted", "repository", c.Repository, "ref", c.Ref,
 		"audience", c.Audience, "expires", c.Expiry)
 	return token, nil

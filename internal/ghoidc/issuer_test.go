@@ -29,10 +29,12 @@ func serveIssuer(t *testing.T, opts IssuerOptions) (*Issuer, *httptest.Server) {
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+
 	opts.URL = srv.URL
 	opts.Audience = cmpOr(opts.Audience, testAudience)
 	opts.MintSecret = cmpOr(opts.MintSecret, testMintSecret)
 	opts.Logger = testLogger(t)
+
 	iss, err := NewIssuer(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -60,10 +62,12 @@ func TestIssuerRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	got, err := v.Verify(t.Context(), tok)
 	if err != nil {
 		t.Fatalf("Verify of a minted token: %v", err)
 	}
+
 	ref := "acme/app/.github/workflows/deploy.yml@refs/heads/main"
 	want := &Claims{
 		Issuer: iss.URL(), Subject: "repo:acme/app:ref:refs/heads/main",
@@ -76,6 +80,7 @@ func TestIssuerRoundTrip(t *testing.T) {
 		RunNumber: 1, RunAttempt: 1, Actor: "alice", ActorID: 5, EventName: "push",
 		RunnerEnvironment: "github-hosted",
 	}
+
 	ignore := cmp.FilterPath(func(p cmp.Path) bool {
 		f := p.Last().String()
 		return f == ".ID" || f == ".RunID"
@@ -83,6 +88,7 @@ func TestIssuerRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(want, got, ignore); diff != "" {
 		t.Errorf("claims (-want +got):\n%s", diff)
 	}
+
 	if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).
 		MatchString(got.ID) {
 		t.Errorf("jti = %q, want a v4 UUID", got.ID)
@@ -159,6 +165,7 @@ func TestMintDefaults(t *testing.T) {
 				}
 				return
 			}
+
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,6 +192,7 @@ func TestMintRejects(t *testing.T) {
 		"long environment":      {Environment: strings.Repeat("e", 300)},
 		"lifetime out of range": {ExpiresInSecs: &tooLong},
 	}
+
 	for name, req := range tests {
 		t.Run(name, func(t *testing.T) {
 			if tok, err := iss.Mint(t.Context(), req); err == nil {
@@ -228,6 +236,7 @@ func TestMintEndpoint(t *testing.T) {
 			if tt.ctype != "" {
 				req.Header.Set("Content-Type", tt.ctype)
 			}
+
 			resp, err := srv.Client().Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -237,6 +246,7 @@ func TestMintEndpoint(t *testing.T) {
 			if resp.StatusCode != tt.status {
 				t.Fatalf("status = %d (%s), want %d", resp.StatusCode, data, tt.status)
 			}
+
 			if tt.status != 200 {
 				var body struct{ Code string }
 				if json.Unmarshal(data, &body); body.Code != tt.code {
@@ -244,6 +254,7 @@ func TestMintEndpoint(t *testing.T) {
 				}
 				return
 			}
+
 			var ok mintResponse
 			if err := json.Unmarshal(data, &ok); err != nil {
 				t.Fatal(err)
@@ -264,6 +275,7 @@ func TestMintFromIssuer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	c, err := v.Verify(t.Context(), tok)
 	if err != nil {
 		t.Fatal(err)
@@ -323,6 +335,7 @@ func TestIssuerKeyPersistence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -330,6 +343,7 @@ func TestIssuerKeyPersistence(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("key file mode = %v, want 0600", fi.Mode().Perm())
 	}
+
 	second, err := NewIssuer(issuerOpts(path))
 	if err != nil {
 		t.Fatal(err)
@@ -337,6 +351,7 @@ func TestIssuerKeyPersistence(t *testing.T) {
 	if first.kid != second.kid || !first.key.Equal(second.key) {
 		t.Errorf("key changed across NewIssuer calls: kid %s then %s", first.kid, second.kid)
 	}
+
 	mem, err := NewIssuer(issuerOpts(""))
 	if err != nil {
 		t.Fatal(err)
@@ -369,6 +384,7 @@ func TestNewIssuerOptions(t *testing.T) {
 		{"no secret", func(o *IssuerOptions) { o.MintSecret = "" }},
 		{"short secret", func(o *IssuerOptions) { o.MintSecret = "short" }},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := issuerOpts("")
@@ -378,6 +394,7 @@ func TestNewIssuerOptions(t *testing.T) {
 			}
 		})
 	}
+
 	iss, err := NewIssuer(IssuerOptions{URL: "http://localhost:8700/", Audience: "a",
 		MintSecret: testMintSecret})
 	if err != nil {

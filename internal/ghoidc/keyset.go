@@ -44,10 +44,12 @@ func (ks keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error
 	if len(jws.Signatures) != 1 {
 		return nil, noteErr(ctx, &TokenError{Reason: ReasonMalformed})
 	}
+
 	key, err := ks.set.Key(ctx, jws.Signatures[0].Header.KeyID)
 	if err != nil {
 		return nil, noteErr(ctx, keyError(err))
 	}
+
 	payload, err := jws.Verify(key.Key)
 	if err != nil {
 		return nil, noteErr(ctx, &TokenError{Reason: ReasonSignature, Err: err})

@@ -82,6 +82,7 @@ func (i *Issuer) claimsFor(req MintRequest) (*Claims, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	now := i.now().Truncate(time.Second)
 	c := &Claims{
 		Issuer: i.url, Subject: req.subject(), Audience: []string{cmp.Or(req.Audience, i.audience)},
@@ -114,9 +115,11 @@ func (r *MintRequest) fillNames() error {
 		}
 		r.RepositoryOwner = owner
 	}
+
 	r.RepositoryOwner = cmp.Or(r.RepositoryOwner, defaultOwner)
 	r.Repository = cmp.Or(r.Repository, r.RepositoryOwner+"/"+defaultRepoName)
 	r.Actor = cmp.Or(r.Actor, r.RepositoryOwner)
+
 	for _, name := range []string{r.RepositoryOwner, r.Actor} {
 		if err := checkPrincipalName(KindUser, name); err != nil {
 			return fmt.Errorf("login %q: %w", name, err)
@@ -125,6 +128,7 @@ func (r *MintRequest) fillNames() error {
 	if r.RepositoryID < 0 || r.RepositoryOwnerID < 0 || r.ActorID < 0 {
 		return errors.New("ids must not be negative")
 	}
+
 	r.RepositoryID = idOr(r.RepositoryID, r.Repository)
 	r.RepositoryOwnerID = idOr(r.RepositoryOwnerID, r.RepositoryOwner)
 	r.ActorID = idOr(r.ActorID, r.Actor)
@@ -138,6 +142,7 @@ func (r *MintRequest) fillRun() error {
 	if !strings.HasPrefix(r.Ref, "refs/") || !isText(r.Ref) || strings.ContainsRune(r.Ref, ' ') {
 		return errors.New(`ref must be a full ref such as "refs/heads/main"`)
 	}
+
 	if r.SHA == "" {
 		r.SHA = randomHex(20)
 	}
@@ -145,8 +150,10 @@ func (r *MintRequest) fillRun() error {
 	if _, err := hex.DecodeString(r.SHA); err != nil || len(r.SHA) != 40 {
 		return errors.New("sha must be 40 hex digits")
 	}
+
 	r.Workflow = cmp.Or(r.Workflow, defaultWorkflow)
 	r.EventName = cmp.Or(r.EventName, defaultEvent)
+
 	fields := []struct{ name, value string }{
 		{"workflow", r.Workflow}, {"event_name", r.EventName},
 		{"environment", r.Environment}, {"audience", r.Audience},
@@ -163,6 +170,7 @@ func (r *MintRequest) lifetime() (time.Duration, error) {
 	if r.ExpiresInSecs == nil {
 		return defaultLifetime, nil
 	}
+
 	if *r.ExpiresInSecs > int64(maxLifetime/time.Second) ||
 		*r.ExpiresInSecs < -int64(maxLifetime/time.Second) {
 		return 0, fmt.Errorf("expires_in_secs must be within ±%d", int64(maxLifetime/time.Second))
@@ -206,6 +214,7 @@ func isText(s string) bool {
 	if len(s) > maxText {
 		return false
 	}
+
 	for _, r := range s {
 		if !unicode.IsPrint(r) {
 			return false
@@ -220,6 +229,7 @@ func idOr(id int64, name string) int64 {
 	if id != 0 {
 		return id
 	}
+
 	h := fnv.New32a()
 	h.Write([]byte(strings.ToLower(name)))
 	return int64(h.Sum32()&0x7fffffff) | 1
@@ -254,10 +264,12 @@ func MintFromIssuer(ctx context.Context, client *http.Client, issuerURL, mintSec
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
 	}
+
 	body, err := json.Marshal(req)
 	if err != nil {
 		return "", fmt.Errorf("ghoidc: encoding mint request: %w", err)
 	}
+
 	endpoint := strings.TrimSuffix(issuerURL, "/") + "/mint"
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
 	if err != nil {
@@ -265,6 +277,7 @@ func MintFromIssuer(ctx context.Context, client *http.Client, issuerURL, mintSec
 	}
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.Header.Set("Authorization", "Bearer "+mintSecret)
+
 	var resp mintResponse
 	if err := doJSON(client, hreq, &resp); err != nil {
 		return "", fmt.Errorf("ghoidc: minting token: %w", err)
@@ -286,10 +299,12 @@ func doJSON(client *http.Client, req *http.Request, v any) error {
 		return err
 	}
 	defer resp.Body.Close()
+
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	if err != nil {
 		return fmt.Errorf("reading reply: %w", err)
 	}
+
 	if resp.StatusCode != http.StatusOK {
 		var eb httpapi.Body
 		if json.Unmarshal(data, &eb) == nil && eb.Code != "" {
@@ -297,6 +312,7 @@ func doJSON(client *http.Client, req *http.Request, v any) error {
 		}
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
+
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("decoding reply: %w", err)
 	}

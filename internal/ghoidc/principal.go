@@ -40,9 +40,11 @@ func ParsePrincipal(kind, name, id string) (Principal, error) {
 	if k != KindUser && k != KindOrg && k != KindRepo {
 		return Principal{}, fmt.Errorf("ghoidc: principal kind %q is not user, org or repo", kind)
 	}
+
 	if err := checkPrincipalName(k, name); err != nil {
 		return Principal{}, fmt.Errorf("ghoidc: %s principal name %q: %w", k, name, err)
 	}
+
 	n, err := strconv.ParseInt(id, 10, 64)
 	if err != nil || n <= 0 || strings.TrimLeft(id, "0123456789") != "" {
 		return Principal{}, fmt.Errorf("ghoidc: principal id %q is not a positive integer", id)
@@ -58,6 +60,7 @@ func checkPrincipalName(k Kind, name string) error {
 	case k != KindRepo && len(parts) != 1:
 		return errors.New("must not contain /")
 	}
+
 	for _, p := range parts {
 		if err := checkNamePart(p); err != nil {
 			return err
@@ -72,6 +75,7 @@ func checkNamePart(p string) error {
 	if p == "" || len(p) > maxNamePart {
 		return fmt.Errorf("parts must have 1 to %d characters", maxNamePart)
 	}
+
 	for _, r := range p {
 		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
 			r == '-' || r == '_' || r == '.'
@@ -79,6 +83,7 @@ func checkNamePart(p string) error {
 			return fmt.Errorf("character %q not allowed", r)
 		}
 	}
+
 	if p == "." || p == ".." {
 		return errors.New("invalid name")
 	}
@@ -95,6 +100,7 @@ func (p Principal) Matches(c *Claims) bool {
 	if c == nil || p.ID <= 0 || p.Name == "" {
 		return false
 	}
+
 	switch p.Kind {
 	case KindUser, KindOrg:
 		return c.RepositoryOwnerID == p.ID && strings.EqualFold(c.RepositoryOwner, p.Name)

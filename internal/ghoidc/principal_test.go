@@ -31,6 +31,7 @@ func TestParsePrincipal(t *testing.T) {
 		{"team", "acme", "1", Principal{}},
 		{"Org", "acme", "1", Principal{}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.kind+":"+tt.name+"("+tt.id+")", func(t *testing.T) {
 			got, err := ParsePrincipal(tt.kind, tt.name, tt.id)
@@ -40,6 +41,7 @@ func TestParsePrincipal(t *testing.T) {
 				}
 				return
 			}
+
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,6 +57,7 @@ func TestPrincipalMatches(t *testing.T) {
 		Repository: "posix4e/dd-recorder", RepositoryID: 884121234,
 		RepositoryOwner: "posix4e", RepositoryOwnerID: 12345678,
 	}
+
 	tests := []struct {
 		name string
 		p    Principal
@@ -78,6 +81,7 @@ func TestPrincipalMatches(t *testing.T) {
 		{"unknown kind", Principal{"team", "posix4e", 12345678}, token, false},
 		{"nil claims", Principal{KindUser, "posix4e", 12345678}, nil, false},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.p.Matches(tt.c); got != tt.want {

@@ -86,6 +86,7 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("ghoidc: %w", err)
 	}
+
 	keys, err := jwks.New(ctx, jwks.Options{
 		Issuer: opts.Issuer, Algorithms: allowedAlgs, HTTPClient: opts.HTTPClient,
 		Now: opts.Now, MinRefreshInterval: opts.MinRefreshInterval, MaxAge: opts.KeyMaxAge,
@@ -94,6 +95,7 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ghoidc: %w", err)
 	}
+
 	// go-oidc checks the signature through keys, and issuer and audience
 	// a second time. Expiry is ours: go-oidc has no leeway on exp and a
 	// fixed 5 min on nbf.
@@ -103,6 +105,7 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 		SkipExpiryCheck:      true,
 		Now:                  opts.Now,
 	})
+
 	return &Verifier{
 		issuer: opts.Issuer, audience: opts.Audience, leeway: opts.Leeway,
 		now: opts.Now, keys: keys, idv: idv,
@@ -116,12 +119,14 @@ func (o *VerifierOptions) fill() error {
 	if err := endpoint.Check(o.Issuer); err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
+
 	if strings.TrimSpace(o.Audience) != o.Audience || o.Audience == "" {
 		return errors.New("audience is required and must not have surrounding spaces")
 	}
 	if o.Leeway < 0 {
 		return errors.New("leeway must not be negative")
 	}
+
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -145,16 +150,19 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	claims, err := decodeClaims(payload)
 	if err != nil {
 		return nil, &TokenError{Reason: ReasonClaims, Err: err}
 	}
+
 	// Claim checks come before the key lookup, so a foreign or expired
 	// token cannot make us fetch the JWKS. The payload is the one the
 	// signature covers: both come from the same compact serialisation.
 	if err := v.checkClaims(claims); err != nil {
 		return nil, err
 	}
+
 	if err := v.checkSignature(ctx, raw); err != nil {
 		return nil, err
 	}
@@ -167,6 +175,7 @@ func parseToken(raw string) ([]byte, error) {
 	if len(raw) > maxTokenSize {
 		return nil, &TokenError{Reason: ReasonMalformed, Err: errors.New("token too large")}
 	}
+
 	jws, err := jose.ParseSignedCompact(raw, allowedAlgs)
 	if err != nil {
 		if alg := headerAlg(raw); alg != "" && alg != string(jose.RS256) {
@@ -174,6 +183,7 @@ func parseToken(raw string) ([]byte, error) {
 		}
 		return nil, &TokenError{Reason: ReasonMalformed, Err: err}
 	}
+
 	if len(jws.Signatures) != 1 {
 		return nil, &TokenError{Reason: ReasonMalformed, Err: errors.New("not one signature")}
 	}
@@ -191,6 +201,7 @@ func headerAlg(raw string) string {
 	if err != nil {
 		return ""
 	}
+
 	var h struct {
 		Alg string `json:"alg"`
 	}
@@ -204,15 +215,18 @@ func headerAlg(raw string) string {
 // Times follow RFC 7519 §4.1.4–4.1.6 with v.leeway of skew either way.
 func (v *Verifier) checkClaims(c *Claims) error {
 	now := v.now()
+
 	switch {
 	case c.Issuer != v.issuer:
 		return &TokenError{Reason: ReasonIssuer}
 	case !slices.Contains(c.Audience, v.audience):
 		return &TokenError{Reason: ReasonAudience}
 	}
+
 	if name := missingClaim(c); name != "" {
 		return &TokenError{Reason: ReasonMissingClaim, Err: fmt.Errorf("no %s claim", name)}
 	}
+
 	switch {
 	case now.After(c.Expiry.Add(v.leeway)):
 		return &TokenError{Reason: ReasonExpired, Err: fmt.Errorf("expired at %s", c.Expiry)}
@@ -253,6 +267,7 @@ func missingClaim(c *Claims) string {
 func (v *Verifier) checkSignature(ctx context.Context, raw string) error {
 	note := &sigNote{}
 	_, err := v.idv.Verify(context.WithValue(ctx, sigNoteKey{}, note), raw)
+
 	switch {
 	case err == nil:
 		return nil

@@ -40,9 +40,11 @@ func TestVerify(t *testing.T) {
 		}
 		return c
 	}
+
 	rs := func(claims map[string]any) string {
 		return jwkstest.SignJWT(t, jose.RS256, key.key, key.kid, claims)
 	}
+
 	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY",
 		Bytes: must(x509.MarshalPKIXPublicKey(&key.key.PublicKey))})
 
@@ -95,6 +97,7 @@ func TestVerify(t *testing.T) {
 				}
 				return
 			}
+
 			var te *TokenError
 			if !errors.As(err, &te) {
 				t.Fatalf("Verify error = %v, want a TokenError", err)
@@ -116,6 +119,7 @@ func TestVerifyClaims(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	want := &Claims{
 		Issuer: p.URL(), Subject: "repo:acme/app:ref:refs/heads/main",
 		Audience: []string{testAudience}, Expiry: t0.Add(5 * time.Minute), IssuedAt: t0,
@@ -146,6 +150,7 @@ func TestVerifyClaimsBeforeKeys(t *testing.T) {
 	if _, err := v.Verify(t.Context(), jwkstest.SignJWT(t, jose.RS256, key.key, "random", c)); err == nil {
 		t.Fatal("foreign token accepted")
 	}
+
 	if d, j := p.Hits(); d+j != 0 {
 		t.Errorf("fetches = %d discovery, %d jwks; want none", d, j)
 	}
@@ -156,6 +161,7 @@ func TestFetchFailures(t *testing.T) {
 	p := newFakeProvider(t, key)
 	clock := newFakeClock()
 	v := newTestVerifier(t, p.URL(), clock)
+
 	token := func() string {
 		return jwkstest.SignJWT(t, jose.RS256, key.key, key.kid, githubClaims(p.URL(), clock.Now()))
 	}
@@ -169,6 +175,7 @@ func TestFetchFailures(t *testing.T) {
 			t.Fatalf("Verify with JWKS down: %v, want a jwks FetchError", err)
 		}
 	}
+
 	if _, j := p.Hits(); j != 1 {
 		t.Errorf("jwks fetches = %d, want 1", j)
 	}
@@ -199,6 +206,7 @@ func TestDiscoveryIssuerMismatch(t *testing.T) {
 	p := newFakeProvider(t, key)
 	p.SetDocIssuer(GitHubIssuer)
 	v := newTestVerifier(t, p.URL(), newFakeClock())
+
 	_, err := v.Verify(t.Context(), jwkstest.SignJWT(t, jose.RS256, key.key, key.kid,
 		githubClaims(p.URL(), t0)))
 	var fe *FetchError
@@ -213,6 +221,7 @@ func TestClose(t *testing.T) {
 	v := newTestVerifier(t, p.URL(), newFakeClock())
 	v.Close()
 	v.Close()
+
 	_, err := v.Verify(t.Context(), jwkstest.SignJWT(t, jose.RS256, key.key, key.kid,
 		githubClaims(p.URL(), t0)))
 	if !errors.Is(err, net.ErrClosed) {
@@ -235,6 +244,7 @@ func TestNewVerifierOptions(t *testing.T) {
 		{"negative leeway", VerifierOptions{Audience: "a", Leeway: -time.Second}, false},
 		{"max age below interval", VerifierOptions{Audience: "a", KeyMaxAge: time.Second}, false},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v, err := NewVerifier(t.Context(), tt.opts)
@@ -254,6 +264,7 @@ func TestHTTPError(t *testing.T) {
 	if he == nil || he.Status != http.StatusUnauthorized || he.Message != want {
 		t.Errorf("HTTPError(TokenError) = %+v", he)
 	}
+
 	if err := HTTPError(context.Canceled); err != context.Canceled {
 		t.Errorf("HTTPError(other) = %v, want it unchanged", err)
 	}
@@ -267,6 +278,7 @@ func BenchmarkVerify(b *testing.B) {
 	if _, err := v.Verify(b.Context(), tok); err != nil {
 		b.Fatal(err)
 	}
+
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := v.Verify(b.Context(), tok); err != nil {
@@ -294,6 +306,7 @@ func tamper(t *testing.T, tok string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	body = []byte(strings.Replace(string(body), `"acme/app"`, `"acme/evil"`, 1))
 	parts[1] = base64.RawURLEncoding.EncodeToString(body)
 	return strings.Join(parts, ".")

@@ -108,10 +108,12 @@ func WriteError(log *slog.Logger, w http.ResponseWriter, r *http.Request, err er
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		he = &Error{Status: 499, Code: "CLIENT_CLOSED", Message: "client closed request", Err: err}
 	}
+
 	level := slog.LevelInfo
 	if he.Status >= 500 {
 		level = slog.LevelError
 	}
+
 	log.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path,
 		"status", he.Status, "code", he.Code, "err", err)
 	WriteJSON(w, he.Status, Body{Code: he.Code, Message: he.Message})
@@ -140,6 +142,7 @@ func ReadBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 		return nil, &Error{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupported,
 			Message: "content type must be application/json"}
 	}
+
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
@@ -149,6 +152,7 @@ func ReadBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 	if err != nil {
 		return nil, BadRequest("reading body failed")
 	}
+
 	trimmed := strings.TrimSpace(string(data))
 	if !strings.HasPrefix(trimmed, "{") {
 		return nil, BadRequest("body must be a JSON object")
@@ -156,6 +160,7 @@ func ReadBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 	if !json.Valid(data) {
 		return nil, BadRequest("body is not valid JSON")
 	}
+
 	return data, nil
 }
 

@@ -39,6 +39,7 @@ func AgentAPIHostname(host string) string {
 	if i < 0 {
 		return LabelHostname(host, AgentAPILabel)
 	}
+
 	first = first[:i] + "-api-" + first[i+len("-agent-"):]
 	if !hasDot {
 		return first
@@ -84,6 +85,7 @@ func ValidateLabel(label string) error {
 	if ReservedLabel(label) {
 		return fmt.Errorf("label %q is reserved", label)
 	}
+
 	if markerRE.MatchString("-" + label + "-") {
 		return fmt.Errorf("label %q may not contain the words agent, api or cp between "+
 			"hyphens: the hostname would read as another resource's name", label)
@@ -98,12 +100,14 @@ func ValidateHostname(h string) error {
 	if len(h) > 253 || len(labels) < 2 {
 		return fmt.Errorf("hostname %q must be a DNS name of two or more labels", h)
 	}
+
 	for _, l := range labels {
 		if !workload.ValidLabel(l) {
 			return fmt.Errorf("hostname %q has an invalid label %q (lowercase, 1-63 "+
 				"letters, digits or '-')", h, l)
 		}
 	}
+
 	return nil
 }
 
@@ -129,6 +133,7 @@ func ValidateClaims(host string, claims []Claim) error {
 		} else if err := ValidateHostname(ExtraHostname(host, c.Label)); err != nil {
 			errs = append(errs, fmt.Errorf("label %q is too long for %s: %w", c.Label, host, err))
 		}
+
 		if c.Port < 1 || c.Port > 65535 {
 			errs = append(errs, fmt.Errorf("port %d of %q must be in 1..65535", c.Port, c.App))
 		}
@@ -136,12 +141,14 @@ func ValidateClaims(host string, claims []Claim) error {
 			errs = append(errs, fmt.Errorf("label %q is claimed by both %q and %q",
 				c.Label, other, c.App))
 		}
+
 		byLabel[c.Label] = c.App
 		if apps[c.App] {
 			errs = append(errs, fmt.Errorf("app %q claims more than one label", c.App))
 		}
 		apps[c.App] = true
 	}
+
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("ingress: invalid expose: %w", err)
 	}
@@ -162,6 +169,7 @@ func WithClaim(claims []Claim, c Claim) []Claim {
 			replaced = true
 		}
 	}
+
 	if !replaced {
 		out = append(out, c)
 	}
@@ -178,6 +186,7 @@ func AgentIngress(host string, claims []Claim) Ingress {
 		extras = append(extras, Rule{Hostname: ExtraHostname(host, c.Label),
 			Service: LocalService(c.Port)})
 	}
+
 	extras = append(extras, Rule{Hostname: AgentAPIHostname(host),
 		Service: LocalService(AgentAPIPort)})
 	return Ingress{Hostname: host, Service: DefaultService, Extras: extras}
@@ -243,6 +252,7 @@ func ParseResourceName(name string) (ResourceName, bool) {
 	if !ok {
 		return ResourceName{}, false
 	}
+
 	markers := allMarkers(rest)
 	for i := len(markers) - 1; i >= 0; i-- {
 		m := markers[i]
@@ -252,6 +262,7 @@ func ParseResourceName(name string) (ResourceName, bool) {
 		}
 		return ResourceName{Env: env, Role: Role(rest[m[0]+1 : m[1]-1]), Rest: tail}, true
 	}
+
 	return ResourceName{}, false
 }
 
@@ -267,6 +278,7 @@ func allMarkers(s string) [][]int {
 		out = append(out, []int{off + loc[0], off + loc[1]})
 		off += loc[0] + 1
 	}
+
 	return out
 }
 

@@ -113,6 +113,7 @@ func TestValidateClaims(t *testing.T) {
 				}
 				return
 			}
+
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("ValidateClaims = %v, want error containing %q", err, tt.wantErr)
 			}
@@ -128,6 +129,7 @@ func TestWithClaim(t *testing.T) {
 		t.Errorf("WithClaim replace (-want +got):\n%s", diff)
 	}
 	got = WithClaim(claims, Claim{"c", "extra", 9003})
+
 	want = append(claims[:2:2], Claim{"c", "extra", 9003})
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("WithClaim append (-want +got):\n%s", diff)
@@ -149,6 +151,7 @@ func TestAgentIngressRules(t *testing.T) {
 	if diff := cmp.Diff(want, in.Rules()); diff != "" {
 		t.Errorf("Rules (-want +got):\n%s", diff)
 	}
+
 	wantHosts := []string{"dd-pr-7-agent-ab12.d.com", "dd-pr-7-agent-ab12-web.d.com",
 		"dd-pr-7-api-ab12.d.com"}
 	if diff := cmp.Diff(wantHosts, in.Hostnames()); diff != "" {
@@ -255,6 +258,7 @@ func TestZeroViewIsDegraded(t *testing.T) {
 	if v.Degraded() {
 		t.Error("complete View is degraded")
 	}
+
 	v.Errors = append(v.Errors, FetchError{What: "dns", Err: "boom"})
 	if !v.Degraded() || !v.Failed("dns") || v.Failed("tunnels") {
 		t.Errorf("View with a dns error: Degraded=%v Failed(dns)=%v Failed(tunnels)=%v",

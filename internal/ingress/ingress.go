@@ -166,6 +166,7 @@ func (in Ingress) Validate() error {
 		seen[r.Hostname] = true
 		errs = append(errs, validateService(r.Service))
 	}
+
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("ingress: invalid ingress: %w", err)
 	}
@@ -181,6 +182,7 @@ func validateService(svc string) error {
 	if httpStatusRE.MatchString(svc) {
 		return nil
 	}
+
 	u, err := url.Parse(svc)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
 		u.User != nil || u.RawQuery != "" || u.Fragment != "" {
@@ -247,6 +249,7 @@ func (r *Record) TunnelID() string {
 	if r.Type != "CNAME" {
 		return ""
 	}
+
 	id, ok := strings.CutSuffix(strings.ToLower(r.Content), TunnelTargetSuffix)
 	if !ok || id == "" || strings.Contains(id, ".") {
 		return ""

@@ -106,6 +106,7 @@ func (a *Appraisal) CheckBinding(want tdx.ReportData) error {
 		got == ReportData(a.VerifierNonce, a.HeldData) {
 		return nil
 	}
+
 	return &EvidenceError{Reason: ReasonBinding, Err: fmt.Errorf("%w: quote commits to %x",
 		ErrBinding, got[:8])}
 }

@@ -119,22 +119,26 @@ func NewAuthority(opts AuthorityOptions) (*Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ita: %w", err)
 	}
+
 	key, err := loadOrCreateKey(opts.KeyPath, opts.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("ita: signing key: %w", err)
 	}
+
 	a := &Authority{
 		url: base, keyHash: sha256.Sum256([]byte(opts.APIKey)), key: key,
 		nonceKey: make([]byte, 32), instanceID: uuid.NewString(),
 		nonceTTL: opts.NonceTTL, tokenTTL: opts.TokenTTL, now: opts.Now, log: opts.Logger,
 		used: map[string]time.Time{},
 	}
+
 	if _, err := rand.Read(a.nonceKey); err != nil {
 		return nil, fmt.Errorf("ita: nonce key: %w", err)
 	}
 	if err := a.initSigner(); err != nil {
 		return nil, fmt.Errorf("ita: %w", err)
 	}
+
 	a.direct, err = NewDirect(DirectOptions{
 		Roots: opts.Roots, SimulatedRoots: opts.SimulatedRoots, Collateral: opts.Collateral,
 		SimulatedTCBStatus: opts.SimulatedTCBStatus, Now: opts.Now, Logger: opts.Logger,
@@ -152,6 +156,7 @@ func checkAuthorityOptions(opts *AuthorityOptions) (string, error) {
 	if err := endpoint.CheckBase(base); err != nil {
 		return "", fmt.Errorf("authority URL: %w", err)
 	}
+
 	u, _ := url.Parse(base)
 	if host := strings.ToLower(u.Hostname()); host == "intel.com" ||
 		strings.HasSuffix(host, ".intel.com") {
@@ -163,6 +168,7 @@ func checkAuthorityOptions(opts *AuthorityOptions) (string, error) {
 	if opts.NonceTTL < 0 || opts.TokenTTL < 0 {
 		return "", errors.New("nonce and token lifetimes must not be negative")
 	}
+
 	opts.NonceTTL = cmp.Or(opts.NonceTTL, 5*time.Minute)
 	opts.TokenTTL = cmp.Or(opts.TokenTTL, 5*time.Minute)
 	if opts.Now == nil {
@@ -179,6 +185,7 @@ func (a *Authority) initSigner() error {
 	if err != nil {
 		return fmt.Errorf("key thumbprint: %w", err)
 	}
+
 	// The RFC 7638 thumbprint as kid stays the same across restarts with
 	// the same key file and changes with the key.
 	a.kid = base64.RawURLEncoding.EncodeToString(thumb)
@@ -189,6 +196,7 @@ func (a *Authority) initSigner() error {
 	if err != nil {
 		return fmt.Errorf("signer: %w", err)
 	}
+
 	return nil
 }
 
@@ -271,6 +279,7 @@ func (a *Authority) checkNonce(n *VerifierNonce, now time.Time) (time.Time, erro
 	if err != nil {
 		return time.Time{}, httpapi.BadRequest("invalid verifier nonce")
 	}
+
 	exp := iat.Add(a.nonceTTL)
 	if now.After(exp) {
 		return time.Time{}, httpapi.BadRequest("verifier nonce expired")
@@ -283,6 +292,7 @@ func (a *Authority) checkNonce(n *VerifierNonce, now time.Time) (time.Time, erro
 func (a *Authority) spendNonce(val []byte, exp, now time.Time) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+
 	if now.After(a.nextSweep) {
 		for k, e := range a.used {
 			if now.After(e) {
@@ -291,6 +301,7 @@ func (a *Authority) spendNonce(val []byte, exp, now time.Time) error {
 		}
 		a.nextSweep = now.Add(a.nonceTTL)
 	}
+
 	if _, dup := a.used[string(val)]; dup {
 		return &httpapi.Error{Status: http.StatusConflict, Code: httpapi.CodeConflict,
 			Message: "verifier nonce already used"}
@@ -322,6 +333,7 @@ func (a *Authority) serveAttest(w http.ResponseWriter, r *http.Request) error {
 	if err := httpapi.DecodeBody(w, r, maxAttestBody, &req); err != nil {
 		return err
 	}
+
 	token, err := a.attest(r.Context(), &req)
 	if err != nil {
 		return err
@@ -339,6 +351,7 @@ func (a *Authority) attest(ctx context.Context, req *attestBody) (string, error)
 	if len(req.PolicyIDs) > 0 {
 		return "", httpapi.BadRequest("the local trust authority has no appraisal policies")
 	}
+
 	now := a.now()
 	var nonceExp time.Time
 	if req.VerifierNonce != nil {
@@ -348,6 +361,7 @@ func (a *Authority) attest(ctx context.Context, req *attestBody) (string, error)
 		}
 		nonceExp = exp
 	}
+
 	ap, err := a.direct.VerifyQuote(ctx, req.Quote)
 	if err != nil {
 		return "", quoteHTTPError(err)
@@ -355,6 +369,8 @@ func (a *Authority) attest(ctx context.Context, req *attestBody) (string, error)
 	if err := checkRequestBinding(ap, req); err != nil {
 		return "", err
 	}
+
+	// spend the nonce last, so that a rejected quote leaves it usable
 	if req.VerifierNonce != nil {
 		if err := a.spendNonce(req.VerifierNonce.Val, nonceExp, now); err != nil {
 			return "", err
@@ -406,6 +422,7 @@ func (a *Authority) mint(ap *Appraisal, now time.Time) (string, error) {
 		Version:             tokenVersion,
 		LocalAuthority:      true,
 	}
+
 	payload, err := json.Marshal(cs)
 	if err != nil {
 		return "", fmt.Errorf("ita: encoding claims: %w", err)
@@ -414,6 +431,7 @@ func (a *Authority) mint(ap *Appraisal, now time.Time) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("ita: signing token: %w", err)
 	}
+
 	token, err := jws.CompactSerialize()
 	if err != nil {
 		return "", fmt.Errorf("ita: serialising token: %w", err)
@@ -448,18 +466,21 @@ func teeClaimsOf(ap *Appraisal) teeClaims {
 		AttrDebug:      m.Debug,
 		IsDebuggable:   m.Debug,
 	}
+
 	if m.Debug {
 		t.DbgStat = "enabled"
 	}
 	if ap.HeldData != nil {
 		t.HeldData = base64.StdEncoding.EncodeToString(ap.HeldData)
 	}
+
 	if ap.TCB != nil {
 		t.TCBStatus, t.AdvisoryIDs = ap.TCB.Status, ap.TCB.AdvisoryIDs
 		if !ap.TCB.Date.IsZero() {
 			t.TCBDate = ap.TCB.Date.UTC().Format(time.RFC3339)
 		}
 	}
+
 	if ap.FMSPC != "" {
 		t.Collateral = &collateralClaims{FMSPC: ap.FMSPC}
 	}

@@ -54,12 +54,14 @@ func newTestAuthority(t *testing.T, sim *tdx.Simulator, opts AuthorityOptions) *
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ta.auth, h = auth, auth.Handler()
 
 	ta.client, err = NewClient(ClientOptions{BaseURL: auth.URL(), APIKey: authorityKey})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ta.ver, err = NewVerifier(context.Background(), VerifierOptions{
 		JWKSURL: auth.JWKSURL(), Issuer: auth.URL(), Now: ta.clock.Now,
 	})
@@ -84,6 +86,7 @@ func TestAuthorityEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Token: %v", err)
 	}
+
 	// Relying party: verify the token and its binding to expected.
 	got, err := ta.ver.Appraise(ctx, Evidence{Token: tok, Quote: quote, ReportData: expected})
 	if err != nil {
@@ -97,10 +100,12 @@ func TestAuthorityEndToEnd(t *testing.T) {
 	if diff := cmp.Diff(*simM, got.Measurements); diff != "" {
 		t.Errorf("measurements differ from the simulator's (-sim +token):\n%s", diff)
 	}
+
 	if got.Type != tdx.TypeSimulated || got.AttesterType != "simulated" ||
 		got.Issuer != ta.auth.URL() || got.Source != SourceToken {
 		t.Errorf("appraisal = %+v, want a simulated token of the local issuer", got)
 	}
+
 	if got.TCB == nil || got.TCB.Status != "UpToDate" {
 		t.Errorf("TCB = %+v, want UpToDate", got.TCB)
 	}
@@ -113,12 +118,14 @@ func TestAuthorityEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(payloadOf(t, tok), &claims); err != nil {
 		t.Fatal(err)
 	}
+
 	for _, k := range []string{"tdx_mrtd", "tdx_rtmr3", "attester_held_data", "verifier_nonce",
 		"attester_tcb_status", "verifier_instance_ids", "jti"} {
 		if claims[k] == nil {
 			t.Errorf("token has no %s claim", k)
 		}
 	}
+
 	if claims["dd_local_authority"] != true {
 		t.Error("token is not marked as the local authority's")
 	}
@@ -128,6 +135,7 @@ func TestAuthorityEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	for name, q := range map[string][]byte{"not a quote": []byte("not a quote"),
 		"another quote": other} {
 		_, err := ta.ver.Appraise(ctx, Evidence{Token: tok, Quote: q, ReportData: expected})
@@ -149,10 +157,12 @@ func TestAuthorityDirectReportData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	tok, err := ta.client.Attest(ctx, AttestRequest{Quote: quote})
 	if err != nil {
 		t.Fatalf("Attest: %v", err)
 	}
+
 	if _, err := ta.ver.Appraise(ctx, Evidence{Token: tok, ReportData: expected}); err != nil {
 		t.Errorf("Appraise: %v", err)
 	}
@@ -169,11 +179,13 @@ func attestStatus(t *testing.T, ta *testAuthority, apiKey string, body any) int 
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	req, err := http.NewRequest(http.MethodPost, ta.srv.URL+"/appraisal/v1/attest",
 		bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	req.Header.Set("x-api-key", apiKey)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
@@ -181,6 +193,7 @@ func attestStatus(t *testing.T, ta *testAuthority, apiKey string, body any) int 
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode
 }
@@ -250,9 +263,11 @@ func TestAuthorityRefuses(t *testing.T) {
 			return validRequest(t, ta, sim)
 		}, apiKey: "-", status: http.StatusUnauthorized},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			ta := newTestAuthority(t, sim, AuthorityOptions{})
+
 			key := authorityKey
 			switch tt.apiKey {
 			case "":
@@ -298,6 +313,7 @@ func TestAuthorityNonceRequiresKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var ae *APIError
 	if _, err := bad.Nonce(context.Background()); !errors.As(err, &ae) || ae.StatusCode != 401 {
 		t.Errorf("nonce with a wrong key: error = %v, want 401", err)
@@ -307,6 +323,7 @@ func TestAuthorityNonceRequiresKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /certs: status %d", resp.StatusCode)
@@ -320,6 +337,7 @@ func TestAuthorityIntelQuote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	sim := newTestSimulator(t)
 	at := func() time.Time { return collateralDate }
 	ta := newTestAuthority(t, sim, AuthorityOptions{Now: at})
@@ -339,6 +357,7 @@ func TestAuthorityIntelQuote(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
+
 	if a.Type != tdx.TypeTDX || a.AttesterType != "TDX" || a.TCB != nil ||
 		a.FMSPC != "50806f000000" {
 		t.Errorf("appraisal = %+v, want TDX with no TCB (no collateral)", a)
@@ -353,6 +372,7 @@ func TestAuthorityKeyFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("key file mode %v, want 0600", fi.Mode().Perm())
 	}
@@ -364,6 +384,7 @@ func TestAuthorityKeyFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	_, err = NewAuthority(AuthorityOptions{URL: "http://127.0.0.1:1", APIKey: authorityKey,
 		KeyPath: path})
 	if err == nil {
@@ -383,6 +404,7 @@ func TestNewAuthorityOptions(t *testing.T) {
 		"short API key": {URL: "http://127.0.0.1:1", APIKey: "short"},
 		"negative TTL":  {URL: "http://127.0.0.1:1", APIKey: authorityKey, NonceTTL: -1},
 	}
+
 	for name, opts := range tests {
 		if _, err := NewAuthority(opts); err == nil {
 			t.Errorf("%s: NewAuthority accepted invalid options", name)
@@ -397,6 +419,7 @@ func payloadOf(t *testing.T, tok string) []byte {
 	if len(parts) != 3 {
 		t.Fatalf("token has %d parts", len(parts))
 	}
+
 	data, err := base64URL(parts[1])
 	if err != nil {
 		t.Fatal(err)

@@ -85,10 +85,12 @@ func decodeClaims(payload []byte) (*claimSet, *Appraisal, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+
 	a, err := tc.appraisal()
 	if err != nil {
 		return nil, nil, err
 	}
+
 	a.Source, a.Issuer, a.TokenID = SourceToken, cs.Issuer, cs.ID
 	a.VerifierInstanceIDs = cs.VerifierInstanceIDs
 	if cs.IssuedAt != nil {
@@ -97,6 +99,7 @@ func decodeClaims(payload []byte) (*claimSet, *Appraisal, error) {
 	if cs.Expiry != nil {
 		a.ExpiresAt = cs.Expiry.Time().UTC()
 	}
+
 	return &cs, a, nil
 }
 
@@ -108,6 +111,7 @@ func mergeTEE(flat, nested *teeClaims) (*teeClaims, error) {
 		return flat, nil
 	}
 	out := *nested
+
 	fv, ov := reflect.ValueOf(flat).Elem(), reflect.ValueOf(&out).Elem()
 	for i := range ov.NumField() {
 		f, o := fv.Field(i), ov.Field(i)
@@ -123,6 +127,7 @@ func mergeTEE(flat, nested *teeClaims) (*teeClaims, error) {
 			return nil, fmt.Errorf("claim %s differs between top level and tdx", name)
 		}
 	}
+
 	return &out, nil
 }
 
@@ -136,10 +141,12 @@ func (t *teeClaims) appraisal() (*Appraisal, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	tcb, err := t.tcb()
 	if err != nil {
 		return nil, err
 	}
+
 	a := &Appraisal{Type: typ, AttesterType: t.AttesterType, Measurements: *m, TCB: tcb,
 		VerifierNonce: t.VerifierNonce}
 	if t.HeldData != "" {
@@ -147,6 +154,7 @@ func (t *teeClaims) appraisal() (*Appraisal, error) {
 			return nil, fmt.Errorf("claim attester_held_data: %w", err)
 		}
 	}
+
 	if t.Collateral != nil {
 		a.FMSPC = strings.ToLower(t.Collateral.FMSPC)
 	}
@@ -168,6 +176,7 @@ func attesterKind(s string) (string, error) {
 	case s == "":
 		return "", errors.New("no attester_type claim")
 	}
+
 	return "", fmt.Errorf("%w: %q", errAttesterType, s)
 }
 
@@ -197,6 +206,7 @@ func (t *teeClaims) measurements() (*tdx.Measurements, error) {
 		{"tdx_rtmr2", t.RTMR2, 48, true, &m.RTMR[2]},
 		{"tdx_rtmr3", t.RTMR3, 48, true, &m.RTMR[3]},
 	}
+
 	for _, f := range fields {
 		b, err := hexClaim(f.name, f.val, f.size, f.required)
 		if err != nil {
@@ -204,6 +214,7 @@ func (t *teeClaims) measurements() (*tdx.Measurements, error) {
 		}
 		*f.dst = b
 	}
+
 	rd, err := hexClaim("tdx_report_data", t.ReportData, len(m.ReportData), true)
 	if err != nil {
 		return nil, err
@@ -235,6 +246,7 @@ func (t *teeClaims) tcb() (*tdx.TCB, error) {
 		}
 		return nil, nil
 	}
+
 	tcb := &tdx.TCB{Status: t.TCBStatus, AdvisoryIDs: t.AdvisoryIDs}
 	if t.TCBDate != "" {
 		d, err := time.Parse(time.RFC3339, t.TCBDate)
@@ -243,6 +255,7 @@ func (t *teeClaims) tcb() (*tdx.TCB, error) {
 		}
 		tcb.Date = d.UTC()
 	}
+
 	return tcb, nil
 }
 
@@ -255,6 +268,7 @@ func hexClaim(name, s string, size int, required bool) (tdx.Hex, error) {
 		}
 		return nil, nil
 	}
+
 	b, err := hex.DecodeString(strings.TrimPrefix(s, "0x"))
 	if err != nil {
 		return nil, fmt.Errorf("claim %s: %w", name, err)

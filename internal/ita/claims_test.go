@@ -50,6 +50,7 @@ func TestDecodeClaimsDebug(t *testing.T) {
 		"is debuggable":     func(c map[string]any) { c["tdx_is_debuggable"] = true },
 		"dbgstat enabled":   func(c map[string]any) { c["dbgstat"] = "enabled" },
 	}
+
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
 			c := flatClaims(IntelIssuer, t0)
@@ -58,6 +59,7 @@ func TestDecodeClaimsDebug(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decodeClaims: %v", err)
 			}
+
 			if !a.Measurements.Debug {
 				t.Error("Debug = false, want true")
 			}
@@ -87,6 +89,7 @@ func TestDecodeClaimsRejects(t *testing.T) {
 		}, "tdx_mrtd differs"},
 		"exp string": {set("exp", "tomorrow"), ""},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			c := flatClaims(IntelIssuer, t0)
@@ -125,12 +128,14 @@ func TestCheckBinding(t *testing.T) {
 			HeldData: other[:]}, other, false},
 		"zero report data, zero want": {&Appraisal{}, tdx.ReportData{}, true},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			err := tt.a.CheckBinding(tt.want)
 			if tt.ok != (err == nil) {
 				t.Fatalf("CheckBinding = %v, want ok %v", err, tt.ok)
 			}
+
 			var ee *EvidenceError
 			if err != nil && (!errors.As(err, &ee) || ee.Reason != ReasonBinding ||
 				!errors.Is(err, ErrBinding)) {
@@ -162,6 +167,7 @@ func FuzzDecodeClaims(f *testing.F) {
 		if err != nil {
 			return
 		}
+
 		m := &a.Measurements
 		if len(m.MRTD) != 48 || len(m.RTMR[0]) != 48 || len(m.RTMR[3]) != 48 {
 			t.Fatalf("accepted claims with MRTD %d and RTMR sizes %d, %d bytes",

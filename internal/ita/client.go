@@ -63,6 +63,7 @@ func ReportData(nonce *VerifierNonce, runtimeData []byte) tdx.ReportData {
 		h.Write(nonce.Val)
 		h.Write(nonce.Iat)
 	}
+
 	h.Write(runtimeData)
 	var rd tdx.ReportData
 	h.Sum(rd[:0])
@@ -107,6 +108,7 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	if opts.APIKey == "" || strings.TrimSpace(opts.APIKey) != opts.APIKey {
 		return nil, errors.New("ita: API key is required and must not have surrounding spaces")
 	}
+
 	return &Client{
 		base:   base,
 		apiKey: opts.APIKey,
@@ -177,6 +179,7 @@ func (r *AttestRequest) validate() error {
 			return fmt.Errorf("policy id %q is not a UUID", id)
 		}
 	}
+
 	switch r.TokenSigningAlg {
 	case "", "PS384", "RS256":
 		return nil
@@ -198,6 +201,7 @@ func (c *Client) Attest(ctx context.Context, req AttestRequest) (string, error) 
 	if err != nil {
 		return "", fmt.Errorf("ita: attest: encoding request: %w", err)
 	}
+
 	var resp attestResponse
 	if err := c.do(ctx, "attest", http.MethodPost, attestPath, body, &resp); err != nil {
 		return "", err
@@ -227,6 +231,7 @@ func (c *Client) Token(ctx context.Context, q Quoter, runtimeData []byte) (strin
 	if err != nil {
 		return "", nil, fmt.Errorf("ita: quoting: %w", err)
 	}
+
 	token, err := c.Attest(ctx, AttestRequest{
 		Quote: quote, RuntimeData: runtimeData, VerifierNonce: nonce,
 	})
@@ -242,11 +247,13 @@ func (c *Client) do(ctx context.Context, op, method, path string, body []byte, o
 	if err != nil {
 		return fmt.Errorf("ita: %s: %w", op, err)
 	}
+
 	req.Header.Set(apiKeyHeader, c.apiKey)
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -255,6 +262,7 @@ func (c *Client) do(ctx context.Context, op, method, path string, body []byte, o
 	defer resp.Body.Close()
 	c.log.Debug("ita request", "op", op, "status", resp.StatusCode,
 		"request_id", resp.Header.Get(requestIDHeader), "duration", time.Since(start))
+
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// Drain a little so the connection can be reused.
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
@@ -275,5 +283,6 @@ func decodeResponse(op string, r io.Reader, out any) error {
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("ita: %s: decoding response: %w", op, err)
 	}
+
 	return nil
 }

@@ -59,6 +59,7 @@ func (f *fakeITA) checkHeaders(w http.ResponseWriter, r *http.Request) bool {
 			http.StatusUnauthorized)
 		return false
 	}
+
 	if r.Header.Get("Accept") != "application/json" {
 		f.t.Errorf("Accept = %q, want application/json", r.Header.Get("Accept"))
 	}
@@ -74,6 +75,7 @@ func (f *fakeITA) serveNonce(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "nope", f.nonceStatus)
 		return
 	}
+
 	w.Header().Set("Content-Type", "application/json")
 	io.WriteString(w, `{"val":"dmFs","iat":"MjAyNS0wNi0wMVQxMjowMDowMFo=","signature":"c2ln"}`)
 }
@@ -82,6 +84,7 @@ func (f *fakeITA) serveAttest(w http.ResponseWriter, r *http.Request) {
 	if !f.checkHeaders(w, r) {
 		return
 	}
+
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		f.t.Errorf("Content-Type = %q, want application/json", ct)
 	}
@@ -92,11 +95,13 @@ func (f *fakeITA) serveAttest(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.attests = append(f.attests, body)
 	f.mu.Unlock()
+
 	if f.attestStatus != 0 {
 		w.Header().Set("request-id", "req-5xx")
 		http.Error(w, "backend exploded", f.attestStatus)
 		return
 	}
+
 	w.Header().Set("Content-Type", "application/json")
 	if f.attestBody != "" {
 		io.WriteString(w, f.attestBody)
@@ -114,6 +119,7 @@ func TestClientNonceAndAttest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Nonce: %v", err)
 	}
+
 	want := &VerifierNonce{Val: []byte("val"), Iat: []byte("2025-06-01T12:00:00Z"),
 		Signature: []byte("sig")}
 	if diff := cmp.Diff(want, n); diff != "" {
@@ -128,6 +134,7 @@ func TestClientNonceAndAttest(t *testing.T) {
 	if err != nil || tok != fakeToken {
 		t.Fatalf("Attest = %q, %v", tok, err)
 	}
+
 	// Byte fields travel as standard base64, as Intel's API defines them.
 	wantBody := map[string]any{
 		"quote":        "BAAC",
@@ -164,12 +171,14 @@ func TestClientErrors(t *testing.T) {
 		"no token":    {setup: func(f *fakeITA) { f.attestBody = `{"tok":"x"}` }, op: attestOp},
 		"not a token": {setup: func(f *fakeITA) { f.attestBody = `{"token":"x"}` }, op: attestOp},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			f := newFakeITA(t)
 			if tt.setup != nil {
 				tt.setup(f)
 			}
+
 			key := testAPIKey
 			if tt.apiKey != "" {
 				key = tt.apiKey
@@ -178,6 +187,7 @@ func TestClientErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			err = tt.op(c)
 			if err == nil {
 				t.Fatal("no error")
@@ -185,6 +195,7 @@ func TestClientErrors(t *testing.T) {
 			if strings.Contains(err.Error(), key) || strings.Contains(err.Error(), "exploded") {
 				t.Errorf("error %q leaks the API key or the response body", err)
 			}
+
 			var ae *APIError
 			if tt.wantStatus == 0 {
 				if errors.As(err, &ae) {
@@ -192,6 +203,7 @@ func TestClientErrors(t *testing.T) {
 				}
 				return
 			}
+
 			if !errors.As(err, &ae) || ae.StatusCode != tt.wantStatus ||
 				ae.Temporary() != tt.temporary || ae.RequestID == "" {
 				t.Errorf("error = %#v, want APIError %d (temporary %v) with a request id",
@@ -223,6 +235,7 @@ func TestClientAttestValidates(t *testing.T) {
 			t.Errorf("%s: Attest accepted an invalid request", name)
 		}
 	}
+
 	if len(f.attests) != 0 {
 		t.Errorf("invalid requests reached the server %d times", len(f.attests))
 	}
@@ -247,6 +260,7 @@ func TestClientToken(t *testing.T) {
 	if err != nil || tok != fakeToken {
 		t.Fatalf("Token = %q, %v", tok, err)
 	}
+
 	want := sha512Of([]byte("val"), []byte("2025-06-01T12:00:00Z"), []byte("keys"))
 	if q.got != want {
 		t.Errorf("quoted report data %x, want SHA-512(val||iat||runtime data) %x", q.got, want)
@@ -273,11 +287,13 @@ func TestNewClientOptions(t *testing.T) {
 		"query":        {APIKey: "k", BaseURL: "https://api.example?x=1"},
 		"not absolute": {APIKey: "k", BaseURL: "api.example"},
 	}
+
 	for name, opts := range tests {
 		if _, err := NewClient(opts); err == nil {
 			t.Errorf("%s: NewClient accepted invalid options", name)
 		}
 	}
+
 	c, err := NewClient(ClientOptions{APIKey: "k"})
 	if err != nil || c.base != DefaultBaseURL {
 		t.Errorf("defaults: base %q, error %v", c.base, err)

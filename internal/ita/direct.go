@@ -60,6 +60,7 @@ func NewDirect(opts DirectOptions) (*Direct, error) {
 	if s := opts.SimulatedTCBStatus; strings.TrimSpace(s) != s {
 		return nil, errors.New("ita: simulated TCB status must not have surrounding spaces")
 	}
+
 	d := &Direct{
 		roots:      cmp.Or(opts.Roots, tdx.IntelRoots()),
 		simRoots:   opts.SimulatedRoots,
@@ -68,6 +69,7 @@ func NewDirect(opts DirectOptions) (*Direct, error) {
 		now:        opts.Now,
 		log:        cmp.Or(opts.Logger, slog.New(slog.DiscardHandler)),
 	}
+
 	if d.now == nil {
 		d.now = time.Now
 	}
@@ -80,6 +82,7 @@ func (d *Direct) Appraise(ctx context.Context, ev Evidence) (*Appraisal, error) 
 	if len(ev.Quote) == 0 {
 		return nil, &EvidenceError{Reason: ReasonNoEvidence, Err: errors.New("no quote")}
 	}
+
 	a, err := d.VerifyQuote(ctx, ev.Quote)
 	if err != nil {
 		return nil, err
@@ -97,6 +100,7 @@ func (d *Direct) Appraise(ctx context.Context, ev Evidence) (*Appraisal, error) 
 func (d *Direct) VerifyQuote(ctx context.Context, quote []byte) (*Appraisal, error) {
 	at := d.now()
 	pin := func() time.Time { return at }
+
 	var simErr error
 	if d.simRoots != nil {
 		// A simulated quote never verifies against a hardware root, nor
@@ -111,6 +115,7 @@ func (d *Direct) VerifyQuote(ctx context.Context, quote []byte) (*Appraisal, err
 		}
 		simErr = err
 	}
+
 	res, err := tdx.Verify(ctx, quote,
 		tdx.VerifyOptions{Roots: d.roots, Now: pin, Collateral: d.collateral})
 	switch {
@@ -123,6 +128,7 @@ func (d *Direct) VerifyQuote(ctx context.Context, quote []byte) (*Appraisal, err
 	case simErr != nil:
 		err = fmt.Errorf("hardware roots: %w; simulated roots: %w", err, simErr)
 	}
+
 	return nil, &EvidenceError{Reason: ReasonQuote, Err: err}
 }
 

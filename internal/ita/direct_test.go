@@ -32,6 +32,7 @@ func TestDirectSimulated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	quote, err := sim.Quote(context.Background(), expected)
 	if err != nil {
 		t.Fatal(err)
@@ -40,10 +41,12 @@ func TestDirectSimulated(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Appraise: %v", err)
 	}
+
 	m, err := tdx.Parse(quote)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	want := &Appraisal{
 		Type: tdx.TypeSimulated, Source: SourceQuote, AttesterType: "simulated",
 		Measurements: *m, FMSPC: "dd0000000000", IssuedAt: t0,
@@ -85,12 +88,14 @@ func TestDirectRejects(t *testing.T) {
 		"garbage": {DirectOptions{SimulatedRoots: poolOf(sim.Root())},
 			Evidence{Quote: []byte("quote"), ReportData: expected}, ReasonQuote},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			d, err := NewDirect(tt.opts)
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			_, err = d.Appraise(context.Background(), tt.ev)
 			var ee *EvidenceError
 			if !errors.As(err, &ee) || ee.Reason != tt.reason {
@@ -109,6 +114,7 @@ func TestDirectRealQuote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	at := func() time.Time { return collateralDate }
 	sim := newTestSimulator(t)
 	// A dev fleet trusts both roots; a real quote still is "tdx".
@@ -117,6 +123,7 @@ func TestDirectRealQuote(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Appraise: %v", err)
 	}
+
 	if a.Type != tdx.TypeTDX || a.AttesterType != "TDX" || a.TCB != nil ||
 		a.FMSPC != "50806f000000" || !bytes.Equal(a.Measurements.MRTD, m.MRTD) {
 		t.Errorf("appraisal = %+v, want TDX without TCB", a)

@@ -76,6 +76,7 @@ func HTTPError(err error) error {
 		he.Err = err
 		return he
 	}
+
 	var fe *FetchError
 	if errors.As(err, &fe) {
 		return httpapi.Upstream("attestation verifier unavailable", err)

@@ -92,6 +92,7 @@ func unsignedJWT(t testing.TB, header, claims any) string {
 		}
 		return base64.RawURLEncoding.EncodeToString(data)
 	}
+
 	return enc(header) + "." + enc(claims) + "."
 }
 

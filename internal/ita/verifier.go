@@ -85,6 +85,7 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("ita: %w", err)
 	}
+
 	keys, err := jwks.New(ctx, jwks.Options{
 		URL: opts.JWKSURL, Algorithms: opts.Algorithms, HTTPClient: opts.HTTPClient,
 		Now: opts.Now, MinRefreshInterval: opts.MinRefreshInterval, MaxAge: opts.KeyMaxAge,
@@ -93,6 +94,7 @@ func NewVerifier(ctx context.Context, opts VerifierOptions) (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ita: %w", err)
 	}
+
 	return &Verifier{
 		issuer: opts.Issuer, algs: opts.Algorithms, leeway: opts.Leeway, now: opts.Now,
 		keys: keys,
@@ -108,6 +110,7 @@ func (o *VerifierOptions) fill() error {
 	if strings.TrimSpace(o.Issuer) != o.Issuer {
 		return errors.New("issuer must not have surrounding spaces")
 	}
+
 	// The key set checks the algorithms (asymmetric only, at least one)
 	// and the refresh intervals, and fills in their defaults.
 	if o.Algorithms == nil {
@@ -116,6 +119,7 @@ func (o *VerifierOptions) fill() error {
 	if o.Leeway < 0 {
 		return errors.New("leeway must not be negative")
 	}
+
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -134,6 +138,7 @@ func (v *Verifier) Appraise(ctx context.Context, ev Evidence) (*Appraisal, error
 	if ev.Token == "" {
 		return nil, &EvidenceError{Reason: ReasonNoEvidence, Err: errors.New("no token")}
 	}
+
 	a, err := v.Verify(ctx, ev.Token)
 	if err != nil {
 		return nil, err
@@ -144,6 +149,7 @@ func (v *Verifier) Appraise(ctx context.Context, ev Evidence) (*Appraisal, error
 	if err := checkQuoteMatches(ev.Quote, a); err != nil {
 		return nil, err
 	}
+
 	return a, nil
 }
 
@@ -155,15 +161,18 @@ func checkQuoteMatches(quote []byte, a *Appraisal) error {
 	if len(quote) == 0 {
 		return nil
 	}
+
 	m, err := tdx.Parse(quote)
 	if err != nil {
 		return &EvidenceError{Reason: ReasonQuote, Err: err}
 	}
+
 	want := &a.Measurements
 	same := bytes.Equal(m.MRTD, want.MRTD) && m.ReportData == want.ReportData
 	for i := range m.RTMR {
 		same = same && bytes.Equal(m.RTMR[i], want.RTMR[i])
 	}
+
 	if !same {
 		return &EvidenceError{Reason: ReasonQuote,
 			Err: errors.New("the quote is not the one the token appraised")}
@@ -180,6 +189,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Appraisal, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	cs, a, err := decodeClaims(jws.UnsafePayloadWithoutVerification())
 	if errors.Is(err, errAttesterType) {
 		return nil, &EvidenceError{Reason: ReasonAttesterType, Err: err}
@@ -187,6 +197,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Appraisal, error) {
 	if err != nil {
 		return nil, &EvidenceError{Reason: ReasonClaims, Err: err}
 	}
+
 	// Claim checks come before the key lookup, so that a foreign or
 	// expired token cannot make us fetch the JWKS. The payload is the one
 	// the signature covers: both come from one compact serialisation.
@@ -196,6 +207,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Appraisal, error) {
 	if err := v.checkSignature(ctx, jws); err != nil {
 		return nil, err
 	}
+
 	return a, nil
 }
 
@@ -205,6 +217,7 @@ func (v *Verifier) parse(raw string) (*jose.JSONWebSignature, error) {
 	if len(raw) > maxTokenSize {
 		return nil, &EvidenceError{Reason: ReasonMalformed, Err: errors.New("token too large")}
 	}
+
 	jws, err := jose.ParseSignedCompact(raw, v.algs)
 	var algErr *jose.ErrUnexpectedSignatureAlgorithm
 	if errors.As(err, &algErr) {
@@ -213,12 +226,14 @@ func (v *Verifier) parse(raw string) (*jose.JSONWebSignature, error) {
 	if err != nil {
 		return nil, &EvidenceError{Reason: ReasonMalformed, Err: err}
 	}
+
 	if len(jws.Signatures) != 1 {
 		return nil, &EvidenceError{Reason: ReasonMalformed, Err: errors.New("not one signature")}
 	}
 	if jws.Signatures[0].Header.KeyID == "" {
 		return nil, &EvidenceError{Reason: ReasonMissingKeyID}
 	}
+
 	return jws, nil
 }
 
@@ -242,6 +257,7 @@ func (v *Verifier) checkClaims(c *claimSet) error {
 	case c.IssuedAt.Time().After(now.Add(v.leeway)):
 		return &EvidenceError{Reason: ReasonIssuedFuture}
 	}
+
 	return nil
 }
 
@@ -254,6 +270,7 @@ func (v *Verifier) checkSignature(ctx context.Context, jws *jose.JSONWebSignatur
 	if err != nil {
 		return keyError(err)
 	}
+
 	alg := jws.Signatures[0].Header.Algorithm
 	if key.Algorithm != "" && key.Algorithm != alg {
 		return &EvidenceError{Reason: ReasonSignature,
@@ -262,6 +279,7 @@ func (v *Verifier) checkSignature(ctx context.Context, jws *jose.JSONWebSignatur
 	if _, err := jws.Verify(key.Key); err != nil {
 		return &EvidenceError{Reason: ReasonSignature, Err: err}
 	}
+
 	return nil
 }
 

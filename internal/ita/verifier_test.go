@@ -43,6 +43,7 @@ func TestVerifyValid(t *testing.T) {
 			}
 		})
 	}
+
 	if n := fetches(jwks); n != 1 {
 		t.Errorf("JWKS fetched %d times, want 1", n)
 	}
@@ -58,6 +59,7 @@ func TestVerifyRejects(t *testing.T) {
 		mutate(c)
 		return c
 	}
+
 	valid := flatClaims(IntelIssuer, t0)
 	skew := 2 * time.Minute // beyond the 60 s leeway
 
@@ -92,6 +94,7 @@ func TestVerifyRejects(t *testing.T) {
 		"payload tampered": {tamper(t, key.sign(t, valid),
 			key.sign(t, claims(set("tdx_mrtd", strings.Repeat("ee", 48))))), ReasonSignature},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			v := newTestVerifier(t, jwks, newFakeClock())
@@ -100,6 +103,7 @@ func TestVerifyRejects(t *testing.T) {
 			if !errors.As(err, &ee) || ee.Reason != tt.reason {
 				t.Fatalf("Verify error = %v, want reason %q", err, tt.reason)
 			}
+
 			var he *httpapi.Error
 			if !errors.As(HTTPError(err), &he) || he.Status != http.StatusUnauthorized {
 				t.Errorf("HTTPError = %v, want 401", HTTPError(err))
@@ -123,6 +127,7 @@ func TestVerifyRejectsBeforeFetching(t *testing.T) {
 	v := newTestVerifier(t, jwks, newFakeClock())
 	c := flatClaims("https://evil.example", t0)
 	c["exp"] = t0.Add(-time.Hour).Unix()
+
 	for range 3 {
 		if _, err := v.Verify(context.Background(), newECKey(t, "k9").sign(t, c)); err == nil {
 			t.Fatal("Verify accepted a foreign token")
@@ -155,6 +160,7 @@ func TestVerifyJWKSUnavailable(t *testing.T) {
 	if !errors.As(err, &fe) {
 		t.Fatalf("error = %v, want a FetchError", err)
 	}
+
 	var he *httpapi.Error
 	if !errors.As(HTTPError(err), &he) || he.Status != http.StatusBadGateway {
 		t.Errorf("HTTPError = %v, want 502", HTTPError(err))
@@ -179,6 +185,7 @@ func TestVerifyContextCanceled(t *testing.T) {
 	k1 := newECKey(t, "k1")
 	jwks := newFakeJWKS(t, k1)
 	defer jwks.Hold()()
+
 	v := newTestVerifier(t, jwks, newFakeClock())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -215,6 +222,7 @@ func TestVerifierAppraise(t *testing.T) {
 	for i := range want {
 		want[i] = 0x42
 	}
+
 	a, err := v.Appraise(context.Background(), Evidence{Token: k1.sign(t, c), ReportData: want})
 	if err != nil || a.Measurements.ReportData != want {
 		t.Errorf("Appraise = %+v, %v; want the bound appraisal", a, err)
@@ -231,6 +239,7 @@ func TestNewVerifierOptions(t *testing.T) {
 		"negative":       {Leeway: -1},
 		"age < interval": {MinRefreshInterval: time.Hour, KeyMaxAge: time.Minute},
 	}
+
 	for name, opts := range tests {
 		t.Run(name, func(t *testing.T) {
 			if v, err := NewVerifier(context.Background(), opts); err == nil {
@@ -274,11 +283,13 @@ func BenchmarkTokenVerify(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer v.Close()
+
 			tok := k.sign(b, flatClaims(IntelIssuer, t0))
 			ctx := context.Background()
 			if _, err := v.Verify(ctx, tok); err != nil {
 				b.Fatal(err)
 			}
+
 			b.ReportAllocs()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {

@@ -145,11 +145,13 @@ func New(ctx context.Context, opts Options) (*Set, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("jwks: %w", err)
 	}
+
 	base, cancel := context.WithCancel(ctx)
 	log := opts.Logger.With("url", opts.URL)
 	if opts.Issuer != "" {
 		log = opts.Logger.With("issuer", opts.Issuer)
 	}
+
 	return &Set{
 		issuer: opts.Issuer, algs: opts.Algorithms, client: opts.HTTPClient, now: opts.Now,
 		minRefresh: opts.MinRefreshInterval, maxAge: opts.MaxAge, log: log,
@@ -170,6 +172,7 @@ func (o *Options) fill() error {
 			return fmt.Errorf("issuer: %w", err)
 		}
 	}
+
 	if len(o.Algorithms) == 0 {
 		return errors.New("no signing algorithm allowed")
 	}
@@ -178,9 +181,12 @@ func (o *Options) fill() error {
 			return fmt.Errorf("algorithm %q is not an asymmetric signature algorithm", alg)
 		}
 	}
+
 	if o.MinRefreshInterval < 0 || o.MaxAge < 0 {
 		return errors.New("refresh intervals must not be negative")
 	}
+
+	// defaults for the optional fields.
 	o.HTTPClient = cmp.Or(o.HTTPClient, &http.Client{Timeout: 10 * time.Second})
 	if o.Now == nil {
 		o.Now = time.Now
@@ -188,6 +194,7 @@ func (o *Options) fill() error {
 	o.MinRefreshInterval = cmp.Or(o.MinRefreshInterval, 30*time.Second)
 	o.MaxAge = cmp.Or(o.MaxAge, time.Hour)
 	o.Logger = cmp.Or(o.Logger, slog.New(slog.DiscardHandler))
+
 	if o.MaxAge < o.MinRefreshInterval {
 		return errors.New("key max age is shorter than the minimum refresh interval")
 	}
@@ -231,11 +238,14 @@ func (s *Set) Key(ctx context.Context, kid string) (jose.JSONWebKey, error) {
 		s.mu.Unlock()
 		return key, nil
 	}
+
+	// the last refresh started moments ago: answer from what we have.
 	fl := s.flight
 	if fl == nil && !s.triedAt.IsZero() && now.Sub(s.triedAt) < s.minRefresh {
 		defer s.mu.Unlock()
 		return s.lookupLocked(kid)
 	}
+
 	if fl == nil {
 		fl = s.startLocked(now)
 	}
@@ -246,6 +256,7 @@ func (s *Set) Key(ctx context.Context, kid string) (jose.JSONWebKey, error) {
 		return jose.JSONWebKey{}, fmt.Errorf("waiting for jwks: %w", ctx.Err())
 	case <-fl.done:
 	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lookupLocked(kid)
@@ -258,6 +269,7 @@ func (s *Set) lookupLocked(kid string) (jose.JSONWebKey, error) {
 	if key, ok := s.keys[kid]; ok {
 		return key, nil
 	}
+
 	if s.lastErr != nil {
 		// The kid may exist upstream; we cannot tell, so no verdict.
 		return jose.JSONWebKey{}, s.lastErr
@@ -275,6 +287,7 @@ func (s *Set) startLocked(now time.Time) *flight {
 		s.finishLocked(fl, nil, &FetchError{Op: "jwks", Err: net.ErrClosed})
 		return fl
 	}
+
 	s.wg.Go(func() {
 		keys, err := s.fetch()
 		s.mu.Lock()
@@ -291,6 +304,7 @@ func (s *Set) finishLocked(fl *flight, keys map[string]jose.JSONWebKey, err *Fet
 		s.keys, s.loadedAt = keys, s.now()
 		s.log.Info("jwks refreshed", "keys", len(keys))
 	}
+
 	s.lastErr, s.flight = err, nil
 	close(fl.done)
 }
@@ -299,10 +313,12 @@ func (s *Set) finishLocked(fl *flight, keys map[string]jose.JSONWebKey, err *Fet
 func (s *Set) fetch() (map[string]jose.JSONWebKey, *FetchError) {
 	ctx, cancel := context.WithTimeout(s.base, fetchTimeout)
 	defer cancel()
+
 	url, err := s.discover(ctx)
 	if err != nil {
 		return nil, &FetchError{Op: "discovery", Err: err}
 	}
+
 	keys, err := s.fetchKeys(ctx, url)
 	if err != nil {
 		return nil, &FetchError{Op: "jwks", Err: err}
@@ -328,10 +344,12 @@ func (s *Set) discover(ctx context.Context) (string, error) {
 	if known != "" {
 		return known, nil
 	}
+
 	var doc discoveryDoc
 	if err := s.getJSON(ctx, s.issuer+"/.well-known/openid-configuration", &doc); err != nil {
 		return "", err
 	}
+
 	// Discovery §4.3: the document's issuer must be the one we asked.
 	if doc.Issuer != s.issuer {
 		return "", fmt.Errorf("issuer mismatch: document names %q", doc.Issuer)
@@ -341,6 +359,7 @@ func (s *Set) discover(ctx context.Context) (string, error) {
 	}) {
 		return "", fmt.Errorf("issuer signs with none of %v", s.algs)
 	}
+
 	if err := endpoint.Check(doc.JWKSURI); err != nil {
 		return "", fmt.Errorf("jwks_uri: %w", err)
 	}
@@ -360,6 +379,7 @@ func (s *Set) fetchKeys(ctx context.Context, url string) (map[string]jose.JSONWe
 	if err := s.getJSON(ctx, url, &set); err != nil {
 		return nil, err
 	}
+
 	keys := make(map[string]jose.JSONWebKey, len(set.Keys))
 	for _, raw := range set.Keys {
 		key, err := s.parseKey(raw)
@@ -371,6 +391,7 @@ func (s *Set) fetchKeys(ctx context.Context, url string) (map[string]jose.JSONWe
 			keys[key.KeyID] = key
 		}
 	}
+
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("no usable key for %v in jwks", s.algs)
 	}
@@ -385,6 +406,7 @@ func (s *Set) parseKey(raw json.RawMessage) (jose.JSONWebKey, error) {
 	if err := k.UnmarshalJSON(raw); err != nil {
 		return k, err
 	}
+
 	switch {
 	case k.KeyID == "":
 		return k, errors.New("no kid")
@@ -393,6 +415,7 @@ func (s *Set) parseKey(raw json.RawMessage) (jose.JSONWebKey, error) {
 	case k.Algorithm != "" && !slices.Contains(s.algs, jose.SignatureAlgorithm(k.Algorithm)):
 		return k, fmt.Errorf("alg %q is not allowed", k.Algorithm)
 	}
+
 	var kty string
 	switch pub := k.Key.(type) {
 	case *rsa.PublicKey:
@@ -405,6 +428,7 @@ func (s *Set) parseKey(raw json.RawMessage) (jose.JSONWebKey, error) {
 	default:
 		return k, fmt.Errorf("key type %T is not an RSA or ECDSA public key", k.Key)
 	}
+
 	if !slices.ContainsFunc(s.algs, func(alg jose.SignatureAlgorithm) bool {
 		return keyType(alg) == kty
 	}) {
@@ -420,6 +444,7 @@ func (s *Set) getJSON(ctx context.Context, url string, v any) error {
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
+
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return err
@@ -428,6 +453,7 @@ func (s *Set) getJSON(ctx context.Context, url string, v any) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
 	}
+
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxDocSize+1))
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", url, err)
@@ -435,6 +461,7 @@ func (s *Set) getJSON(ctx context.Context, url string, v any) error {
 	if len(data) > maxDocSize {
 		return fmt.Errorf("%s: body exceeds %d bytes", url, maxDocSize)
 	}
+
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("decoding %s: %w", url, err)
 	}

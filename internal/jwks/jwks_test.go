@@ -86,6 +86,7 @@ func TestKey(t *testing.T) {
 	ec, rs := ecJWK(t, "ec"), rsaJWK("rs")
 	srv := jwkstest.NewServer(t, ec, rs)
 	s := direct(t, srv, jwkstest.NewClock(t0))
+
 	for _, want := range []jose.JSONWebKey{ec, rs} {
 		got, err := s.Key(t.Context(), want.KeyID)
 		if err != nil {
@@ -95,6 +96,7 @@ func TestKey(t *testing.T) {
 			t.Errorf("Key(%s) = %+v", want.KeyID, got)
 		}
 	}
+
 	if _, err := s.Key(t.Context(), "nope"); !errors.Is(err, ErrUnknownKey) {
 		t.Errorf("Key(nope): %v, want ErrUnknownKey", err)
 	}
@@ -111,6 +113,7 @@ func TestRotation(t *testing.T) {
 	srv := jwkstest.NewServer(t, k1)
 	clock := jwkstest.NewClock(t0)
 	s := discovered(t, srv, clock)
+
 	lookup := func(k jose.JSONWebKey) error {
 		_, err := s.Key(t.Context(), k.KeyID)
 		return err
@@ -175,12 +178,14 @@ func TestRefreshRateBound(t *testing.T) {
 	release := srv.Hold()
 	clock := jwkstest.NewClock(t0)
 	s := direct(t, srv, clock)
+
 	lookupAll := func(n int) []error {
 		var wg sync.WaitGroup
 		errs := make([]error, n)
 		for i := range n {
 			wg.Go(func() { _, errs[i] = s.Key(t.Context(), fmt.Sprintf("unknown-%d", i)) })
 		}
+
 		// Hold the first fetch open once it has started, so that lookups
 		// arrive both while it is in flight and after; none may start
 		// another.
@@ -226,11 +231,13 @@ func TestCancelWhileFetching(t *testing.T) {
 		_, err := s.Key(ctx, "k1")
 		done <- err
 	}()
+
 	waitFor(t, func() bool { _, j := srv.Hits(); return j == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled Key: %v, want context.Canceled", err)
 	}
+
 	release()
 	waitFor(t, func() bool {
 		_, err := s.Key(t.Context(), "k1")
@@ -245,6 +252,7 @@ func TestContextCanceled(t *testing.T) {
 	srv := jwkstest.NewServer(t, ecJWK(t, "k1"))
 	defer srv.Hold()()
 	s := direct(t, srv, jwkstest.NewClock(t0))
+
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := s.Key(ctx, "k1"); !errors.Is(err, context.Canceled) {
@@ -264,14 +272,17 @@ func TestMaxAge(t *testing.T) {
 		_, err := s.Key(t.Context(), "k1")
 		return err
 	}
+
 	if err := lookup(); err != nil {
 		t.Fatal(err)
 	}
+
 	clock.Advance(61 * time.Minute)
 	srv.SetFail(true)
 	if err := lookup(); err != nil {
 		t.Fatalf("stale key after a failed refresh: %v", err)
 	}
+
 	clock.Advance(61 * time.Minute)
 	srv.SetFail(false)
 	srv.SetKeys(ecJWK(t, "k2"))
@@ -322,6 +333,7 @@ func TestDiscoveryFailures(t *testing.T) {
 		"missing":       {map[string]any{"status": http.StatusNotFound}, "HTTP 404"},
 		"huge document": {map[string]any{"pad": strings.Repeat("x", maxDocSize)}, "exceeds"},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			var srv *httptest.Server
@@ -334,6 +346,7 @@ func TestDiscoveryFailures(t *testing.T) {
 					w.WriteHeader(code)
 					return
 				}
+
 				doc := map[string]any{"issuer": srv.URL, "jwks_uri": srv.URL + "/keys",
 					"id_token_signing_alg_values_supported": []string{"RS256"}}
 				for k, v := range tt.doc {
@@ -345,6 +358,7 @@ func TestDiscoveryFailures(t *testing.T) {
 				json.NewEncoder(w).Encode(doc)
 			}))
 			t.Cleanup(srv.Close)
+
 			s := newTestSet(t, Options{Issuer: srv.URL, Algorithms: rs256, Now: t0Clock})
 			_, err := s.Key(t.Context(), "k1")
 			var fe *FetchError
@@ -368,11 +382,13 @@ func TestKeyFilter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	rs, ec := rsaJWK("k"), ecJWK(t, "k")
 	with := func(k jose.JSONWebKey, change func(*jose.JSONWebKey)) jose.JSONWebKey {
 		change(&k)
 		return k
 	}
+
 	tests := []struct {
 		name     string
 		key      jose.JSONWebKey
@@ -393,11 +409,13 @@ func TestKeyFilter(t *testing.T) {
 		{"Ed25519", jose.JSONWebKey{Key: edPub, KeyID: "k", Use: "sig"},
 			[]jose.SignatureAlgorithm{jose.EdDSA, jose.ES256}, false},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := jwkstest.NewServer(t, tt.key, rsaJWK("other"))
 			s := newTestSet(t, Options{URL: srv.JWKSURL(), Algorithms: tt.algs, Now: t0Clock})
 			_, err := s.Key(t.Context(), "k")
+
 			if tt.wantKept && err != nil {
 				t.Errorf("Key: %v, want the key", err)
 			}
@@ -426,6 +444,7 @@ func TestClose(t *testing.T) {
 	s := direct(t, srv, jwkstest.NewClock(t0))
 	s.Close()
 	s.Close()
+
 	_, err := s.Key(t.Context(), "k1")
 	if !isFetchError(err) || !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Key after Close: %v, want a FetchError wrapping net.ErrClosed", err)
@@ -454,6 +473,7 @@ func TestNewOptions(t *testing.T) {
 			o.MinRefreshInterval, o.MaxAge = time.Hour, time.Minute
 		},
 	}
+
 	for name, change := range tests {
 		t.Run(name, func(t *testing.T) {
 			opts := ok
@@ -464,6 +484,7 @@ func TestNewOptions(t *testing.T) {
 			}
 		})
 	}
+
 	s, err := New(t.Context(), ok)
 	if err != nil {
 		t.Fatalf("New(%+v): %v", ok, err)

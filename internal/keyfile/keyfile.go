@@ -51,13 +51,17 @@ func LoadOrCreate[K crypto.Signer](opts Options[K]) (K, error) {
 	if opts.Generate == nil {
 		return zero, errors.New("keyfile: no key generator")
 	}
+
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+
 	if opts.Path == "" {
 		return opts.Generate()
 	}
+
+	// a missing file is the first start: make the key and keep it.
 	data, err := os.ReadFile(opts.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return create(opts, log)
@@ -65,9 +69,11 @@ func LoadOrCreate[K crypto.Signer](opts Options[K]) (K, error) {
 	if err != nil {
 		return zero, err
 	}
+
 	if fi, err := os.Stat(opts.Path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("signing key file readable by others", "path", opts.Path, "mode", fi.Mode().Perm())
 	}
+
 	key, err := parse(data, opts.Check)
 	if err != nil {
 		return zero, fmt.Errorf("%s: %w", opts.Path, err)
@@ -81,6 +87,7 @@ func parse[K crypto.Signer](data []byte, check func(K) error) (K, error) {
 	if block == nil {
 		return zero, errors.New("no PEM block")
 	}
+
 	var parsed any
 	var err error
 	switch block.Type {
@@ -94,10 +101,12 @@ func parse[K crypto.Signer](data []byte, check func(K) error) (K, error) {
 	if err != nil {
 		return zero, err
 	}
+
 	key, ok := parsed.(K)
 	if !ok {
 		return zero, fmt.Errorf("key is %T, not %T", parsed, zero)
 	}
+
 	if check != nil {
 		if err := check(key); err != nil {
 			return zero, err
@@ -113,10 +122,12 @@ func create[K crypto.Signer](opts Options[K], log *slog.Logger) (K, error) {
 	if err != nil {
 		return zero, err
 	}
+
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return zero, err
 	}
+
 	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	if err := writeFileAtomic(opts.Path, data); err != nil {
 		return zero, err
@@ -133,6 +144,7 @@ func writeFileAtomic(path string, data []byte) (err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
@@ -142,11 +154,13 @@ func writeFileAtomic(path string, data []byte) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
+
 	// CreateTemp makes the file 0600; say so in case that ever changes.
 	if err := tmp.Chmod(0o600); err != nil {
 		tmp.Close()
 		return err
 	}
+
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
@@ -155,6 +169,7 @@ func writeFileAtomic(path string, data []byte) (err error) {
 		tmp.Close()
 		return err
 	}
+
 	if err := tmp.Close(); err != nil {
 		return err
 	}

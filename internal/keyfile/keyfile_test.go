@@ -37,6 +37,7 @@ func TestLoadOrCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +56,8 @@ func TestLoadOrCreate(t *testing.T) {
 	if !first.Equal(second) {
 		t.Error("the same key file gave another key")
 	}
+
+	// a key kept only in memory is a fresh one.
 	mem, err := LoadOrCreate(ecOptions(t, ""))
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +77,7 @@ func TestLoadOrCreateRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	tests := map[string][]byte{
 		"garbage":    []byte("not a key"),
 		"empty":      {},
@@ -82,12 +86,14 @@ func TestLoadOrCreateRefuses(t *testing.T) {
 		"wrong type": pemOf(t, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsaKey)),
 		"check":      pemOf(t, "PRIVATE KEY", must(x509.MarshalPKCS8PrivateKey(p384))),
 	}
+
 	for name, data := range tests {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "key.pem")
 			if err := os.WriteFile(path, data, 0o600); err != nil {
 				t.Fatal(err)
 			}
+
 			if _, err := LoadOrCreate(ecOptions(t, path)); err == nil {
 				t.Error("LoadOrCreate accepted the file")
 			}
@@ -104,11 +110,13 @@ func TestLoadPKCS1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	path := filepath.Join(t.TempDir(), "key.pem")
 	if err := os.WriteFile(path, pemOf(t, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key)),
 		0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	got, err := LoadOrCreate(Options[*rsa.PrivateKey]{
 		Path:     path,
 		Generate: func() (*rsa.PrivateKey, error) { t.Fatal("generated a key"); return nil, nil },

@@ -36,6 +36,7 @@ func FromEnv(getenv func(string) string) (*Policy, error) {
 	for i := range p.RTMR {
 		p.RTMR[i] = splitList(getenv(EnvRTMRPrefix + strconv.Itoa(i)))
 	}
+
 	if raw := splitList(getenv(EnvTCBStatus)); len(raw) > 0 {
 		statuses, err := canonicalStatuses(raw)
 		if err != nil {
@@ -43,6 +44,7 @@ func FromEnv(getenv func(string) string) (*Policy, error) {
 		}
 		p.TCBStatuses = statuses
 	}
+
 	if raw := strings.TrimSpace(getenv(EnvOutOfDateGrace)); raw != "" {
 		d, err := time.ParseDuration(raw)
 		if err != nil || d < 0 {
@@ -51,6 +53,7 @@ func FromEnv(getenv func(string) string) (*Policy, error) {
 		}
 		p.OutOfDateGrace = d
 	}
+
 	if (p.Mode == "" || p.Mode == Enforce) && len(p.MRTD) == 0 {
 		return nil, fmt.Errorf("policy: %s is required unless %s=observe", EnvMRTD, EnvMode)
 	}
@@ -77,10 +80,12 @@ func canonicalStatuses(raw []string) ([]string, error) {
 				found = k
 			}
 		}
+
 		if found == "" {
 			return nil, fmt.Errorf("%q is not one of %s", s, strings.Join(knownStatuses, ", "))
 		}
 		out = append(out, found)
 	}
+
 	return out, nil
 }

@@ -25,6 +25,7 @@ func TestFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatalf("FromEnv: %v", err)
 	}
+
 	want := &Policy{
 		MRTD:           []string{mrtdA, mrtdB},
 		RTMR:           [4][]string{{rtmrX}, nil, nil, {rtmrX, rtmrY}},
@@ -71,6 +72,7 @@ func TestFromEnvRejects(t *testing.T) {
 		"neg grace":  {withMRTD("DD_POLICY_OUTOFDATE_GRACE", "-1h"), "DD_POLICY_OUTOFDATE_GRACE"},
 		"mode":       {withMRTD("DD_POLICY_MODE", "warn"), "mode"},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			p, err := FromEnv(env(tt.vars))

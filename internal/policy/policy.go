@@ -96,6 +96,7 @@ func (p *Policy) Validate() error {
 			return err
 		}
 	}
+
 	if p.TCBStatuses == nil {
 		p.TCBStatuses = []string{StatusUpToDate}
 	}
@@ -108,6 +109,7 @@ func (p *Policy) Validate() error {
 	if p.OutOfDateGrace < 0 {
 		return errors.New("policy: out-of-date grace must not be negative")
 	}
+
 	switch p.Mode {
 	case "":
 		p.Mode = Enforce
@@ -115,6 +117,7 @@ func (p *Policy) Validate() error {
 	default:
 		return fmt.Errorf("policy: mode %q is not enforce or observe", p.Mode)
 	}
+
 	if p.Mode == Enforce && len(p.MRTD) == 0 {
 		return errors.New("policy: enforce mode requires an MRTD allowlist")
 	}
@@ -127,6 +130,7 @@ func normaliseSet(field string, vals []string) ([]string, error) {
 	if len(vals) == 0 {
 		return nil, nil
 	}
+
 	out := make([]string, 0, len(vals))
 	for _, v := range vals {
 		v = strings.ToLower(v)
@@ -136,6 +140,7 @@ func normaliseSet(field string, vals []string) ([]string, error) {
 		}
 		out = append(out, v)
 	}
+
 	slices.Sort(out)
 	return slices.Compact(out), nil
 }
@@ -146,6 +151,7 @@ func (p *Policy) Empty() bool {
 	if len(p.MRTD) > 0 {
 		return false
 	}
+
 	for _, set := range p.RTMR {
 		if len(set) > 0 {
 			return false
@@ -200,11 +206,13 @@ func (p *Policy) Evaluate(m *tdx.Measurements, tcb *tdx.TCB) *Verdict {
 			v.Violations = append(v.Violations, mm)
 		}
 	}
+
 	add(checkSet("mrtd", m.MRTD, p.MRTD))
 	for i, set := range p.RTMR {
 		add(checkSet("rtmr"+strconv.Itoa(i), m.RTMR[i], set))
 	}
 	add(p.checkTCB(tcb))
+
 	if m.Debug {
 		// A debug TD's memory and registers are open to the host, so its
 		// measurements prove nothing (Intel TDX module spec, ATTRIBUTES).
@@ -239,10 +247,12 @@ func (p *Policy) checkTCB(tcb *tdx.TCB) *Mismatch {
 	if accepted == nil {
 		accepted = []string{StatusUpToDate}
 	}
+
 	want := slices.Clone(accepted)
 	if p.OutOfDateGrace > 0 {
 		want = append(want, StatusOutOfDate+" for "+p.OutOfDateGrace.String()+" after its TCB date")
 	}
+
 	switch {
 	case tcb == nil || tcb.Status == "":
 		return &Mismatch{Field: "tcb_status", Got: "not appraised", Want: want}
@@ -251,6 +261,7 @@ func (p *Policy) checkTCB(tcb *tdx.TCB) *Mismatch {
 	case slices.Contains(accepted, tcb.Status):
 		return nil
 	}
+
 	return &Mismatch{Field: "tcb_status", Got: tcb.Status, Want: want}
 }
 
@@ -259,14 +270,17 @@ func (p *Policy) checkGrace(tcb *tdx.TCB, want []string) *Mismatch {
 	if tcb.Date.IsZero() {
 		return &Mismatch{Field: "tcb_date", Got: "unknown", Want: want}
 	}
+
 	now := time.Now
 	if p.Now != nil {
 		now = p.Now
 	}
+
 	t := now()
 	if t.Before(tcb.Date.Add(p.OutOfDateGrace)) {
 		return nil
 	}
+
 	oldest := t.Add(-p.OutOfDateGrace).UTC().Format(time.RFC3339)
 	return &Mismatch{Field: "tcb_date", Got: tcb.Date.UTC().Format(time.RFC3339),
 		Want: []string{"after " + oldest + " for status OutOfDate"}}

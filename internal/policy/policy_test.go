@@ -94,6 +94,7 @@ func TestEvaluate(t *testing.T) {
 				{Field: "debug", Got: "true", Want: []string{"false"}},
 			}},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			p := basePolicy()
@@ -103,6 +104,7 @@ func TestEvaluate(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+
 			m := goodTD()
 			if tt.td != nil {
 				tt.td(m)
@@ -115,6 +117,7 @@ func TestEvaluate(t *testing.T) {
 			if (err == nil) != (len(tt.want) == 0) || v.OK() != (len(tt.want) == 0) {
 				t.Errorf("Check = %v, OK = %v; want failure %v", err, v.OK(), len(tt.want) > 0)
 			}
+
 			for _, want := range tt.want {
 				var mm *Mismatch
 				if !errors.As(err, &mm) || !strings.Contains(err.Error(), want.Field+" "+want.Got) {
@@ -166,6 +169,7 @@ func TestOutOfDateGrace(t *testing.T) {
 		"up to date, grace": {grace: 720 * time.Hour, at: tcbDate.AddDate(2, 0, 0),
 			tcb: &tdx.TCB{Status: "UpToDate", Date: tcbDate}, ok: true},
 	}
+
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			p := basePolicy()
@@ -174,6 +178,7 @@ func TestOutOfDateGrace(t *testing.T) {
 			if err := p.Validate(); err != nil {
 				t.Fatal(err)
 			}
+
 			tcb := tt.tcb
 			if tcb == nil {
 				tcb = &tdx.TCB{Status: "OutOfDate", Date: tcbDate}
@@ -198,6 +203,7 @@ func TestValidate(t *testing.T) {
 		"negative grace":       {MRTD: []string{mrtdA}, OutOfDateGrace: -time.Hour},
 		"bad mode":             {MRTD: []string{mrtdA}, Mode: "audit"},
 	}
+
 	for name, p := range tests {
 		if err := p.Validate(); err == nil {
 			t.Errorf("%s: Validate accepted %+v", name, p)
@@ -208,6 +214,7 @@ func TestValidate(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+
 	want := &Policy{MRTD: []string{mrtdA}, TCBStatuses: []string{"UpToDate"}, Mode: Enforce}
 	if diff := cmp.Diff(want, p); diff != "" {
 		t.Errorf("normalised policy (-want +got):\n%s", diff)

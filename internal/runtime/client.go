@@ -40,6 +40,7 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	if opts.SocketPath == "" {
 		return nil, errors.New("runtime: SocketPath is required")
 	}
+
 	if opts.DialTimeout == 0 {
 		opts.DialTimeout = 5 * time.Second
 	}
@@ -72,6 +73,7 @@ func (c *Client) Find(ctx context.Context, app string) (*Deployment, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	var found *Deployment
 	for i := range deps {
 		d := &deps[i]
@@ -82,6 +84,7 @@ func (c *Client) Find(ctx context.Context, app string) (*Deployment, error) {
 			found = d
 		}
 	}
+
 	return found, nil
 }
 
@@ -102,6 +105,7 @@ func (c *Client) Deploy(ctx context.Context, spec workload.Spec) (string, error)
 	if err != nil {
 		return "", err
 	}
+
 	var r struct {
 		ID string `json:"id"`
 	}
@@ -117,6 +121,7 @@ func specRequest(spec workload.Spec) (map[string]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding spec: %w", err)
 	}
+
 	req := map[string]any{}
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return nil, fmt.Errorf("encoding spec: %w", err)
@@ -137,6 +142,7 @@ func (c *Client) Exec(ctx context.Context, argv []string, timeout time.Duration)
 	if timeout > 0 {
 		req["timeout_secs"] = int64((timeout + time.Second - 1) / time.Second)
 	}
+
 	var r ExecResult
 	err := c.call(ctx, req, &r)
 	return r, err
@@ -148,6 +154,7 @@ func (c *Client) Attest(ctx context.Context, reportData []byte) (Attestation, er
 	if len(reportData) > 0 {
 		req["report_data_b64"] = reportData // encoding/json writes []byte as std base64
 	}
+
 	var a Attestation
 	err := c.call(ctx, req, &a)
 	return a, err
@@ -162,14 +169,17 @@ func (c *Client) Attach(ctx context.Context, argv []string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	req := map[string]any{"method": MethodAttach}
 	if len(argv) > 0 {
 		req["cmd"] = argv
 	}
+
 	if err := c.writeRequest(conn, req); err != nil {
 		conn.Close()
 		return nil, err
 	}
+
 	line, err := readLineUnbuffered(conn)
 	if err != nil {
 		conn.Close()
@@ -179,6 +189,7 @@ func (c *Client) Attach(ctx context.Context, argv []string) (net.Conn, error) {
 		conn.Close()
 		return nil, err
 	}
+
 	return conn, nil
 }
 
@@ -187,6 +198,7 @@ func (c *Client) Attach(ctx context.Context, argv []string) (net.Conn, error) {
 func readLineUnbuffered(r io.Reader) ([]byte, error) {
 	var line []byte
 	b := make([]byte, 1)
+
 	for len(line) < maxReplyLine {
 		if _, err := io.ReadFull(r, b); err != nil {
 			return nil, err
@@ -196,6 +208,7 @@ func readLineUnbuffered(r io.Reader) ([]byte, error) {
 		}
 		line = append(line, b[0])
 	}
+
 	return nil, errors.New("reply line too long")
 }
 
@@ -212,6 +225,7 @@ func (c *Client) writeRequest(conn net.Conn, req map[string]any) error {
 	if c.opts.Token != "" {
 		req["token"] = c.opts.Token
 	}
+
 	line, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("encoding request: %w", err)
@@ -237,6 +251,8 @@ func (c *Client) call(ctx context.Context, req map[string]any, out any) error {
 	if err := c.writeRequest(conn, req); err != nil {
 		return err
 	}
+
+	// the reply is exactly one line
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 0, 64<<10), maxReplyLine)
 	if !sc.Scan() {
@@ -248,6 +264,7 @@ func (c *Client) call(ctx context.Context, req map[string]any, out any) error {
 		}
 		return fmt.Errorf("runtime %s: connection closed without a reply", method)
 	}
+
 	return decodeReply(method, sc.Bytes(), out)
 }
 
@@ -260,12 +277,14 @@ func decodeReply(method string, line []byte, out any) error {
 	if err := json.Unmarshal(bytes.TrimSpace(line), &env); err != nil {
 		return fmt.Errorf("runtime %s: decoding reply: %w", method, err)
 	}
+
 	if env.OK == nil {
 		return fmt.Errorf("runtime %s: reply has no \"ok\" field", method)
 	}
 	if !*env.OK {
 		return &Error{Method: method, Message: env.Error}
 	}
+
 	if out == nil {
 		return nil
 	}

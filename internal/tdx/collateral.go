@@ -74,10 +74,12 @@ func (d CollateralDir) Get(ctx context.Context, rawURL string) (map[string][]str
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
+
 	res, err := resourceFor(rawURL)
 	if err != nil {
 		return nil, nil, err
 	}
+
 	body, err := os.ReadFile(filepath.Join(string(d), res.body))
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading offline collateral: %w", err)
@@ -85,6 +87,7 @@ func (d CollateralDir) Get(ctx context.Context, rawURL string) (map[string][]str
 	if res.chain == "" {
 		return nil, body, nil
 	}
+
 	chain, err := os.ReadFile(filepath.Join(string(d), res.chain))
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading offline collateral: %w", err)
@@ -103,6 +106,7 @@ func (p PCS) Get(ctx context.Context, rawURL string) (map[string][]string, []byt
 	if err != nil {
 		return nil, nil, fmt.Errorf("building PCS request: %w", err)
 	}
+
 	client := p.Client
 	if client == nil {
 		client = &http.Client{Timeout: 30 * time.Second}
@@ -112,9 +116,11 @@ func (p PCS) Get(ctx context.Context, rawURL string) (map[string][]string, []byt
 		return nil, nil, fmt.Errorf("fetching collateral: %w", err)
 	}
 	defer resp.Body.Close()
+
 	if resp.StatusCode != http.StatusOK {
 		return nil, nil, fmt.Errorf("fetching collateral %s: HTTP %d", rawURL, resp.StatusCode)
 	}
+
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxCollateralSize+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading collateral: %w", err)
@@ -123,6 +129,7 @@ func (p PCS) Get(ctx context.Context, rawURL string) (map[string][]string, []byt
 		return nil, nil, fmt.Errorf("collateral %s is larger than %d bytes",
 			rawURL, maxCollateralSize)
 	}
+
 	return resp.Header, body, nil
 }
 
@@ -134,6 +141,7 @@ func resourceFor(rawURL string) (pcsResource, error) {
 	if err != nil || u.Scheme != "https" {
 		return pcsResource{}, fmt.Errorf("tdx: not an Intel PCS URL: %q", rawURL)
 	}
+
 	q := u.Query()
 	switch {
 	case u.Host == pcsHost && u.Path == "/tdx/certification/v4/tcb" &&
@@ -151,5 +159,6 @@ func resourceFor(rawURL string) (pcsResource, error) {
 	case u.Host == rootCRLHost && u.Path == "/IntelSGXRootCA.der":
 		return pcsResource{body: "rootcrl.der"}, nil
 	}
+
 	return pcsResource{}, fmt.Errorf("tdx: not a known Intel PCS resource: %q", rawURL)
 }

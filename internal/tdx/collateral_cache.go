@@ -46,6 +46,7 @@ func NewCollateralCache(g CollateralGetter, ttl time.Duration,
 	if ttl <= 0 {
 		return nil, errors.New("tdx: collateral cache TTL must be positive")
 	}
+
 	if now == nil {
 		now = time.Now
 	}
@@ -64,6 +65,7 @@ func (c *CollateralCache) Get(ctx context.Context, url string) (map[string][]str
 	if ok && now.Before(e.expires) {
 		return e.header, e.body, nil
 	}
+
 	// Two callers missing at once both fetch; the cache saves the many
 	// later fetches, not the rare simultaneous one.
 	header, body, err := c.getter.Get(ctx, url)
@@ -75,6 +77,7 @@ func (c *CollateralCache) Get(ctx context.Context, url string) (map[string][]str
 	if err != nil {
 		return nil, nil, err
 	}
+
 	c.keep(url, cachedCollateral{header: header, body: body, expires: now.Add(c.ttl)}, now)
 	return header, body, nil
 }
@@ -82,6 +85,7 @@ func (c *CollateralCache) Get(ctx context.Context, url string) (map[string][]str
 func (c *CollateralCache) keep(url string, e cachedCollateral, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+
 	if _, ok := c.entries[url]; !ok && len(c.entries) >= maxCachedCollateral {
 		for u, old := range c.entries {
 			if !now.Before(old.expires) {
@@ -92,5 +96,6 @@ func (c *CollateralCache) keep(url string, e cachedCollateral, now time.Time) {
 			return
 		}
 	}
+
 	c.entries[url] = e
 }

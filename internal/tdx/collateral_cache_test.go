@@ -31,6 +31,7 @@ func TestCollateralCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	get := func(url string) error {
 		t.Helper()
 		_, body, err := c.Get(context.Background(), url)
@@ -55,6 +56,7 @@ func TestCollateralCache(t *testing.T) {
 		{"a fresh answer is kept", 0, false, false, 4},
 		{"and used", 0, false, false, 4},
 	}
+
 	for _, tt := range tests {
 		now = now.Add(tt.advance)
 		g.fail = tt.fail
@@ -75,6 +77,7 @@ func TestCollateralCache(t *testing.T) {
 	for i := range 2 * maxCachedCollateral {
 		get(fmt.Sprint(i))
 	}
+
 	if n := len(c.entries); n != maxCachedCollateral {
 		t.Errorf("%d entries, want the bound %d", n, maxCachedCollateral)
 	}

@@ -46,6 +46,7 @@ func TestResourceFor(t *testing.T) {
 		{"https://certificates.trustedservices.intel.com/other.der", ""},
 		{"::", ""},
 	}
+
 	for _, tc := range tests {
 		res, err := resourceFor(tc.url)
 		if tc.wantBody == "" {
@@ -54,6 +55,7 @@ func TestResourceFor(t *testing.T) {
 			}
 			continue
 		}
+
 		if err != nil || res.body != tc.wantBody {
 			t.Errorf("resourceFor(%q) = %q, %v; want %q", tc.url, res.body, err, tc.wantBody)
 		}
@@ -65,6 +67,7 @@ func TestCollateralDirGet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	wantBody, _ := os.ReadFile("testdata/collateral/tcbinfo-50806f000000.json")
 	if string(body) != string(wantBody) {
 		t.Error("body differs from the saved file")
@@ -74,6 +77,7 @@ func TestCollateralDirGet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	wantChain, _ := os.ReadFile("testdata/collateral/tcbinfo-50806f000000.issuer-chain.pem")
 	if chain != string(wantChain) {
 		t.Errorf("issuer chain header decodes to %q, want the saved PEM", chain)
@@ -133,6 +137,7 @@ func TestVerifyWithSimulatedCollateral(t *testing.T) {
 			at:   simTime,
 		},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newTestPlatform(t)
@@ -153,6 +158,7 @@ func TestVerifyWithSimulatedCollateral(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Verify: %v", err)
 			}
+
 			if diff := cmp.Diff(tc.wantTCB, res.TCB); diff != "" {
 				t.Errorf("TCB (-want +got):\n%s", diff)
 			}
@@ -197,6 +203,7 @@ func (d dirTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.StatusCode = http.StatusNotFound
 		body = nil
 	}
+
 	for k, v := range header {
 		resp.Header[k] = v
 	}
@@ -229,6 +236,7 @@ func newTestPlatform(t *testing.T) *testPlatform {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	pck := mustIssue(t, pckTmpl, inter, pckKey, p.interKey)
 	signerTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(7),
@@ -237,6 +245,7 @@ func newTestPlatform(t *testing.T) *testPlatform {
 		NotAfter:     simTime.Add(simValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
+
 	p.tcbSigner = mustIssue(t, signerTmpl, root, p.tcbSignerKey, p.rootKey)
 	p.chain = &simChain{pck: pck, intermediate: inter, root: root, pckKey: pckKey}
 	return p
@@ -270,6 +279,7 @@ func (p *testPlatform) writeCollateral(t *testing.T, dir string, spec collateral
 		}
 		return out
 	}
+
 	tcbInfo := map[string]any{
 		"id": "TDX", "version": 3, "fmspc": "dd0000000000", "pceId": "0000",
 		"issueDate": issued, "nextUpdate": next, "tcbType": 0, "tcbEvaluationDataNumber": 17,
@@ -281,6 +291,7 @@ func (p *testPlatform) writeCollateral(t *testing.T, dir string, spec collateral
 			"tcbDate": spec.tcbDate, "tcbStatus": spec.status,
 		}},
 	}
+
 	qeIdentity := map[string]any{
 		"id": "TD_QE", "version": 2, "issueDate": issued, "nextUpdate": next,
 		"tcbEvaluationDataNumber": 17, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
@@ -290,12 +301,14 @@ func (p *testPlatform) writeCollateral(t *testing.T, dir string, spec collateral
 		"tcbLevels": []any{map[string]any{"tcb": map[string]int{"isvsvn": 4},
 			"tcbDate": spec.tcbDate, "tcbStatus": "UpToDate"}},
 	}
+
 	signerChain := pemCerts(p.tcbSigner, p.chain.root)
 	tcbBody := p.signedJSON(t, "tcbInfo", tcbInfo)
 	if spec.breakTCBInfo {
 		tcbBody = []byte(strings.Replace(string(tcbBody), `"tcbEvaluationDataNumber":17`,
 			`"tcbEvaluationDataNumber":18`, 1))
 	}
+
 	files := map[string][]byte{
 		"tcbinfo-dd0000000000.json":             tcbBody,
 		"tcbinfo-dd0000000000.issuer-chain.pem": signerChain,
@@ -305,6 +318,7 @@ func (p *testPlatform) writeCollateral(t *testing.T, dir string, spec collateral
 		"rootcrl.der":                           crl(t, p.chain.root, p.rootKey, nil),
 		"pckcrl-platform.der":                   crl(t, p.chain.intermediate, p.interKey, nil),
 	}
+
 	if spec.revokePCK {
 		files["pckcrl-platform.der"] = crl(t, p.chain.intermediate, p.interKey,
 			p.chain.pck.SerialNumber)
@@ -322,6 +336,7 @@ func (p *testPlatform) signedJSON(t *testing.T, name string, v any) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	digest := sha256.Sum256(inner)
 	sig, err := signRaw(p.tcbSignerKey, digest[:])
 	if err != nil {
@@ -339,10 +354,12 @@ func crl(t *testing.T, cert *x509.Certificate, key *ecdsa.PrivateKey, revoked *b
 		ThisUpdate: simTime.Add(-time.Hour),
 		NextUpdate: simTime.Add(30 * 24 * time.Hour),
 	}
+
 	if revoked != nil {
 		tmpl.RevokedCertificateEntries = []x509.RevocationListEntry{
 			{SerialNumber: revoked, RevocationTime: simTime.Add(-time.Minute)}}
 	}
+
 	der, err := x509.CreateRevocationList(rand.Reader, tmpl, cert, key)
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,7 @@ func DetectProvider() (Provider, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("probing configfs-tsm: %w", err)
 	}
+
 	client, err := linuxtsm.MakeClient()
 	if err != nil {
 		return nil, fmt.Errorf("opening configfs-tsm: %w", err)
@@ -68,6 +69,7 @@ func (p *configFSProvider) Quote(ctx context.Context, reportData [64]byte) ([]by
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+
 	resp, err := report.Get(p.client, &report.Request{InBlob: reportData[:]})
 	if err != nil {
 		return nil, fmt.Errorf("getting configfs-tsm report: %w", err)
@@ -75,6 +77,7 @@ func (p *configFSProvider) Quote(ctx context.Context, reportData [64]byte) ([]by
 	if got := strings.TrimSpace(resp.Provider); got != tdxGuestProvider {
 		return nil, fmt.Errorf("tdx: configfs-tsm provider is %q, not %q", got, tdxGuestProvider)
 	}
+
 	// Check what the kernel returned before anyone relies on it: a quote
 	// over other report data would fail verification far from its cause.
 	m, err := Parse(resp.OutBlob)
@@ -84,5 +87,6 @@ func (p *configFSProvider) Quote(ctx context.Context, reportData [64]byte) ([]by
 	if m.ReportData != reportData {
 		return nil, errors.New("tdx: configfs-tsm quote carries other report data")
 	}
+
 	return resp.OutBlob, nil
 }

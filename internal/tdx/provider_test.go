@@ -23,8 +23,10 @@ func fakeTSM(provider string, quote func(rd [64]byte) []byte) configfsi.Client {
 			copy(rd[:], e.InAttrs["inblob"].Value)
 			return quote(rd), nil
 		}
+
 		return nil, os.ErrNotExist
 	}
+
 	return &faketsm.Client{Subsystems: map[string]configfsi.Client{"report": sub}}
 }
 
@@ -44,6 +46,7 @@ func TestConfigFSProvider(t *testing.T) {
 			return simQuote(t, sim, ReportData{})
 		}, true},
 	}
+
 	rd := [64]byte{0: 0xdd, 63: 1}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,11 +62,13 @@ func TestConfigFSProvider(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Quote: %v", err)
 			}
+
 			opts := VerifyOptions{Roots: poolOf(sim.Root()), Now: at(simTime)}
 			res, err := Verify(context.Background(), q, opts)
 			if err != nil {
 				t.Fatalf("Verify: %v", err)
 			}
+
 			if res.Measurements.ReportData != rd {
 				t.Errorf("ReportData = %x, want %x", res.Measurements.ReportData, rd)
 			}

@@ -160,6 +160,7 @@ func (r *ReportData) UnmarshalText(text []byte) error {
 	if len(b) != len(r) {
 		return fmt.Errorf("report data is %d bytes, want %d", len(b), len(r))
 	}
+
 	copy(r[:], b)
 	return nil
 }
@@ -193,11 +194,15 @@ func parseQuote(raw []byte) (*quote, error) {
 		return nil, malformed("quote is %d bytes, shorter than the minimum %d",
 			len(raw), minQuoteSize)
 	}
+
+	// the TD quote body follows the header; the signed data follows its size
 	q := &quote{body: raw[headerSize : headerSize+bodySize]}
 	signed, err := signedData(raw)
 	if err != nil {
 		return nil, err
 	}
+
+	// after the quote signature and attestation key comes the QE certification data
 	certData, err := certificationData(signed[signatureSize+attestKeySize:], certTypeQEReport)
 	if err != nil {
 		return nil, fmt.Errorf("QE certification data: %w", err)
@@ -228,6 +233,7 @@ func checkHeader(raw []byte) error {
 	if t := binary.LittleEndian.Uint32(raw[4:]); t != teeTypeTDX {
 		return malformed("TEE type %#x, want %#x (TDX)", t, teeTypeTDX)
 	}
+
 	return nil
 }
 
@@ -241,6 +247,7 @@ func signedData(raw []byte) ([]byte, error) {
 	if int(size) < minQuoteSize-signedDataOff {
 		return nil, malformed("signed data size %d is too small", size)
 	}
+
 	return raw[signedDataOff : signedDataOff+int(size)], nil
 }
 
@@ -253,6 +260,7 @@ func certificationData(b []byte, wantType uint16) ([]byte, error) {
 	if t := binary.LittleEndian.Uint16(b); t != wantType {
 		return nil, malformed("certification data type %d, want %d", t, wantType)
 	}
+
 	size := binary.LittleEndian.Uint32(b[2:])
 	if uint64(size) != uint64(len(b)-certHeaderSize) {
 		return nil, malformed("certification data size %d, but %d bytes follow",
@@ -266,6 +274,8 @@ func (q *quote) parseQEData(b []byte) error {
 	if len(b) < qeReportSize+signatureSize+2 {
 		return malformed("QE report certification data is %d bytes, too short", len(b))
 	}
+
+	// past the QE report and its signature: QE auth data (u16 size), then the PCK chain
 	rest := b[qeReportSize+signatureSize:]
 	authSize := int(binary.LittleEndian.Uint16(rest))
 	rest = rest[2:]
@@ -273,6 +283,7 @@ func (q *quote) parseQEData(b []byte) error {
 		return malformed("QE authentication data size %d exceeds the %d bytes left",
 			authSize, len(rest))
 	}
+
 	chain, err := certificationData(rest[authSize:], certTypePCKChain)
 	if err != nil {
 		return fmt.Errorf("PCK certificate chain: %w", err)
@@ -296,6 +307,7 @@ func (q *quote) measurements() *Measurements {
 		MROwner:        field(offMROwner, measurementSize),
 		MROwnerConfig:  field(offMROwnerConfig, measurementSize),
 	}
+
 	for i := range m.RTMR {
 		m.RTMR[i] = field(offRTMR+i*measurementSize, measurementSize)
 	}

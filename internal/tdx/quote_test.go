@@ -22,6 +22,7 @@ func TestParseRealQuote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	zero48 := strings.Repeat("00", 48)
 	want := `{"tee_tcb_svn":"03000400000000000000000000000000",` +
 		`"mr_seam":"2fd279c16164a93dd5bf373d834328d46008c2b693af9ebb865b08b2ced320c9a89b4869a9fab60fbe9d0c5a5363c656",` +
@@ -66,6 +67,7 @@ func abiMeasurements(tb testing.TB, raw []byte) *Measurements {
 	if err != nil {
 		tb.Fatalf("abi.QuoteToProto: %v", err)
 	}
+
 	b := q.(*pb.QuoteV4).GetTdQuoteBody()
 	m := &Measurements{
 		TEETCBSVN: b.GetTeeTcbSvn(), MRSEAM: b.GetMrSeam(), MRSignerSEAM: b.GetMrSignerSeam(),
@@ -74,6 +76,7 @@ func abiMeasurements(tb testing.TB, raw []byte) *Measurements {
 		MROwner: b.GetMrOwner(), MROwnerConfig: b.GetMrOwnerConfig(),
 		Debug: b.GetTdAttributes()[0]&1 == 1,
 	}
+
 	for i, r := range b.GetRtmrs() {
 		m.RTMR[i] = r
 	}
@@ -83,10 +86,13 @@ func abiMeasurements(tb testing.TB, raw []byte) *Measurements {
 
 func TestParseRejects(t *testing.T) {
 	raw := readRealQuote(t)
+
+	// offsets of the fields the cases corrupt
 	signedSize := binary.LittleEndian.Uint32(raw[headerSize+bodySize:])
 	qeCert := signedDataOff + signatureSize + attestKeySize
 	authSize := qeCert + certHeaderSize + qeReportSize + signatureSize
 	pckCert := authSize + 2 + 32
+
 	tests := []struct {
 		name  string
 		quote []byte
@@ -108,6 +114,7 @@ func TestParseRejects(t *testing.T) {
 		{"PCK chain type", withUint16(raw, pckCert, 6), ErrMalformed},
 		{"PCK chain size", withUint32(raw, pckCert+2, 10), ErrMalformed},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Parse(tc.quote); !errors.Is(err, tc.want) {
@@ -133,6 +140,7 @@ func TestMeasurementsJSONRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var back Measurements
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)

@@ -53,6 +53,7 @@ func loadOrCreateChain(dir string, now time.Time, log *slog.Logger) (*simChain, 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating simulated chain directory: %w", err)
 	}
+
 	path := filepath.Join(dir, simChainFile)
 	chain, err := readSimChain(path)
 	created := false
@@ -65,6 +66,7 @@ func loadOrCreateChain(dir string, now time.Time, log *slog.Logger) (*simChain, 
 	if err := ensureRootFile(filepath.Join(dir, simRootFile), chain.root); err != nil {
 		return nil, err
 	}
+
 	log.Info("simulated TD chain ready", "dir", dir, "created", created,
 		"root_not_after", chain.root.NotAfter)
 	return chain, nil
@@ -81,6 +83,7 @@ func createSimChain(path string, now time.Time) (*simChain, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+
 	err = writeNewFile(path, data)
 	if errors.Is(err, fs.ErrExist) {
 		chain, err = readSimChain(path)
@@ -89,6 +92,7 @@ func createSimChain(path string, now time.Time) (*simChain, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("writing simulated chain: %w", err)
 	}
+
 	return chain, true, nil
 }
 
@@ -123,6 +127,7 @@ func writeNewFile(path string, data []byte) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
+
 	_, err = tmp.Write(data)
 	if err == nil {
 		err = tmp.Sync()
@@ -133,6 +138,7 @@ func writeNewFile(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
+
 	return os.Link(tmp.Name(), path)
 }
 
@@ -156,6 +162,7 @@ func newSimChain(now time.Time) (*simChain, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	inter, err := issue(caTemplate("Intel SGX PCK Platform CA", now, 0), root, interKey, rootKey)
 	if err != nil {
 		return nil, err
@@ -164,6 +171,7 @@ func newSimChain(now time.Time) (*simChain, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	pck, err := issue(pckTmpl, inter, pckKey, interKey)
 	if err != nil {
 		return nil, err
@@ -205,6 +213,7 @@ func pckTemplate(now time.Time, pub *ecdsa.PublicKey) (*x509.Certificate, error)
 	if err != nil {
 		return nil, fmt.Errorf("encoding simulated PCK key: %w", err)
 	}
+
 	ski := sha256.Sum256(pubDER)
 	return &x509.Certificate{
 		SerialNumber:          randomSerial(),
@@ -227,6 +236,8 @@ func sgxExtension() (pkix.Extension, error) {
 	if _, err := rand.Read(ppid); err != nil {
 		return pkix.Extension{}, fmt.Errorf("generating simulated PPID: %w", err)
 	}
+
+	// the value types of the (OID, value) pairs
 	type octets struct {
 		ID    asn1.ObjectIdentifier
 		Value []byte
@@ -243,6 +254,8 @@ func sgxExtension() (pkix.Extension, error) {
 		ID    asn1.ObjectIdentifier
 		Value []asn1.RawValue
 	}
+
+	// TCB: the 16 component SVNs, then PCESVN and CPUSVN
 	var tcb []asn1.RawValue
 	for i, svn := range simCPUSVN {
 		id := append(append(asn1.ObjectIdentifier(nil), pcs.OidTCB...), i+1)
@@ -250,6 +263,7 @@ func sgxExtension() (pkix.Extension, error) {
 	}
 	tcb = append(tcb, raw(integer{pcs.OidPCESvn, simPCESVN}),
 		raw(octets{pcs.OidCPUSvn, simCPUSVN[:]}))
+
 	value, err := asn1.Marshal([]asn1.RawValue{
 		raw(octets{pcs.OidPPID, ppid}),
 		raw(sequence{pcs.OidTCB, tcb}),
@@ -307,6 +321,7 @@ func readSimChain(path string) (*simChain, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading simulated chain: %w", err)
 	}
+
 	chain, err := parseSimChain(data)
 	if err != nil {
 		return nil, fmt.Errorf("tdx: simulated chain %s: %w", path, err)
@@ -323,6 +338,7 @@ func parseSimChain(data []byte) (*simChain, error) {
 			break
 		}
 		data = rest
+
 		var err error
 		switch {
 		case n < 3 && block.Type == "CERTIFICATE":
@@ -338,6 +354,7 @@ func parseSimChain(data []byte) (*simChain, error) {
 			return nil, fmt.Errorf("PEM block %d: %w", n, err)
 		}
 	}
+
 	pckKey, ok := key.(*ecdsa.PrivateKey)
 	if len(certs) != 3 || !ok {
 		return nil, errors.New("want three certificates and an ECDSA private key")
@@ -360,5 +377,6 @@ func (c *simChain) check() error {
 	if err := c.root.CheckSignatureFrom(c.root); err != nil {
 		return fmt.Errorf("root certificate: %w", err)
 	}
+
 	return nil
 }

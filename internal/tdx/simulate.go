@@ -90,6 +90,7 @@ func NewSimulator(opts SimulatorOptions) (*Simulator, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
@@ -98,10 +99,12 @@ func NewSimulator(opts SimulatorOptions) (*Simulator, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+
 	mrtd, err := opts.mrtd()
 	if err != nil {
 		return nil, err
 	}
+
 	chain, err := loadOrCreateChain(opts.Dir, now(), log)
 	if err != nil {
 		return nil, err
@@ -120,6 +123,7 @@ func newSimulator(chain *simChain, mrtd []byte, opts SimulatorOptions) (*Simulat
 	if err != nil {
 		return nil, err
 	}
+
 	return &Simulator{
 		root:       chain.root,
 		attestKey:  ak,
@@ -132,6 +136,7 @@ func (o *SimulatorOptions) validate() error {
 	if o.MRTD != nil && len(o.MRTD) != measurementSize {
 		return fmt.Errorf("tdx: simulator MRTD is %d bytes, want %d", len(o.MRTD), measurementSize)
 	}
+
 	for i, r := range o.RTMR {
 		if r != nil && len(r) != measurementSize {
 			return fmt.Errorf("tdx: simulator RTMR%d is %d bytes, want %d",
@@ -146,15 +151,18 @@ func (o *SimulatorOptions) mrtd() ([]byte, error) {
 	if o.MRTD != nil {
 		return o.MRTD, nil
 	}
+
 	path, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("locating executable for the simulated MRTD: %w", err)
 	}
+
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("hashing executable for the simulated MRTD: %w", err)
 	}
 	defer f.Close()
+
 	h := sha512.New384()
 	if _, err := io.Copy(h, f); err != nil {
 		return nil, fmt.Errorf("hashing executable for the simulated MRTD: %w", err)
@@ -174,6 +182,8 @@ func (s *Simulator) Quote(ctx context.Context, reportData [64]byte) ([]byte, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+
+	// the attestation key signs the header and body, report data included
 	out := make([]byte, 0, len(s.headerBody)+4+signatureSize+len(s.authData))
 	out = append(out, s.headerBody...)
 	copy(out[headerSize+offReportData:], reportData[:])
@@ -182,6 +192,8 @@ func (s *Simulator) Quote(ctx context.Context, reportData [64]byte) ([]byte, err
 	if err != nil {
 		return nil, fmt.Errorf("signing simulated quote: %w", err)
 	}
+
+	// then the signed data: its size, the signature and the authentication data
 	out = binary.LittleEndian.AppendUint32(out, uint32(signatureSize+len(s.authData)))
 	out = append(out, sig...)
 	return append(out, s.authData...), nil
@@ -190,6 +202,7 @@ func (s *Simulator) Quote(ctx context.Context, reportData [64]byte) ([]byte, err
 // simHeaderBody lays out the quote header and a TD quote body whose report
 // data is left zero for Quote to fill.
 func simHeaderBody(mrtd []byte, opts SimulatorOptions) []byte {
+	// header: version, attestation key type, TEE type and QE vendor ID
 	b := make([]byte, headerSize+bodySize)
 	binary.LittleEndian.PutUint16(b[0:], quoteVersion4)
 	binary.LittleEndian.PutUint16(b[2:], attestKeyECDSA256)
@@ -200,6 +213,7 @@ func simHeaderBody(mrtd []byte, opts SimulatorOptions) []byte {
 	copy(body[offTEETCBSVN:], simTEETCBSVN[:])
 	mrseam := sha512.Sum384([]byte("devopsdefender simulated TDX module"))
 	copy(body[offMRSEAM:], mrseam[:])
+
 	attrs := uint64(tdAttributesSEPTVEDisable)
 	if opts.Debug {
 		attrs |= tdAttributesDebug
@@ -207,6 +221,7 @@ func simHeaderBody(mrtd []byte, opts SimulatorOptions) []byte {
 	binary.LittleEndian.PutUint64(body[offTDAttributes:], attrs)
 	copy(body[offXFAM:], simXFAM)
 	copy(body[offMRTD:], mrtd)
+
 	for i, r := range opts.RTMR {
 		copy(body[offRTMR+i*measurementSize:], r)
 	}
@@ -223,10 +238,12 @@ func simAuthData(ak *ecdsa.PrivateKey, chain *simChain) ([]byte, error) {
 		return nil, fmt.Errorf("encoding attestation key: %w", err)
 	}
 	akRaw := akPoint[1:] // drop the SEC 1 uncompressed-point prefix 0x04
+
 	qeAuth := make([]byte, 32)
 	for i := range qeAuth {
 		qeAuth[i] = byte(i) // what Intel's QE sends
 	}
+
 	report := simQEReport(akRaw, qeAuth)
 	digest := sha256.Sum256(report)
 	reportSig, err := signRaw(chain.pckKey, digest[:])
@@ -257,6 +274,7 @@ func simQEReport(akRaw, qeAuth []byte) []byte {
 	copy(r[128:160], simQEMRSigner[:])
 	binary.LittleEndian.PutUint16(r[256:], 2) // ISVPRODID of the TD QE
 	binary.LittleEndian.PutUint16(r[258:], 4) // ISVSVN
+
 	binding := sha256.Sum256(append(append([]byte(nil), akRaw...), qeAuth...))
 	copy(r[320:352], binding[:])
 	return r

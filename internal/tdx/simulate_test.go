@@ -29,6 +29,7 @@ func newTestSimulator(tb testing.TB, opts SimulatorOptions) *Simulator {
 	if opts.MRTD == nil {
 		opts.MRTD = bytes.Repeat([]byte{0xaa}, 48)
 	}
+
 	sim, err := NewSimulator(opts)
 	if err != nil {
 		tb.Fatalf("NewSimulator: %v", err)
@@ -57,6 +58,7 @@ func TestSimulatorQuoteVerifiesWithItsRoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
+
 	zero := Hex(make([]byte, 48))
 	want := Measurements{
 		TEETCBSVN:      Hex(simTEETCBSVN[:]),
@@ -85,6 +87,7 @@ func TestSimulatorQuoteVerifiesWithItsRoot(t *testing.T) {
 
 func TestSimulatorQuoteRejectedByIntelRoot(t *testing.T) {
 	sim := newTestSimulator(t, SimulatorOptions{})
+
 	q := simQuote(t, sim, ReportData{})
 	other := newTestSimulator(t, SimulatorOptions{})
 	for name, opts := range map[string]VerifyOptions{
@@ -117,6 +120,7 @@ func TestSimulatorBindsReportData(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
+
 	if res.Measurements.ReportData != (ReportData{0: 'b'}) {
 		t.Errorf("ReportData = %x, want 'b' then zeros", res.Measurements.ReportData)
 	}
@@ -129,16 +133,19 @@ func TestSimulatorOptions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		if !m.Debug || m.TDAttributes[0]&1 != 1 {
 			t.Errorf("Debug = %v, TDAttributes = %x; want the debug bit set",
 				m.Debug, m.TDAttributes)
 		}
 	})
+
 	t.Run("default MRTD hashes the executable", func(t *testing.T) {
 		sim, err := NewSimulator(SimulatorOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
+
 		m, err := Parse(simQuote(t, sim, ReportData{}))
 		if err != nil {
 			t.Fatal(err)
@@ -147,6 +154,7 @@ func TestSimulatorOptions(t *testing.T) {
 			t.Errorf("MRTD = %x, want SHA-384 of the executable %x", m.MRTD, want)
 		}
 	})
+
 	for name, opts := range map[string]SimulatorOptions{
 		"short MRTD":  {MRTD: make([]byte, 32)},
 		"long RTMR3":  {RTMR: [4][]byte{3: make([]byte, 64)}},
@@ -167,6 +175,7 @@ func TestSimulatorPCKCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if n := len(leaf.Extensions); n != 6 {
 		t.Errorf("PCK certificate has %d extensions, want 6 as Intel's", n)
 	}
@@ -174,6 +183,7 @@ func TestSimulatorPCKCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("PckCertificateExtensions: %v", err)
 	}
+
 	want := pcs.PckCertTCB{PCESvn: 11, CPUSvn: simCPUSVN[:], CPUSvnComponents: simCPUSVN[:]}
 	if diff := cmp.Diff(want, ext.TCB); diff != "" {
 		t.Errorf("TCB (-want +got):\n%s", diff)
@@ -190,6 +200,7 @@ func TestSimulatorPersistsChain(t *testing.T) {
 	if !first.Root().Equal(second.Root()) {
 		t.Fatal("a second simulator on the same directory has another root")
 	}
+
 	q := simQuote(t, second, ReportData{})
 	opts := VerifyOptions{Roots: poolOf(first.Root()), Now: at(simTime)}
 	if _, err := Verify(context.Background(), q, opts); err != nil {
@@ -205,6 +216,7 @@ func TestSimulatorPersistsChain(t *testing.T) {
 			t.Errorf("%s has mode %o, want 600", name, mode)
 		}
 	}
+
 	rootPEM, err := os.ReadFile(filepath.Join(dir, simRootFile))
 	if err != nil {
 		t.Fatal(err)
@@ -244,6 +256,7 @@ func TestSimulatorRefusesBadChainFiles(t *testing.T) {
 			writeFile(t, filepath.Join(dir, simRootFile), foreign)
 		},
 	}
+
 	for name, spoil := range tests {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -254,6 +267,7 @@ func TestSimulatorRefusesBadChainFiles(t *testing.T) {
 			if err == nil {
 				t.Fatal("NewSimulator accepted a spoiled directory")
 			}
+
 			if !bytes.Equal(before, readFile(t, filepath.Join(dir, simChainFile))) {
 				t.Error("NewSimulator changed the chain file")
 			}
@@ -276,11 +290,13 @@ func hashExecutable(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+
 	h := sha512.New384()
 	if _, err := io.Copy(h, f); err != nil {
 		t.Fatal(err)

@@ -99,23 +99,31 @@ func Verify(ctx context.Context, raw []byte, opts VerifyOptions) (*Result, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+
+	// structure first: it is cheap, and it keeps abi from slicing out of range
 	q, err := parseQuote(raw)
 	if err != nil {
 		return nil, err
 	}
+
 	at := time.Now()
 	if opts.Now != nil {
 		at = opts.Now()
 	}
+
+	// signatures, certificates and, with collateral, TCB info, QE identity and revocation
 	fetched := &boundGetter{ctx: ctx, g: opts.Collateral, bodies: map[string][]byte{}}
 	if err := verifyQuote(raw, at, opts, fetched); err != nil {
 		return nil, err
 	}
+
 	ext, err := pckExtensions(q.pckChain)
 	if err != nil {
 		return nil, err
 	}
+
 	res := &Result{Measurements: *q.measurements(), FMSPC: ext.FMSPC, VerifiedAt: at}
+	// the TCB level comes from the same TCB info the verifier checked
 	if opts.Collateral != nil {
 		tcbInfo := fetched.bodies[pcs.TcbInfoURL(ext.FMSPC)]
 		if res.TCB, err = matchTCBLevel(tcbInfo, ext, res.Measurements.TEETCBSVN); err != nil {
@@ -133,11 +141,13 @@ func verifyQuote(raw []byte, at time.Time, opts VerifyOptions, getter *boundGett
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
+
 	roots := opts.Roots
 	if roots == nil {
 		// Always pass roots: go-tdx-guest logs a warning to stdout otherwise.
 		roots = intelRoots()
 	}
+
 	vopts := &verify.Options{
 		TrustedRoots:     roots,
 		Now:              at,
@@ -145,6 +155,7 @@ func verifyQuote(raw []byte, at time.Time, opts VerifyOptions, getter *boundGett
 		CheckRevocations: opts.Collateral != nil,
 		Getter:           getter,
 	}
+
 	if err := verify.TdxQuote(pq, vopts); err != nil {
 		if getter.err != nil {
 			return fmt.Errorf("%w: %w", ErrCollateralUnavailable, getter.err)
@@ -168,6 +179,7 @@ func (b *boundGetter) Get(url string) (map[string][]string, []byte, error) {
 	if b.g == nil {
 		return nil, nil, errors.New("tdx: no collateral source")
 	}
+
 	header, body, err := b.g.Get(b.ctx, url)
 	if err != nil {
 		if b.err == nil {
@@ -175,6 +187,7 @@ func (b *boundGetter) Get(url string) (map[string][]string, []byte, error) {
 		}
 		return nil, nil, err
 	}
+
 	b.bodies[url] = body
 	return header, body, nil
 }
@@ -189,6 +202,7 @@ func pckExtensions(chainPEM []byte) (*pcs.PckExtensions, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing PCK certificate: %w", err)
 	}
+
 	ext, err := pcs.PckCertificateExtensions(leaf)
 	if err != nil {
 		return nil, fmt.Errorf("reading PCK certificate extensions: %w", err)
@@ -203,6 +217,7 @@ func matchTCBLevel(tcbInfoJSON []byte, ext *pcs.PckExtensions, teeTCBSVN []byte)
 	if err := json.Unmarshal(tcbInfoJSON, &info); err != nil {
 		return nil, fmt.Errorf("decoding TCB info: %w", err)
 	}
+
 	for _, level := range info.TcbInfo.TcbLevels {
 		if !meetsLevel(level.Tcb, ext.TCB, teeTCBSVN) {
 			continue
@@ -211,6 +226,7 @@ func matchTCBLevel(tcbInfoJSON []byte, ext *pcs.PckExtensions, teeTCBSVN []byte)
 		if err != nil {
 			return nil, fmt.Errorf("decoding TCB date: %w", err)
 		}
+
 		return &TCB{
 			Status:               string(level.TcbStatus),
 			Date:                 date,
@@ -218,6 +234,7 @@ func matchTCBLevel(tcbInfoJSON []byte, ext *pcs.PckExtensions, teeTCBSVN []byte)
 			AdvisoryIDs:          level.AdvisoryIDs,
 		}, nil
 	}
+
 	return nil, errors.New("tdx: no TCB level matches the platform")
 }
 
@@ -230,11 +247,13 @@ func meetsLevel(level pcs.Tcb, pck pcs.PckCertTCB, teeTCBSVN []byte) bool {
 		len(teeTCBSVN) != len(level.TdxTcbcomponents) || len(teeTCBSVN) < 2 {
 		return false
 	}
+
 	for i, c := range level.SgxTcbcomponents {
 		if pck.CPUSvnComponents[i] < c.Svn {
 			return false
 		}
 	}
+
 	if pck.PCESvn < level.Pcesvn {
 		return false
 	}
@@ -242,6 +261,7 @@ func meetsLevel(level pcs.Tcb, pck pcs.PckCertTCB, teeTCBSVN []byte) bool {
 	if teeTCBSVN[1] > 0 {
 		start = 2
 	}
+
 	for i := start; i < len(teeTCBSVN); i++ {
 		if teeTCBSVN[i] < level.TdxTcbcomponents[i].Svn {
 			return false

@@ -42,6 +42,7 @@ func TestVerifyRealQuote(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
+
 	if res.TCB != nil {
 		t.Errorf("TCB = %+v without collateral, want nil", res.TCB)
 	}
@@ -61,6 +62,7 @@ func TestVerifyRealQuote(t *testing.T) {
 func TestVerifyRealQuoteRejections(t *testing.T) {
 	raw := readRealQuote(t)
 	sim := newTestSimulator(t, SimulatorOptions{})
+
 	realChain, simChain := pckChainOf(t, raw), simChainPEM(t, sim)
 	tests := []struct {
 		name    string
@@ -123,6 +125,7 @@ func TestVerifyRealQuoteRejections(t *testing.T) {
 			wantErr: ErrMalformed,
 		},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Verify(context.Background(), tc.quote, tc.opts)
@@ -150,6 +153,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 	for i := signedDataOff; i < signedDataOff+signatureSize; i += 3 {
 		positions = append(positions, i)
 	}
+
 	qeReport := signedDataOff + signatureSize + attestKeySize + certHeaderSize
 	positions = append(positions,
 		headerSize+bodySize-1,                 // last byte of report data
@@ -158,6 +162,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		qeReport+qeReportSize-1,               // QE report data
 		qeReport+qeReportSize+signatureSize-1, // QE report signature
 	)
+
 	opts := VerifyOptions{Now: at(collateralDate)}
 	for _, pos := range positions {
 		tampered := bytes.Clone(raw)
@@ -216,6 +221,7 @@ func pckChainOf(tb testing.TB, raw []byte) []byte {
 // dropCert removes the i-th PEM block of a chain.
 func dropCert(tb testing.TB, chain []byte, i int) []byte {
 	tb.Helper()
+
 	var out []byte
 	for n := 0; ; n++ {
 		block, rest := pem.Decode(chain)
@@ -227,12 +233,14 @@ func dropCert(tb testing.TB, chain []byte, i int) []byte {
 		}
 		chain = rest
 	}
+
 	return out
 }
 
 // spliceCert replaces the i-th PEM block of chain by the j-th of other.
 func spliceCert(tb testing.TB, chain []byte, i int, other []byte, j int) []byte {
 	tb.Helper()
+
 	var out []byte
 	for n := 0; n < 3; n++ {
 		src, k := chain, n
@@ -241,11 +249,13 @@ func spliceCert(tb testing.TB, chain []byte, i int, other []byte, j int) []byte 
 		}
 		out = append(out, dropAllBut(tb, src, k)...)
 	}
+
 	return out
 }
 
 func dropAllBut(tb testing.TB, chain []byte, keep int) []byte {
 	tb.Helper()
+
 	for n := 0; ; n++ {
 		block, rest := pem.Decode(chain)
 		if block == nil {

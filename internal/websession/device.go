@@ -64,6 +64,7 @@ func (s *Service) deviceStart(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkPendingRoom(ctx, now); err != nil {
 		return err
 	}
+
 	device, hash := newSecret()
 	var user string
 	for attempt := 0; ; attempt++ {
@@ -75,11 +76,13 @@ func (s *Service) deviceStart(w http.ResponseWriter, r *http.Request) error {
 		if err == nil {
 			break
 		}
+
 		// A user code still in the table: draw again.
 		if attempt == 3 || !strings.Contains(err.Error(), "UNIQUE") {
 			return fmt.Errorf("websession: recording device code: %w", err)
 		}
 	}
+
 	verify := s.cfg.public.String() + DevicePath
 	return httpapi.WriteJSON(w, http.StatusOK, DeviceAuthorization{
 		DeviceCode: device, UserCode: formatUserCode(user), VerificationURI: verify,
@@ -96,12 +99,14 @@ func (s *Service) checkPendingRoom(ctx context.Context, now time.Time) error {
 		`DELETE FROM websession_devices WHERE expires_at <= ?`, now.Unix()); err != nil {
 		return fmt.Errorf("websession: dropping expired device codes: %w", err)
 	}
+
 	var n int
 	err := s.cfg.DB.QueryRowContext(ctx,
 		`SELECT COUNT(*) FROM websession_devices WHERE state = 'pending'`).Scan(&n)
 	if err != nil {
 		return fmt.Errorf("websession: counting device codes: %w", err)
 	}
+
 	if n >= s.cfg.MaxPendingDevices {
 		return &httpapi.Error{Status: http.StatusTooManyRequests, Code: CodeTooManyRequests,
 			Message: "too many devices waiting for approval; try again later"}
@@ -152,15 +157,18 @@ func (s *Service) deviceDecide(w http.ResponseWriter, r *http.Request) error {
 	if sess.Client != ClientBrowser {
 		return httpapi.Forbidden("approve devices from a browser session")
 	}
+
 	r.Body = http.MaxBytesReader(w, r.Body, maxDeviceForm)
 	if err := r.ParseForm(); err != nil {
 		return httpapi.BadRequest("invalid form")
 	}
+
 	code := normalizeUserCode(r.PostForm.Get("user_code"))
 	approve := r.PostForm.Get("decision") == "approve"
 	if code == "" || !approve && r.PostForm.Get("decision") != "deny" {
 		return httpapi.BadRequest("enter the code your device shows and approve or deny it")
 	}
+
 	ok, err := s.decide(r.Context(), sess, code, approve)
 	if err != nil {
 		return err
@@ -168,6 +176,7 @@ func (s *Service) deviceDecide(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return httpapi.BadRequest("that code is unknown, expired or already used")
 	}
+
 	s.log.InfoContext(r.Context(), "device code decided", "login", sess.Login,
 		"approved", approve, "session", sess.ID)
 	if !approve {
@@ -188,10 +197,12 @@ func (s *Service) decide(ctx context.Context, sess *Session, code string,
 	if approve {
 		state = "approved"
 	}
+
 	agents, err := json.Marshal(nonNil(sess.Agents))
 	if err != nil {
 		return false, fmt.Errorf("websession: encoding agents: %w", err)
 	}
+
 	res, err := s.cfg.DB.ExecContext(ctx, `UPDATE websession_devices
 		SET state = ?, approver = ?, login = ?, user_id = ?, role = ?, agents = ?
 		WHERE user_code = ? AND state = 'pending' AND expires_at > ?`,
@@ -200,6 +211,7 @@ func (s *Service) decide(ctx context.Context, sess *Session, code string,
 	if err != nil {
 		return false, fmt.Errorf("websession: recording device decision: %w", err)
 	}
+
 	n, err := res.RowsAffected()
 	if err != nil {
 		return false, fmt.Errorf("websession: recording device decision: %w", err)
@@ -223,6 +235,7 @@ func (s *Service) devicePoll(w http.ResponseWriter, r *http.Request) error {
 	if err := httpapi.DecodeBody(w, r, 4<<10, &req); err != nil {
 		return err
 	}
+
 	ctx, now := r.Context(), s.now()
 	hash := secretID(req.DeviceCode)
 	row, err := s.getDevice(ctx, hash)
@@ -232,6 +245,7 @@ func (s *Service) devicePoll(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("websession: reading device code: %w", err)
 	}
+
 	approver, err := s.checkPoll(ctx, hash, row, now)
 	if err != nil {
 		return err
@@ -247,15 +261,18 @@ func (s *Service) checkPoll(ctx context.Context, hash string, row *deviceRow,
 		return nil, &httpapi.Error{Status: http.StatusBadRequest, Code: CodeExpiredToken,
 			Message: "device code expired or already used; start again"}
 	}
+
 	_, err := s.cfg.DB.ExecContext(ctx,
 		`UPDATE websession_devices SET last_poll = ? WHERE code_hash = ?`, now.Unix(), hash)
 	if err != nil {
 		return nil, fmt.Errorf("websession: recording poll: %w", err)
 	}
+
 	if now.Unix()-row.lastPoll < int64(s.cfg.PollInterval/time.Second) {
 		return nil, &httpapi.Error{Status: http.StatusTooManyRequests, Code: CodeSlowDown,
 			Message: fmt.Sprintf("poll at most every %s", s.cfg.PollInterval)}
 	}
+
 	switch row.state {
 	case "pending":
 		return nil, &httpapi.Error{Status: http.StatusPreconditionRequired,
@@ -267,6 +284,7 @@ func (s *Service) checkPoll(ctx context.Context, hash string, row *deviceRow,
 		return nil, &httpapi.Error{Status: http.StatusForbidden, Code: CodeAccessDenied,
 			Message: "the device was denied"}
 	}
+
 	// The approver must still be signed in: a session revoked since (a
 	// stolen cookie ended by its owner) must not leave a device behind.
 	approver, err := s.lookup(ctx, row.approver, ClientBrowser)
@@ -291,6 +309,7 @@ func (s *Service) issueDeviceToken(w http.ResponseWriter, r *http.Request, hash 
 		return fmt.Errorf("websession: issuing device token: %w", err)
 	}
 	defer tx.Rollback()
+
 	ok, err := s.consumeDevice(ctx, tx, hash, "approved")
 	if err != nil {
 		return err
@@ -299,6 +318,7 @@ func (s *Service) issueDeviceToken(w http.ResponseWriter, r *http.Request, hash 
 		return &httpapi.Error{Status: http.StatusBadRequest, Code: CodeExpiredToken,
 			Message: "device code already used; start again"}
 	}
+
 	token, sess, err := s.createSession(ctx, tx, row.grant, ClientDevice, approver)
 	if err != nil {
 		return fmt.Errorf("websession: issuing device token: %w", err)
@@ -306,10 +326,12 @@ func (s *Service) issueDeviceToken(w http.ResponseWriter, r *http.Request, hash 
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("websession: issuing device token: %w", err)
 	}
+
 	s.log.InfoContext(ctx, "device paired", "login", sess.Login, "session", sess.ID)
 	s.emit(ctx, Event{Action: ActionDevicePaired, Outcome: OutcomeOK, Login: sess.Login,
 		UserID: sess.UserID, Role: sess.Role, Session: sess.ID,
 		Details: map[string]any{"client": string(ClientDevice), "approved_by": row.approver}})
+
 	w.Header().Set("Cache-Control", "no-store")
 	return httpapi.WriteJSON(w, http.StatusOK, DeviceToken{AccessToken: token,
 		TokenType: "Bearer", ExpiresIn: int(sess.Expires.Sub(sess.Created) / time.Second),
@@ -324,6 +346,7 @@ func (s *Service) consumeDevice(ctx context.Context, db execer, hash, from strin
 	if err != nil {
 		return false, fmt.Errorf("websession: consuming device code: %w", err)
 	}
+
 	n, err := res.RowsAffected()
 	if err != nil {
 		return false, fmt.Errorf("websession: consuming device code: %w", err)
@@ -344,6 +367,7 @@ func (s *Service) getDevice(ctx context.Context, hash string) (*deviceRow, error
 	if err != nil {
 		return nil, err
 	}
+
 	d.expires, d.grant.Role = unixTime(expires), Role(role)
 	if err := json.Unmarshal([]byte(agents), &d.grant.Agents); err != nil {
 		return nil, fmt.Errorf("websession: decoding device agents: %w", err)

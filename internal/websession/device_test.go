@@ -31,6 +31,7 @@ func (n *native) post(path string, in, out any, hdr ...string) (int, string) {
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
+
 	resp, err := n.c.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +42,7 @@ func (n *native) post(path string, in, out any, hdr ...string) (int, string) {
 		json.NewDecoder(resp.Body).Decode(&e)
 		return resp.StatusCode, e.Code
 	}
+
 	if out != nil {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 			t.Fatal(err)
@@ -94,11 +96,13 @@ func TestDeviceFlowApproveAndPoll(t *testing.T) {
 	if page.StatusCode != http.StatusSeeOther {
 		t.Fatalf("approval page without session: %d, want 303 to login", page.StatusCode)
 	}
+
 	b.login(DevAdminLogin, "/auth/device")
 	page = b.do("GET", da.VerificationURIComplete, nil, "Accept", "text/html")
 	if page.StatusCode != http.StatusOK {
 		t.Fatalf("approval page: %d", page.StatusCode)
 	}
+
 	if code := b.decide("wxyz-wxyz", "approve"); code != http.StatusBadRequest {
 		t.Errorf("approving an unknown code: %d, want 400", code)
 	}
@@ -112,6 +116,7 @@ func TestDeviceFlowApproveAndPoll(t *testing.T) {
 		tok.Role != RoleAdmin || !IsSessionToken(tok.AccessToken) {
 		t.Fatalf("poll after approval: %d %s %+v", code, ec, tok)
 	}
+
 	f.clock.Add(DefaultPollInterval)
 	if _, code, ec := n.poll(da); code != http.StatusBadRequest || ec != CodeExpiredToken {
 		t.Errorf("second poll: %d %s, want 400 %s", code, ec, CodeExpiredToken)
@@ -122,6 +127,7 @@ func TestDeviceFlowApproveAndPoll(t *testing.T) {
 	if code != http.StatusOK || sess.Client != ClientDevice || sess.Login != DevAdminLogin {
 		t.Fatalf("bearer: %d %+v, want dev-admin's device session", code, sess)
 	}
+
 	// The device lives no longer than the browser session that approved it.
 	approver, _ := b.session()
 	if !sess.Expires.Equal(approver.Expires) ||
@@ -129,6 +135,7 @@ func TestDeviceFlowApproveAndPoll(t *testing.T) {
 		t.Errorf("device session expires %v in %ds, want with its approver at %v",
 			sess.Expires, tok.ExpiresIn, approver.Expires)
 	}
+
 	// A device cannot approve further devices.
 	other := n.start()
 	resp := bearer.do("POST", f.appURL+DevicePath,
@@ -137,6 +144,7 @@ func TestDeviceFlowApproveAndPoll(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("device approving a device: %d, want 403", resp.StatusCode)
 	}
+
 	ev := f.recorded()
 	if last := ev[len(ev)-1]; last.Action != ActionDevicePaired || last.Outcome != OutcomeOK ||
 		last.Session != sess.ID {
@@ -224,6 +232,7 @@ func pairDevice(t *testing.T, f *fleet) (*browser, pairedDevice) {
 	if code := b.decide(da.UserCode, "approve"); code != http.StatusOK {
 		t.Fatalf("approving: %d", code)
 	}
+
 	tok, code, ec := n.poll(da)
 	if code != http.StatusOK {
 		t.Fatalf("poll: %d %s", code, ec)
@@ -257,6 +266,7 @@ func TestDeviceDeniedAndExpired(t *testing.T) {
 	if _, code, ec := n.poll(late); code != http.StatusBadRequest || ec != CodeExpiredToken {
 		t.Errorf("poll of an expired code: %d %s, want 400 %s", code, ec, CodeExpiredToken)
 	}
+
 	unknown := DeviceAuthorization{DeviceCode: "nope"}
 	if _, code, _ := n.poll(unknown); code != http.StatusBadRequest {
 		t.Errorf("poll of an unknown code: %d, want 400", code)
@@ -272,6 +282,7 @@ func TestDeviceApproverSignedOutBeforePoll(t *testing.T) {
 	if code := b.decide(da.UserCode, "approve"); code != http.StatusOK {
 		t.Fatalf("approving: %d", code)
 	}
+
 	b.do("POST", f.appURL+LogoutPath, url.Values{}, "Origin", f.appURL)
 	if _, code, ec := n.poll(da); code != http.StatusForbidden || ec != CodeAccessDenied {
 		t.Errorf("poll after the approver signed out: %d %s, want 403 %s",
@@ -288,6 +299,7 @@ func TestDeviceStartBounded(t *testing.T) {
 		http.StatusTooManyRequests || ec != CodeTooManyRequests {
 		t.Errorf("third pending code: %d %s, want 429", code, ec)
 	}
+
 	f.clock.Add(DefaultDeviceCodeTTL + time.Second)
 	n.start() // expired codes make room
 }

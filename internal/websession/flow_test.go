@@ -42,6 +42,7 @@ func TestLoginAsAdminThroughLocalProvider(t *testing.T) {
 	if !sess.Expires.Equal(f.clock.Now().Add(DefaultSessionTTL)) {
 		t.Errorf("expires %v, want now + %v", sess.Expires, DefaultSessionTTL)
 	}
+
 	events := f.recorded()
 	if len(events) != 1 || events[0].Action != ActionLogin || events[0].Outcome != OutcomeOK ||
 		events[0].Actor() != "user:dev-admin(2001)" || events[0].Session != sess.ID {
@@ -59,6 +60,7 @@ func TestClassificationAtLogin(t *testing.T) {
 		LocalUser{Login: "owner-member", ID: 3003,
 			Orgs: []LocalMembership{{Org: testOwner.Name, OrgID: testOwner.ID, Role: "member"}}},
 	)
+
 	tenantUser := ghoidc.Principal{Kind: ghoidc.KindUser, Name: DevTenantLogin, ID: DevTenantID}
 	tests := []struct {
 		name       string
@@ -85,17 +87,20 @@ func TestClassificationAtLogin(t *testing.T) {
 		{name: "stranger", login: DevStrangerLogin,
 			tenants: map[string]ghoidc.Principal{"agent-1": tenantUser}, wantStatus: 403},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFleet(t, users, func(o *Options) { o.OrgAdminsOnly = tt.orgAdmins })
 			for a, p := range tt.tenants {
 				f.setTenant(a, p)
 			}
+
 			b := f.browser()
 			resp := b.login(tt.login, "/private")
 			if resp.StatusCode != tt.wantStatus {
 				t.Fatalf("callback status %d, want %d", resp.StatusCode, tt.wantStatus)
 			}
+
 			sess, code := b.session()
 			if tt.wantStatus != http.StatusSeeOther {
 				if code != http.StatusUnauthorized || b.cookie("dd_session") != nil {
@@ -107,6 +112,7 @@ func TestClassificationAtLogin(t *testing.T) {
 				}
 				return
 			}
+
 			if code != http.StatusOK || sess.Role != tt.wantRole {
 				t.Fatalf("/private: %d %+v, want role %q", code, sess, tt.wantRole)
 			}
@@ -153,6 +159,7 @@ func TestCallbackRefusals(t *testing.T) {
 			if resp.StatusCode != tt.want {
 				t.Errorf("callback status %d, want %d", resp.StatusCode, tt.want)
 			}
+
 			if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
 				t.Errorf("content type %q, want an HTML page for the browser", ct)
 			}
@@ -188,6 +195,7 @@ func TestReturnTo(t *testing.T) {
 		{"private", false},
 		{"/x\r\nSet-Cookie: a=b", false},
 	}
+
 	for _, tt := range tests {
 		resp := b.do("GET", f.appURL+StartPath+"?"+url.Values{"return_to": {tt.returnTo}}.Encode(),
 			nil)
@@ -215,6 +223,7 @@ func TestReturnHostsPatterns(t *testing.T) {
 		{"http://docs.localhost/", false},
 		{"https://web.fleet.localhost/", false},
 	}
+
 	for _, tt := range tests {
 		_, err := f.svc.cfg.checkReturnTo(tt.returnTo)
 		if (err == nil) != tt.ok {
@@ -249,6 +258,7 @@ func TestLogoutRevokesSession(t *testing.T) {
 	if code != http.StatusUnauthorized {
 		t.Errorf("old cookie after logout: %d, want 401", code)
 	}
+
 	ev := f.recorded()
 	if last := ev[len(ev)-1]; last.Action != ActionLogout || last.Outcome != OutcomeOK {
 		t.Errorf("last event %+v, want logout ok", last)
@@ -259,10 +269,12 @@ func TestExpiredSessionRefused(t *testing.T) {
 	f := newFleet(t, DevUsers(testOwner))
 	b := f.browser()
 	b.login(DevAdminLogin, "/")
+
 	f.clock.Add(DefaultSessionTTL - time.Second)
 	if _, code := b.session(); code != http.StatusOK {
 		t.Fatalf("just before expiry: %d, want 200", code)
 	}
+
 	f.clock.Add(time.Second)
 	if _, code := b.session(); code != http.StatusUnauthorized {
 		t.Errorf("at expiry: %d, want 401", code)
@@ -279,6 +291,7 @@ func TestRequireSessionAnswers(t *testing.T) {
 		t.Errorf("page without session: %d to %q, want 303 to %q",
 			resp.StatusCode, resp.Header.Get("Location"), want)
 	}
+
 	for _, accept := range []string{"application/json", "*/*", ""} {
 		resp := b.do("GET", f.appURL+"/private", nil, "Accept", accept)
 		if resp.StatusCode != http.StatusUnauthorized ||
@@ -287,6 +300,7 @@ func TestRequireSessionAnswers(t *testing.T) {
 				resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
 	}
+
 	login := b.do("GET", f.appURL+want, nil, "Accept", "text/html")
 	if login.StatusCode != http.StatusOK {
 		t.Errorf("login page: %d, want 200", login.StatusCode)
@@ -301,6 +315,7 @@ func TestRequireSessionAnswers(t *testing.T) {
 		!strings.Contains(setCookies(resp)["dd_session"], "Max-Age=0") {
 		t.Errorf("tampered cookie: %d, want 401 and the cookie cleared", resp.StatusCode)
 	}
+
 	// A bearer token that is not ours (a CI OIDC token) does not hide
 	// the cookie, nor does it authenticate.
 	if _, code := b.session("Authorization", "Bearer eyJhbGciOi.x.y"); code != http.StatusOK {
@@ -326,12 +341,14 @@ func TestCrossOriginPostRefused(t *testing.T) {
 			http.StatusOK},
 		{"no browser headers", nil, http.StatusOK},
 	}
+
 	for _, tt := range tests {
 		resp := b.do("POST", f.appURL+"/private", url.Values{}, tt.hdr...)
 		if resp.StatusCode != tt.want {
 			t.Errorf("%s: POST /private %d, want %d", tt.name, resp.StatusCode, tt.want)
 		}
 	}
+
 	resp := b.do("POST", f.appURL+LogoutPath, url.Values{}, "Origin", evil)
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("cross-origin logout: %d, want 403", resp.StatusCode)
@@ -362,6 +379,7 @@ func flip(s string) string {
 	if s == "" {
 		return "x"
 	}
+
 	b := []byte(s)
 	i := len(b) / 2
 	if b[i] == 'A' {

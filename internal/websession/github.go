@@ -39,6 +39,7 @@ func (id Identity) Holds(ctx context.Context, p ghoidc.Principal) (bool, error) 
 	if p.Kind == ghoidc.KindUser {
 		return p.ID == id.ID, nil
 	}
+
 	if id.Standing == nil {
 		return false, errors.New("websession: identity has no GitHub token")
 	}
@@ -46,6 +47,7 @@ func (id Identity) Holds(ctx context.Context, p ghoidc.Principal) (bool, error) 
 	if err != nil {
 		return false, err
 	}
+
 	if p.Kind == ghoidc.KindRepo {
 		return st >= StandingAdmin, nil
 	}
@@ -87,6 +89,7 @@ func (r Rule) Classify(ctx context.Context, who Identity) (Classification, error
 	if admin {
 		return Classification{Role: RoleAdmin}, nil
 	}
+
 	if r.TenantAgents == nil {
 		return Classification{}, nil
 	}
@@ -104,6 +107,7 @@ func (r Rule) isAdmin(ctx context.Context, who Identity) (bool, error) {
 	if r.Owner.Kind == ghoidc.KindUser {
 		return r.Owner.ID == who.ID, nil
 	}
+
 	if who.Standing == nil {
 		return false, errors.New("identity has no GitHub token")
 	}
@@ -111,6 +115,7 @@ func (r Rule) isAdmin(ctx context.Context, who Identity) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+
 	if r.Owner.Kind == ghoidc.KindOrg && !r.OrgAdminsOnly {
 		return st >= StandingMember, nil
 	}
@@ -165,6 +170,7 @@ func (g *githubAPI) user(ctx context.Context) (apiUser, error) {
 	if err != nil {
 		return apiUser{}, err
 	}
+
 	if !found || u.Login == "" || u.ID <= 0 {
 		return apiUser{}, errors.New("GET /user: no user")
 	}
@@ -192,6 +198,7 @@ func (g *githubAPI) orgStanding(ctx context.Context, p ghoidc.Principal) (Standi
 	if err != nil || !found {
 		return StandingNone, err
 	}
+
 	if m.State != "active" || m.Organization.ID != p.ID {
 		return StandingNone, nil
 	}
@@ -211,6 +218,7 @@ func (g *githubAPI) repoStanding(ctx context.Context, p ghoidc.Principal) (Stand
 	if err != nil || !found || repo.ID != p.ID {
 		return StandingNone, err
 	}
+
 	switch {
 	case repo.Permissions.Admin:
 		return StandingAdmin, nil
@@ -227,21 +235,25 @@ func (g *githubAPI) get(ctx context.Context, path string, v any) (found bool, er
 	if err != nil {
 		return false, fmt.Errorf("GET %s: %w", path, err)
 	}
+
 	req.Header.Set("Accept", "application/vnd.github+json")
 	req.Header.Set("Authorization", "Bearer "+g.token)
 	req.Header.Set("X-GitHub-Api-Version", "2022-11-28")
 	req.Header.Set("User-Agent", "devopsdefender")
+
 	resp, err := g.client.Do(req)
 	if err != nil {
 		return false, fmt.Errorf("GET %s: %w", path, err)
 	}
 	defer resp.Body.Close()
+
 	switch {
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden:
 		return false, nil
 	case resp.StatusCode != http.StatusOK:
 		return false, fmt.Errorf("GET %s: status %d", path, resp.StatusCode)
 	}
+
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAPIBody))
 	if err != nil {
 		return false, fmt.Errorf("GET %s: reading: %w", path, err)

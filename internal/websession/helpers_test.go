@@ -71,6 +71,7 @@ func localhostClient(jar http.CookieJar) *http.Client {
 		}
 		return dialer.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
 	}
+
 	noFollow := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &http.Client{Transport: &http.Transport{DialContext: dial}, Jar: jar,
 		Timeout: 10 * time.Second, CheckRedirect: noFollow}
@@ -100,6 +101,7 @@ func newFleet(t *testing.T, users []LocalUser, tweak ...func(*Options)) *fleet {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	f.provider = provider
 	gh := httptest.NewServer(provider)
 	t.Cleanup(gh.Close)
@@ -122,10 +124,12 @@ func newFleet(t *testing.T, users []LocalUser, tweak ...func(*Options)) *fleet {
 	for _, fn := range tweak {
 		fn(&opts)
 	}
+
 	f.svc, err = New(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	mux := http.NewServeMux()
 	f.svc.Mount(mux)
 	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -155,6 +159,7 @@ func (f *fleet) tenantAgents(ctx context.Context, who Identity) ([]string, error
 		tenants[k] = v
 	}
 	f.mu.Unlock()
+
 	var agents []string
 	for agent, p := range tenants {
 		ok, err := who.Holds(ctx, p)
@@ -204,16 +209,19 @@ func (b *browser) do(method, target string, form url.Values, hdr ...string) *htt
 	} else {
 		body = strings.NewReader("")
 	}
+
 	req, err := http.NewRequest(method, target, body)
 	if err != nil {
 		b.f.t.Fatal(err)
 	}
+
 	if form != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
+
 	resp, err := b.c.Do(req)
 	if err != nil {
 		b.f.t.Fatal(err)
@@ -230,14 +238,17 @@ func (b *browser) getJSON(target string, v any, hdr ...string) int {
 	if err != nil {
 		b.f.t.Fatal(err)
 	}
+
 	req.Header.Set("Accept", "application/json")
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
+
 	resp, err := b.c.Do(req)
 	if err != nil {
 		b.f.t.Fatal(err)
 	}
+
 	defer resp.Body.Close()
 	if v != nil && resp.StatusCode == http.StatusOK {
 		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
@@ -256,10 +267,12 @@ func (b *browser) startLogin(returnTo string) url.Values {
 	if resp.StatusCode != http.StatusFound {
 		t.Fatalf("start: status %d, want 302", resp.StatusCode)
 	}
+
 	loc, err := url.Parse(resp.Header.Get("Location"))
 	if err != nil || !strings.HasPrefix(loc.String(), b.f.ghURL+"/login/oauth/authorize?") {
 		t.Fatalf("start redirected to %q, want the local provider", loc)
 	}
+
 	if page := b.do("GET", loc.String(), nil); page.StatusCode != http.StatusOK {
 		t.Fatalf("authorize page: status %d", page.StatusCode)
 	}
@@ -277,6 +290,7 @@ func (b *browser) pick(q url.Values, login string) string {
 			form.Set(k, v)
 		}
 	}
+
 	resp := b.do("POST", b.f.ghURL+"/login/oauth/authorize", form, "Origin", b.f.ghURL)
 	if resp.StatusCode != http.StatusFound {
 		t.Fatalf("provider authorize: status %d, want 302", resp.StatusCode)

@@ -104,6 +104,7 @@ func DevUsers(owner ghoidc.Principal) []LocalUser {
 	case ghoidc.KindRepo:
 		admin.Repos = []LocalRepo{{Repo: owner.Name, RepoID: owner.ID, Admin: true}}
 	}
+
 	return []LocalUser{
 		admin,
 		{Login: DevTenantLogin, ID: DevTenantID, Note: "tenant of the agents assigned to it"},
@@ -143,17 +144,21 @@ func NewLocalProvider(opts LocalProviderOptions) (*LocalProvider, error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("websession: local provider: %w", err)
 	}
+
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+
 	p := &LocalProvider{
 		opts: opts, users: map[string]*LocalUser{}, log: opts.Logger,
 		cop:   http.NewCrossOriginProtection(),
 		codes: map[string]localCode{}, tokens: map[string]localToken{},
 	}
+
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
+
 	for i := range opts.Users {
 		p.users[strings.ToLower(opts.Users[i].Login)] = &opts.Users[i]
 	}
@@ -168,6 +173,7 @@ func (o *LocalProviderOptions) validate() error {
 	if err := o.Env.RequireReal("the local GitHub OAuth provider", true); err != nil {
 		return err
 	}
+
 	var errs []error
 	if o.ClientID == "" || o.ClientSecret == "" {
 		errs = append(errs, errors.New("client id and secret are required"))
@@ -175,6 +181,7 @@ func (o *LocalProviderOptions) validate() error {
 	if len(o.Users) == 0 {
 		errs = append(errs, errors.New("at least one user is required"))
 	}
+
 	seen := map[string]bool{}
 	for _, u := range o.Users {
 		_, err := ghoidc.ParsePrincipal("user", u.Login, fmt.Sprint(u.ID))
@@ -191,6 +198,7 @@ func (p *LocalProvider) routes() {
 	handle := func(pattern string, h httpapi.HandlerFunc) {
 		p.mux.Handle(pattern, httpapi.Handle(p.log, h))
 	}
+
 	handle("GET /login/oauth/authorize", p.authorizePage)
 	handle("POST /login/oauth/authorize", p.authorize)
 	handle("POST /login/oauth/access_token", p.accessToken)
@@ -232,9 +240,11 @@ func (p *LocalProvider) redirectAllowed(raw string) bool {
 		u.Host == "" {
 		return false
 	}
+
 	if len(p.opts.RedirectURLs) == 0 {
 		return isLocalhost(u.Hostname())
 	}
+
 	for _, prefix := range p.opts.RedirectURLs {
 		if raw == prefix || strings.HasPrefix(raw, strings.TrimSuffix(prefix, "/")+"/") {
 			return true
@@ -253,12 +263,14 @@ func (p *LocalProvider) authorizePage(w http.ResponseWriter, r *http.Request) er
 	if err := p.checkAuthorize(q); err != nil {
 		return err
 	}
+
 	params := map[string]string{}
 	for _, k := range authorizeParams {
 		if v := q.Get(k); v != "" {
 			params[k] = v
 		}
 	}
+
 	// form-action is left open: the form's answer redirects to the
 	// broker's callback on another origin.
 	csp := "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
@@ -272,10 +284,12 @@ func (p *LocalProvider) authorize(w http.ResponseWriter, r *http.Request) error 
 	if err := p.cop.Check(r); err != nil {
 		return httpapi.Forbidden("cross-origin request refused")
 	}
+
 	r.Body = http.MaxBytesReader(w, r.Body, maxLocalForm)
 	if err := r.ParseForm(); err != nil {
 		return httpapi.BadRequest("invalid form")
 	}
+
 	f := r.PostForm
 	if err := p.checkAuthorize(f); err != nil {
 		return err
@@ -284,6 +298,7 @@ func (p *LocalProvider) authorize(w http.ResponseWriter, r *http.Request) error 
 	if !ok {
 		return httpapi.BadRequest("unknown user")
 	}
+
 	code := randomToken()
 	p.mu.Lock()
 	p.pruneLocked()
@@ -311,6 +326,7 @@ func (p *LocalProvider) accessToken(w http.ResponseWriter, r *http.Request) erro
 	if err := r.ParseForm(); err != nil {
 		return httpapi.BadRequest("invalid form")
 	}
+
 	f := r.PostForm
 	id, secret, basic := r.BasicAuth()
 	if !basic {
@@ -320,11 +336,13 @@ func (p *LocalProvider) accessToken(w http.ResponseWriter, r *http.Request) erro
 		subtle.ConstantTimeCompare([]byte(secret), []byte(p.opts.ClientSecret)) != 1 {
 		return tokenReply(w, r, url.Values{"error": {"incorrect_client_credentials"}})
 	}
+
 	login, ok := p.redeem(f)
 	if !ok {
 		return tokenReply(w, r, url.Values{"error": {"bad_verification_code"},
 			"error_description": {"The code passed is incorrect or expired."}})
 	}
+
 	tok := "gho_" + randomToken()
 	p.mu.Lock()
 	p.tokens[tok] = localToken{login: login, expires: p.opts.Now().Add(localTokenTTL)}
@@ -340,6 +358,7 @@ func (p *LocalProvider) redeem(f url.Values) (login string, ok bool) {
 	c, found := p.codes[f.Get("code")]
 	delete(p.codes, f.Get("code"))
 	p.mu.Unlock()
+
 	switch {
 	case !found || !p.opts.Now().Before(c.expires):
 		return "", false
@@ -355,6 +374,7 @@ func pkceMatches(challenge, method, verifier string) bool {
 	if verifier == "" {
 		return false
 	}
+
 	want := verifier
 	if method != "plain" {
 		sum := sha256.Sum256([]byte(verifier))
@@ -372,6 +392,7 @@ func tokenReply(w http.ResponseWriter, r *http.Request, v url.Values) error {
 		}
 		return httpapi.WriteJSON(w, http.StatusOK, m)
 	}
+
 	w.Header().Set("Content-Type", "application/x-www-form-urlencoded")
 	_, err := w.Write([]byte(v.Encode()))
 	return err
@@ -387,6 +408,7 @@ func (p *LocalProvider) api(h func(w http.ResponseWriter, r *http.Request,
 		if rest, ok := strings.CutPrefix(auth, "token "); ok {
 			tok = strings.TrimSpace(rest)
 		}
+
 		p.mu.Lock()
 		t, ok := p.tokens[tok]
 		p.mu.Unlock()
@@ -394,6 +416,7 @@ func (p *LocalProvider) api(h func(w http.ResponseWriter, r *http.Request,
 			return apiReply(w, http.StatusUnauthorized,
 				map[string]string{"message": "Bad credentials"})
 		}
+
 		return h(w, r, p.users[strings.ToLower(t.login)])
 	}
 }
@@ -456,6 +479,7 @@ func (p *LocalProvider) pruneLocked() {
 			delete(p.codes, k)
 		}
 	}
+
 	for k, t := range p.tokens {
 		if !now.Before(t.expires) {
 			delete(p.tokens, k)

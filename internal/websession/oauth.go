@@ -30,6 +30,7 @@ func (s *Service) loginPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		ret = "/"
 	}
+
 	return render(w, http.StatusOK, "login.html", loginData{
 		StartURL:  StartPath + "?" + url.Values{"return_to": {ret}}.Encode(),
 		SignedOut: r.URL.Query().Get("signed_out") != "",
@@ -44,6 +45,7 @@ func (s *Service) start(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.BadRequest("%s", err.Error())
 	}
+
 	nonce := oauth2.GenerateVerifier()
 	state, err := s.state.Encode(codecState, oauthState{
 		ReturnTo: ret, NonceHash: secretID(nonce),
@@ -52,6 +54,7 @@ func (s *Service) start(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+
 	s.setCookie(w, s.cookies.nonce, nonce, int(s.cfg.DeviceCodeTTL/time.Second), "")
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, s.oauth.AuthCodeURL(state, oauth2.S256ChallengeOption(nonce)),
@@ -66,10 +69,12 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 	// The nonce is single-use whatever happens next.
 	s.setCookie(w, s.cookies.nonce, "", -1, "")
 	w.Header().Set("Cache-Control", "no-store")
+
 	if e := q.Get("error"); e != "" {
 		s.log.InfoContext(ctx, "sign-in cancelled at GitHub", "error", e)
 		return httpapi.Forbidden("GitHub sign-in was not completed")
 	}
+
 	st, nonce, err := s.checkState(r)
 	if err != nil {
 		return err
@@ -78,12 +83,14 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+
 	class, err := s.rule.Classify(ctx, who)
 	if err != nil {
 		s.emit(ctx, Event{Action: ActionLogin, Outcome: OutcomeError, Login: who.Login,
 			UserID: who.ID, Details: map[string]any{"reason": "classification failed"}})
 		return httpapi.Upstream("could not check your access", err)
 	}
+
 	if class.Role == "" {
 		s.log.InfoContext(ctx, "sign-in refused", "login", who.Login, "user_id", who.ID)
 		s.emit(ctx, Event{Action: ActionLogin, Outcome: OutcomeDenied, Login: who.Login,
@@ -108,11 +115,13 @@ func (s *Service) checkState(r *http.Request) (oauthState, string, error) {
 	if s.now().Unix() >= st.Expires {
 		return st, "", httpapi.BadRequest("sign-in took too long; start again")
 	}
+
 	c, err := r.Cookie(s.cookies.nonce)
 	if err != nil || subtle.ConstantTimeCompare([]byte(secretID(c.Value)),
 		[]byte(st.NonceHash)) != 1 {
 		return st, "", httpapi.BadRequest("sign-in was started in another browser or tab")
 	}
+
 	// Re-check: the rule may have changed since the state was made.
 	if _, err := s.cfg.checkReturnTo(st.ReturnTo); err != nil {
 		return st, "", httpapi.BadRequest("%s", err.Error())
@@ -126,6 +135,7 @@ func (s *Service) identify(ctx context.Context, code, verifier string) (Identity
 	if code == "" {
 		return Identity{}, httpapi.BadRequest("missing code")
 	}
+
 	octx := context.WithValue(ctx, oauth2.HTTPClient, s.cfg.HTTPClient)
 	tok, err := s.oauth.Exchange(octx, code, oauth2.VerifierOption(verifier))
 	var re *oauth2.RetrieveError
@@ -135,6 +145,7 @@ func (s *Service) identify(ctx context.Context, code, verifier string) (Identity
 	case err != nil:
 		return Identity{}, httpapi.Upstream("GitHub code exchange failed", err)
 	}
+
 	gh := &githubAPI{base: s.cfg.apiURL, client: s.cfg.HTTPClient, token: tok.AccessToken}
 	u, err := gh.user(ctx)
 	if err != nil {
@@ -153,11 +164,13 @@ func (s *Service) signIn(w http.ResponseWriter, r *http.Request, who Identity,
 			return err
 		}
 	}
+
 	g := grant{Login: who.Login, UserID: who.ID, Role: class.Role, Agents: class.Agents}
 	value, sess, err := s.createSession(ctx, s.cfg.DB, g, ClientBrowser, nil)
 	if err != nil {
 		return err
 	}
+
 	s.setSessionCookie(w, value)
 	s.log.InfoContext(ctx, "signed in", "login", who.Login, "user_id", who.ID,
 		"role", class.Role, "session", sess.ID)

@@ -156,12 +156,14 @@ type config struct {
 func (o Options) validate() (*config, error) {
 	c := &config{Options: o}
 	var errs []error
+
 	if o.DB == nil {
 		errs = append(errs, errors.New("DB is required"))
 	}
 	if _, err := fleetenv.Parse(string(o.Env)); err != nil {
 		errs = append(errs, err)
 	}
+
 	if err := c.checkOwner(); err != nil {
 		errs = append(errs, err)
 	}
@@ -174,12 +176,14 @@ func (o Options) validate() (*config, error) {
 	if err := c.checkReturnHosts(); err != nil {
 		errs = append(errs, err)
 	}
+
 	if o.Secret != nil && len(o.Secret) < minSecret {
 		errs = append(errs, fmt.Errorf("secret must have at least %d bytes", minSecret))
 	}
 	if o.CookieDomain != "" && strings.ContainsAny(o.CookieDomain, " ;,/:") {
 		errs = append(errs, fmt.Errorf("cookie domain %q is not a host name", o.CookieDomain))
 	}
+
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("websession: %w", err)
 	}
@@ -200,6 +204,7 @@ func (c *config) checkPublicURL() error {
 	if err != nil {
 		return fmt.Errorf("public URL: %w", err)
 	}
+
 	if u.Scheme == "http" && (c.Env != fleetenv.Dev || !isLocalhost(u.Hostname())) {
 		return fmt.Errorf("public URL %q: plain http is only for localhost names in dev", u)
 	}
@@ -216,6 +221,7 @@ func (c *config) checkGitHub() error {
 	if err := c.Env.RequireReal("the local GitHub OAuth provider", g.Local); err != nil {
 		errs = append(errs, err)
 	}
+
 	web, err := c.checkGitHubURL(g.WebURL, defaultGitHubWeb)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("GitHub web URL: %w", err))
@@ -224,6 +230,7 @@ func (c *config) checkGitHub() error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("GitHub API URL: %w", err))
 	}
+
 	c.webURL, c.apiURL = web, api
 	return errors.Join(errs...)
 }
@@ -235,16 +242,19 @@ func (c *config) checkGitHubURL(raw, def string) (string, error) {
 	if raw == "" {
 		return def, nil
 	}
+
 	path := ""
 	if u, err := url.Parse(raw); err == nil {
 		path = strings.TrimSuffix(u.EscapedPath(), "/")
 		u.Path, u.RawPath = "", ""
 		raw = u.String()
 	}
+
 	u, err := parseOrigin(raw)
 	if err != nil {
 		return "", err
 	}
+
 	local := isLocalhost(u.Hostname())
 	if local && c.Env.Protected() {
 		return "", fmt.Errorf("%q is a local stand-in, refused in %s", u, c.Env)
@@ -274,10 +284,12 @@ func (c *config) fillDefaults() {
 			*d = v
 		}
 	}
+
 	def(&c.SessionTTL, DefaultSessionTTL)
 	def(&c.DeviceTokenTTL, DefaultDeviceTokenTTL)
 	def(&c.DeviceCodeTTL, DefaultDeviceCodeTTL)
 	def(&c.PollInterval, DefaultPollInterval)
+
 	if c.MaxPendingDevices <= 0 {
 		c.MaxPendingDevices = DefaultMaxPending
 	}
@@ -290,6 +302,7 @@ func (c *config) fillDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+
 	// The PublicURL host is always a valid return_to target.
 	c.returnOK = append(c.returnOK, hostPattern{host: strings.ToLower(c.public.Host)})
 }
@@ -301,6 +314,7 @@ func parseOrigin(raw string) (*url.URL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%q: %w", raw, err)
 	}
+
 	switch {
 	case u.Scheme != "https" && u.Scheme != "http":
 		return nil, fmt.Errorf("%q must be an http(s) URL", raw)
@@ -319,6 +333,7 @@ func isLocalhost(host string) bool {
 	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
 		return true
 	}
+
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }

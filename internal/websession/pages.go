@@ -52,6 +52,7 @@ func renderCSP(w http.ResponseWriter, status int, name string, data any, csp str
 	if err := pages.ExecuteTemplate(&buf, name, data); err != nil {
 		return err
 	}
+
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Content-Security-Policy", csp)
@@ -59,6 +60,7 @@ func renderCSP(w http.ResponseWriter, status int, name string, data any, csp str
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Cache-Control", "no-store")
+
 	w.WriteHeader(status)
 	_, err := w.Write(buf.Bytes())
 	return err
@@ -72,12 +74,14 @@ func (s *Service) renderError(w http.ResponseWriter, r *http.Request, err error)
 		he = &httpapi.Error{Status: http.StatusInternalServerError, Code: httpapi.CodeInternal,
 			Message: "internal error", Err: err}
 	}
+
 	level := slog.LevelInfo
 	if he.Status >= 500 {
 		level = slog.LevelError
 	}
 	s.log.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path,
 		"status", he.Status, "code", he.Code, "err", err)
+
 	title := http.StatusText(he.Status)
 	if title == "" {
 		title = "Error " + strconv.Itoa(he.Status)

@@ -22,6 +22,7 @@ func parseHostPattern(s string) (hostPattern, error) {
 	if rest, ok := strings.CutPrefix(p.host, "*."); ok {
 		p.host, p.wildcard = rest, true
 	}
+
 	u, err := url.Parse("https://" + p.host)
 	if err != nil || u.Host != p.host || p.host == "" || strings.Contains(p.host, "*") {
 		return hostPattern{}, fmt.Errorf("return host %q is not host[:port] or *.domain[:port]", s)
@@ -53,10 +54,12 @@ func (c *config) checkReturnTo(raw string) (string, error) {
 	if len(raw) > maxReturnTo || strings.ContainsAny(raw, "\\\r\n\t") || hasControl(raw) {
 		return "", errReturnTo
 	}
+
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "", errReturnTo
 	}
+
 	if !u.IsAbs() {
 		if u.Host != "" || u.Opaque != "" || !strings.HasPrefix(raw, "/") ||
 			strings.HasPrefix(raw, "//") {
@@ -64,9 +67,11 @@ func (c *config) checkReturnTo(raw string) (string, error) {
 		}
 		return u.String(), nil
 	}
+
 	if u.Scheme != c.public.Scheme || u.User != nil || u.Opaque != "" {
 		return "", errReturnTo
 	}
+
 	host := strings.ToLower(u.Host)
 	for _, p := range c.returnOK {
 		if p.match(host) {

@@ -61,15 +61,18 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	if err := Migrate(ctx, cfg.DB); err != nil {
 		return nil, err
 	}
+
 	secret := cfg.Secret
 	if secret == nil {
 		if secret, err = storedSecret(ctx, cfg.DB); err != nil {
 			return nil, fmt.Errorf("websession: %w", err)
 		}
 	}
+
 	s := &Service{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now,
 		rule: Rule{Owner: cfg.Owner, OrgAdminsOnly: cfg.OrgAdminsOnly,
@@ -90,6 +93,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		},
 		cookies: newCookieNames(cfg.secure, cfg.CookieDomain != ""),
 	}
+
 	if err := s.initCodecs(secret); err != nil {
 		return nil, err
 	}
@@ -110,11 +114,13 @@ func (s *Service) initCodecs(secret []byte) error {
 	if err != nil {
 		return fmt.Errorf("websession: deriving keys: %w", err)
 	}
+
 	codec := func(life time.Duration) *securecookie.SecureCookie {
 		c := securecookie.New(hashKey, blockKey)
 		c.SetSerializer(securecookie.JSONEncoder{})
 		return c.MaxAge(int((life + time.Minute) / time.Second))
 	}
+
 	s.state = codec(s.cfg.DeviceCodeTTL)
 	s.cookie = codec(s.cfg.SessionTTL)
 	s.bearer = codec(s.cfg.DeviceTokenTTL)

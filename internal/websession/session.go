@@ -139,24 +139,28 @@ func (s *Service) createSession(ctx context.Context, db execer, who grant,
 	if client == ClientDevice {
 		ttl, codec, name = s.cfg.DeviceTokenTTL, s.bearer, codecBearer
 	}
+
 	now := s.now().Truncate(time.Second)
 	row := &sessionRow{
 		Session: Session{ID: id, Login: who.Login, UserID: who.UserID, Role: who.Role,
 			Client: client, Agents: nonNil(who.Agents), Created: now, Expires: now.Add(ttl)},
 		owner: s.cfg.Owner.String(),
 	}
+
 	if parent != nil {
 		row.parent = parent.ID
 		if parent.Expires.Before(row.Expires) {
 			row.Expires = parent.Expires
 		}
 	}
+
 	if value, err = codec.Encode(name, secret); err != nil {
 		return "", nil, fmt.Errorf("encoding session: %w", err)
 	}
 	if client == ClientDevice {
 		value = BearerPrefix + value
 	}
+
 	if err := insertSession(ctx, db, row); err != nil {
 		return "", nil, err
 	}
@@ -187,14 +191,17 @@ func (s *Service) Authenticate(r *http.Request) (*Session, error) {
 		}
 		return s.lookup(r.Context(), secretID(secret), ClientDevice)
 	}
+
 	c, err := r.Cookie(s.cookies.session)
 	if err != nil || c.Value == "" {
 		return nil, ErrNoSession
 	}
+
 	var secret string
 	if err := s.cookie.Decode(codecCookie, c.Value, &secret); err != nil {
 		return nil, fmt.Errorf("%w: bad cookie", ErrInvalidSession)
 	}
+
 	if err := s.CheckCrossOrigin(r); err != nil {
 		return nil, err
 	}
@@ -219,6 +226,7 @@ func (s *Service) lookup(ctx context.Context, id string, client Client) (*Sessio
 	if err != nil {
 		return nil, fmt.Errorf("websession: reading session: %w", err)
 	}
+
 	switch {
 	case row.revoked:
 		return nil, fmt.Errorf("%w: revoked", ErrInvalidSession)
@@ -231,6 +239,7 @@ func (s *Service) lookup(ctx context.Context, id string, client Client) (*Sessio
 		// against another principal.
 		return nil, fmt.Errorf("%w: other fleet owner", ErrInvalidSession)
 	}
+
 	if client == ClientDevice {
 		if err := s.checkParent(ctx, row.parent); err != nil {
 			return nil, err
@@ -247,6 +256,7 @@ func (s *Service) checkParent(ctx context.Context, parent string) error {
 	if parent == "" {
 		return fmt.Errorf("%w: no approving session", ErrInvalidSession)
 	}
+
 	if _, err := s.lookup(ctx, parent, ClientBrowser); err != nil {
 		return fmt.Errorf("approving session: %w", err)
 	}
@@ -293,9 +303,11 @@ func (s *Service) refuse(w http.ResponseWriter, r *http.Request, err error) {
 		httpapi.WriteError(s.log, w, r, err)
 		return
 	}
+
 	if errors.Is(err, ErrInvalidSession) && httpapi.BearerToken(r) == "" {
 		s.clearSessionCookie(w)
 	}
+
 	if wantsHTML(r) && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		http.Redirect(w, r, s.LoginURL(r.URL.RequestURI()), http.StatusSeeOther)
 		return
@@ -336,6 +348,7 @@ func (s *Service) RevokeUser(ctx context.Context, userID int64) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("websession: revoking sessions of user %d: %w", userID, err)
 	}
+
 	n, err := res.RowsAffected()
 	if err != nil {
 		return 0, fmt.Errorf("websession: revoking sessions of user %d: %w", userID, err)
@@ -349,16 +362,19 @@ func (s *Service) RevokeUser(ctx context.Context, userID int64) (int, error) {
 func (s *Service) Prune(ctx context.Context) (int, error) {
 	now := s.now().Unix()
 	cutoff := now - int64(24*time.Hour/time.Second)
+
 	sessions, err := s.cfg.DB.ExecContext(ctx, `DELETE FROM websession_sessions
 		WHERE expires_at < ? OR revoked_at < ?`, cutoff, cutoff)
 	if err != nil {
 		return 0, fmt.Errorf("websession: pruning sessions: %w", err)
 	}
+
 	devices, err := s.cfg.DB.ExecContext(ctx,
 		`DELETE FROM websession_devices WHERE expires_at < ?`, now)
 	if err != nil {
 		return 0, fmt.Errorf("websession: pruning device codes: %w", err)
 	}
+
 	n, _ := sessions.RowsAffected()
 	m, _ := devices.RowsAffected()
 	return int(n + m), nil
@@ -383,9 +399,11 @@ func (s *Service) logout(w http.ResponseWriter, r *http.Request) error {
 	case !errors.Is(err, ErrNoSession) && !errors.Is(err, ErrInvalidSession):
 		return err
 	}
+
 	if sess == nil || sess.Client == ClientBrowser {
 		s.clearSessionCookie(w)
 	}
+
 	if wantsHTML(r) {
 		http.Redirect(w, r, LoginPath+"?signed_out=1", http.StatusSeeOther)
 		return nil

@@ -81,6 +81,7 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 		return false, err
 	}
 	defer tx.Rollback()
+
 	// Writing first takes the write lock, so two processes migrating at
 	// once queue instead of both reading version 0.
 	_, err = tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS websession_schema (
@@ -92,11 +93,13 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 		`INSERT OR IGNORE INTO websession_schema (id, version) VALUES (1, 0)`); err != nil {
 		return false, fmt.Errorf("initialising version: %w", err)
 	}
+
 	var v int
 	err = tx.QueryRowContext(ctx, `SELECT version FROM websession_schema`).Scan(&v)
 	if err != nil {
 		return false, fmt.Errorf("reading version: %w", err)
 	}
+
 	switch {
 	case v > len(migrations):
 		return false, fmt.Errorf("schema version %d is newer than this binary's %d",
@@ -104,6 +107,7 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 	case v == len(migrations):
 		return true, tx.Commit()
 	}
+
 	for _, stmt := range migrations[v] {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			return false, fmt.Errorf("to version %d: %w", v+1, err)
@@ -125,12 +129,14 @@ func storedSecret(ctx context.Context, db *sql.DB) ([]byte, error) {
 		`INSERT OR IGNORE INTO websession_keys (id, secret) VALUES (1, ?)`, fresh); err != nil {
 		return nil, fmt.Errorf("storing secret: %w", err)
 	}
+
 	var secret []byte
 	err := db.QueryRowContext(ctx, `SELECT secret FROM websession_keys WHERE id = 1`).
 		Scan(&secret)
 	if err != nil {
 		return nil, fmt.Errorf("reading secret: %w", err)
 	}
+
 	if len(secret) < minSecret {
 		return nil, errors.New("stored secret is too short")
 	}
@@ -157,6 +163,7 @@ func insertSession(ctx context.Context, db execer, r *sessionRow) error {
 	if err != nil {
 		return fmt.Errorf("encoding agents: %w", err)
 	}
+
 	_, err = db.ExecContext(ctx, `INSERT INTO websession_sessions (`+sessionColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)`,
 		r.ID, r.Login, r.UserID, string(r.Role), string(r.Client), string(agents),
@@ -180,6 +187,7 @@ func getSession(ctx context.Context, db *sql.DB, id string) (*sessionRow, error)
 	if err != nil {
 		return nil, err
 	}
+
 	r.Role, r.Client = Role(role), Client(client)
 	r.Created, r.Expires = unixTime(created), unixTime(expires)
 	r.revoked = revoked.Valid

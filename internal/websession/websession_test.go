@@ -60,6 +60,7 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"bad return host", func(o *Options) { o.ReturnHosts = []string{"*.*.example"} }, false},
 		{"bad trusted origin", func(o *Options) { o.TrustedOrigins = []string{"nope"} }, false},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			o := validOptions(t)
@@ -87,17 +88,20 @@ func TestSecureCookieAttributes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest("GET", "https://app.example.com"+StartPath+"?return_to=/x", nil)
 	svc.handle(svc.start).ServeHTTP(w, r)
 	if w.Code != http.StatusFound {
 		t.Fatalf("start: %d", w.Code)
 	}
+
 	got := redactValue(w.Header().Get("Set-Cookie"))
 	want := "__Host-dd_oauth=; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"
 	if got != want {
 		t.Errorf("nonce cookie %q, want %q", got, want)
 	}
+
 	loc, _ := url.Parse(w.Header().Get("Location"))
 	q := loc.Query()
 	callback := "https://app.example.com" + CallbackPath
@@ -122,15 +126,18 @@ func TestSessionSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	value, sess, err := first.createSession(ctx, opts.DB,
 		grant{Login: "alice", UserID: 42, Role: RoleAdmin}, ClientBrowser, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	second, err := New(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	r := httptest.NewRequest("GET", "https://app.example.com/", nil)
 	r.AddCookie(&http.Cookie{Name: "__Host-dd_session", Value: value})
 	got, err := second.Authenticate(r)
@@ -159,16 +166,19 @@ func TestCookieIsNotABearerToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	value, _, err := svc.createSession(ctx, opts.DB,
 		grant{Login: "alice", UserID: 42, Role: RoleAdmin}, ClientBrowser, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	r := httptest.NewRequest("GET", "https://app.example.com/", nil)
 	r.Header.Set("Authorization", "Bearer "+BearerPrefix+value)
 	if _, err := svc.Authenticate(r); !errors.Is(err, ErrInvalidSession) {
 		t.Errorf("cookie value as bearer: %v, want ErrInvalidSession", err)
 	}
+
 	var st oauthState
 	if err := svc.state.Decode(codecState, value, &st); err == nil {
 		t.Error("a cookie value decoded as OAuth state")
@@ -182,6 +192,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
 	var v int
 	err := db.QueryRow(`SELECT version FROM websession_schema`).Scan(&v)
 	if err != nil || v != len(migrations) {
@@ -198,10 +209,12 @@ func TestPrune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	g := grant{Login: "alice", UserID: 42, Role: RoleAdmin}
 	_, old, _ := svc.createSession(ctx, opts.DB, g, ClientBrowser, nil)
 	c.Add(DefaultSessionTTL + 25*time.Hour)
 	_, live, _ := svc.createSession(ctx, opts.DB, g, ClientBrowser, nil)
+
 	n, err := svc.Prune(ctx)
 	if err != nil || n != 1 {
 		t.Fatalf("Prune = %d, %v; want 1", n, err)
@@ -232,6 +245,7 @@ func TestClassify(t *testing.T) {
 	tenantOf := func(agents ...string) TenantsFunc {
 		return func(context.Context, Identity) ([]string, error) { return agents, nil }
 	}
+
 	tests := []struct {
 		name     string
 		rule     Rule
@@ -266,6 +280,7 @@ func TestClassify(t *testing.T) {
 				return nil, errors.New("db down")
 			}}, wantErr: true},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			who := Identity{Login: "alice", ID: 42, Standing: tt.standing.lookup}
@@ -285,6 +300,7 @@ func TestIdentityHolds(t *testing.T) {
 	repo := ghoidc.Principal{Kind: ghoidc.KindRepo, Name: "acme/app", ID: 8}
 	who := Identity{Login: "alice", ID: 42, Standing: fakeStanding{
 		org.String(): StandingMember, repo.String(): StandingMember}.lookup}
+
 	tests := []struct {
 		p    ghoidc.Principal
 		want bool
@@ -294,6 +310,7 @@ func TestIdentityHolds(t *testing.T) {
 		{org, true},
 		{repo, false},
 	}
+
 	for _, tt := range tests {
 		got, err := who.Holds(context.Background(), tt.p)
 		if err != nil || got != tt.want {
@@ -308,10 +325,12 @@ func TestLocalProviderTokenEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	code := func(challenge string) string {
 		form := url.Values{"client_id": {"id"}, "redirect_uri": {"http://app.localhost/cb"},
 			"login": {DevAdminLogin}, "code_challenge": {challenge},
 			"code_challenge_method": {"S256"}}
+
 		r := httptest.NewRequest("POST", "/login/oauth/authorize", strings.NewReader(form.Encode()))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		w := httptest.NewRecorder()
@@ -319,6 +338,7 @@ func TestLocalProviderTokenEndpoint(t *testing.T) {
 		loc, _ := url.Parse(w.Header().Get("Location"))
 		return loc.Query().Get("code")
 	}
+
 	redeem := func(form url.Values, accept string) string {
 		r := httptest.NewRequest("POST", "/login/oauth/access_token",
 			strings.NewReader(form.Encode()))
@@ -328,6 +348,7 @@ func TestLocalProviderTokenEndpoint(t *testing.T) {
 		p.ServeHTTP(w, r)
 		return w.Body.String()
 	}
+
 	verifier := strings.Repeat("v", 43)
 	sum := sha256.Sum256([]byte(verifier))
 	challenge := base64.RawURLEncoding.EncodeToString(sum[:])
@@ -335,6 +356,7 @@ func TestLocalProviderTokenEndpoint(t *testing.T) {
 		return url.Values{"client_id": {"id"}, "client_secret": {secret},
 			"code": {code}, "code_verifier": {verifier}}
 	}
+
 	good := code(challenge)
 	tests := []struct {
 		name   string
@@ -349,6 +371,7 @@ func TestLocalProviderTokenEndpoint(t *testing.T) {
 		{"good", form(good, verifier, "secret"), "application/json", `"access_token":"gho_`},
 		{"code used twice", form(good, verifier, "secret"), "", "error=bad_verification_code"},
 	}
+
 	for _, tt := range tests {
 		if got := redeem(tt.form, tt.accept); !strings.Contains(got, tt.want) {
 			t.Errorf("%s: answer %q, want it to contain %q", tt.name, got, tt.want)

@@ -21,6 +21,7 @@ func TestFixturesParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	n := 0
 	for _, e := range entries {
 		name := e.Name()
@@ -28,11 +29,13 @@ func TestFixturesParse(t *testing.T) {
 			continue
 		}
 		n++
+
 		t.Run(name, func(t *testing.T) {
 			data, err := os.ReadFile(filepath.Join(fixturesDir, name))
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			text := string(data)
 			if strings.HasSuffix(name, ".tmpl") {
 				vars := map[string]string{}
@@ -43,10 +46,12 @@ func TestFixturesParse(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+
 			spec, err := Parse([]byte(text))
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
+
 			want := strings.TrimSuffix(strings.TrimSuffix(name, ".tmpl"), ".json")
 			if spec.Name() != want {
 				t.Errorf("app_name %q, want %q (the file name)", spec.Name(), want)
@@ -56,6 +61,7 @@ func TestFixturesParse(t *testing.T) {
 			}
 		})
 	}
+
 	if n == 0 {
 		t.Fatalf("no .json or .json.tmpl files in %s", fixturesDir)
 	}

@@ -24,6 +24,8 @@ func ExpandTemplate(text string, vars map[string]string) (string, error) {
 		}
 		return jsonEscape(v)
 	})
+
+	// every missing name is reported at once, sorted
 	if len(missing) > 0 {
 		names := make([]string, 0, len(missing))
 		for n := range missing {
@@ -32,6 +34,7 @@ func ExpandTemplate(text string, vars map[string]string) (string, error) {
 		sort.Strings(names)
 		return "", fmt.Errorf("workload: template variables not set: %s", strings.Join(names, ", "))
 	}
+
 	return out, nil
 }
 
@@ -49,6 +52,7 @@ func jsonEscape(v string) string {
 			b.WriteRune(r)
 		}
 	}
+
 	return b.String()
 }
 
@@ -58,6 +62,7 @@ func Placeholders(text string) []string {
 	for _, m := range placeholderRE.FindAllStringSubmatch(text, -1) {
 		seen[m[1]] = true
 	}
+
 	names := make([]string, 0, len(seen))
 	for n := range seen {
 		names = append(names, n)

@@ -120,6 +120,7 @@ func Parse(data []byte) (Spec, error) {
 	if err := rejectNullCmd(trimmed); err != nil {
 		return s, err
 	}
+
 	if err := json.Unmarshal(trimmed, &s); err != nil {
 		return s, fmt.Errorf("workload: decoding spec: %w", err)
 	}
@@ -150,24 +151,28 @@ func (s *Spec) Validate() error {
 	if s.AppName != "" && !ValidAppName(s.AppName) {
 		errs = append(errs, fmt.Errorf("app_name %q must match [A-Za-z0-9._-]{1,128}", s.AppName))
 	}
+
 	for _, kv := range s.Env {
 		k, _, ok := strings.Cut(kv, "=")
 		if ok && !envKeyRE.MatchString(k) {
 			errs = append(errs, fmt.Errorf("env name %q is not a valid variable name", k))
 		}
 	}
+
 	if s.GitHubRelease != nil {
 		errs = append(errs, s.GitHubRelease.validate())
 	}
 	if s.Expose != nil {
 		errs = append(errs, s.Expose.validate())
 	}
+
 	switch s.RequiresAgentMode {
 	case "", "read_only", "read_write":
 	default:
 		errs = append(errs, fmt.Errorf("requires_agent_mode %q must be read_only or read_write",
 			s.RequiresAgentMode))
 	}
+
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("workload: invalid spec: %w", err)
 	}
@@ -182,6 +187,7 @@ func (r *Release) validate() error {
 	if r.Asset == "" || strings.Contains(r.Asset, "/") || !safeRelPath(r.Asset) {
 		errs = append(errs, fmt.Errorf("github_release.asset %q must be a plain file name", r.Asset))
 	}
+
 	if r.Rename != "" && !safeRelPath(r.Rename) {
 		errs = append(errs, fmt.Errorf("github_release.rename %q must be a relative path "+
 			"without ..", r.Rename))
@@ -189,6 +195,7 @@ func (r *Release) validate() error {
 	if strings.ContainsAny(r.Tag, "/?#") {
 		errs = append(errs, fmt.Errorf("github_release.tag %q contains a URL delimiter", r.Tag))
 	}
+
 	return errors.Join(errs...)
 }
 
@@ -197,6 +204,7 @@ func safeRelPath(p string) bool {
 	if p == "" || path.IsAbs(p) || strings.ContainsRune(p, 0) {
 		return false
 	}
+
 	for _, elem := range strings.Split(p, "/") {
 		if elem == ".." {
 			return false

@@ -29,6 +29,7 @@ func (p *Provider) CleanupAccess(ctx context.Context, hostnames []string) ([]str
 	if err != nil {
 		return nil, fmt.Errorf("cloudflare: cleaning up Access: %w", err)
 	}
+
 	var deleted []string
 	var errs []error
 	for _, a := range apps {
@@ -39,10 +40,12 @@ func (p *Provider) CleanupAccess(ctx context.Context, hostnames []string) ([]str
 			errs = append(errs, err)
 			continue
 		}
+
 		p.log.InfoContext(ctx, "legacy access app deleted", "app_id", a.ID, "name", a.Name,
 			"domain", a.Domain)
 		deleted = append(deleted, a.ID)
 	}
+
 	if err := errors.Join(errs...); err != nil {
 		return deleted, fmt.Errorf("cloudflare: cleaning up Access: %w", err)
 	}
@@ -71,6 +74,7 @@ func appMatches(a ingress.App, hostnames []string) bool {
 			}
 		}
 	}
+
 	return false
 }
 
@@ -91,15 +95,18 @@ func (p *Provider) listApps(ctx context.Context) ([]ingress.App, error) {
 	set(&params.PerPage, int64(appsPerPage))
 	pages := &pageLog{}
 	it := p.apps.ListAutoPaging(ctx, params, p.call(ctx, pages)...)
+
 	apps, err := collect(it, pages,
 		func(a zero_trust.AccessApplicationListResponse) string { return a.ID })
 	if err != nil {
 		return nil, err
 	}
+
 	out := make([]ingress.App, 0, len(apps))
 	for _, a := range apps {
 		out = append(out, appFromJSON(a.ID, a.JSON.RawJSON()))
 	}
+
 	return out, nil
 }
 
@@ -123,16 +130,19 @@ func appFromJSON(id, raw string) ingress.App {
 	if a.Domain != "" {
 		app.Targets = append(app.Targets, a.Domain)
 	}
+
 	for _, d := range a.Destinations {
 		if d.Type == "public" && d.URI != "" {
 			app.Targets = append(app.Targets, d.URI)
 		}
 	}
+
 	for _, d := range a.SelfHostedDomains {
 		if t := selfHostedDomain(d); t != "" {
 			app.Targets = append(app.Targets, t)
 		}
 	}
+
 	return app
 }
 
@@ -143,6 +153,7 @@ func selfHostedDomain(raw json.RawMessage) string {
 	if json.Unmarshal(raw, &s) == nil {
 		return s
 	}
+
 	var o struct{ Domain, URI string }
 	json.Unmarshal(raw, &o)
 	if o.Domain != "" {
@@ -158,10 +169,12 @@ func policyKind(policies []json.RawMessage) string {
 	if len(policies) == 0 {
 		return "unknown"
 	}
+
 	var pol struct {
 		Decision string `json:"decision"`
 	}
 	json.Unmarshal(policies[0], &pol)
+
 	lower := strings.ToLower(string(policies[0]))
 	switch {
 	case pol.Decision == "bypass":
@@ -170,5 +183,6 @@ func policyKind(policies []json.RawMessage) string {
 		strings.Contains(lower, "emails")):
 		return "human"
 	}
+
 	return "unknown"
 }

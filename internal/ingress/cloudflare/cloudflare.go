@@ -117,6 +117,7 @@ func New(opts Options) (*Provider, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+
 	opts.setDefaults()
 	log := opts.Logger
 	if log == nil {
@@ -126,6 +127,7 @@ func New(opts Options) (*Provider, error) {
 	if client == nil {
 		client = &http.Client{}
 	}
+
 	// Retries are ours (see call); cloudflare-go's would retry on top.
 	base := []option.RequestOption{
 		option.WithBaseURL(opts.BaseURL),
@@ -133,6 +135,7 @@ func New(opts Options) (*Provider, error) {
 		option.WithHTTPClient(client),
 		option.WithMaxRetries(0),
 	}
+
 	return &Provider{
 		opts:    opts,
 		log:     log.With("component", "cloudflare"),
@@ -150,6 +153,7 @@ func (o *Options) validate() error {
 			errs = append(errs, fmt.Errorf("%s is required", name))
 		}
 	}
+
 	if o.Domain != "" {
 		if err := ingress.ValidateHostname(o.Domain); err != nil {
 			errs = append(errs, fmt.Errorf("domain: %w", err))
@@ -158,6 +162,7 @@ func (o *Options) validate() error {
 	if _, err := fleetenv.Parse(o.Env); err != nil {
 		errs = append(errs, fmt.Errorf("env: %w", err))
 	}
+
 	if o.RequestTimeout < 0 || o.MaxAttempts < 0 || o.MinBackoff < 0 || o.MaxBackoff < 0 {
 		errs = append(errs, errors.New("timeouts, attempts and backoffs must not be negative"))
 	}
@@ -174,18 +179,21 @@ func (o *Options) setDefaults() {
 	if !strings.HasSuffix(o.BaseURL, "/") {
 		o.BaseURL += "/"
 	}
+
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = 30 * time.Second
 	}
 	if o.MaxAttempts == 0 {
 		o.MaxAttempts = 5
 	}
+
 	if o.MinBackoff == 0 {
 		o.MinBackoff = time.Second
 	}
 	if o.MaxBackoff == 0 {
 		o.MaxBackoff = 30 * time.Second
 	}
+
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
 	if o.Now == nil {
 		o.Now = time.Now
@@ -211,10 +219,12 @@ func (p *Provider) checkIngress(in ingress.Ingress) error {
 	if err := in.Validate(); err != nil {
 		return err
 	}
+
 	for _, h := range in.Hostnames() {
 		if !p.inZone(h) {
 			return fmt.Errorf("cloudflare: hostname %q is outside the zone %q", h, p.opts.Domain)
 		}
 	}
+
 	return nil
 }

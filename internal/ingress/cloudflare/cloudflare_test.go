@@ -61,6 +61,7 @@ func newFixture(t *testing.T, maxPerPage int, edit func(*Options)) *fixture {
 	if edit != nil {
 		edit(&opts)
 	}
+
 	p, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +87,7 @@ func (f *fixture) recordsByName(t *testing.T) map[string]string {
 		}
 		out[r.Name] = r.Content
 	}
+
 	return out
 }
 
@@ -108,6 +110,7 @@ func TestCreateTunnel(t *testing.T) {
 	if !ok {
 		t.Fatalf("tunnel %s not in the fake", tun.ID)
 	}
+
 	if got.Name != "dd-pr-7-agent-ab12cd34" || got.ConfigSrc != "cloudflare" {
 		t.Errorf("tunnel = name %q config_src %q", got.Name, got.ConfigSrc)
 	}
@@ -117,6 +120,7 @@ func TestCreateTunnel(t *testing.T) {
 	if tun.Token == "" || !tokenNames(t, tun.Token, tun.ID) {
 		t.Errorf("token %q does not name tunnel %s", tun.Token, tun.ID)
 	}
+
 	wantRules := []cftest.Rule{
 		{Hostname: "dd-pr-7-agent-ab12cd34-web." + testDomain, Service: "http://localhost:9000"},
 		{Hostname: "dd-pr-7-api-ab12cd34." + testDomain, Service: "http://localhost:8081"},
@@ -127,6 +131,7 @@ func TestCreateTunnel(t *testing.T) {
 		t.Errorf("ingress rules (-want +got):\n%s", diff)
 	}
 	target := tun.ID + ".cfargotunnel.com"
+
 	wantRecords := map[string]string{
 		agentHost: target,
 		"dd-pr-7-agent-ab12cd34-web." + testDomain: target,
@@ -135,12 +140,14 @@ func TestCreateTunnel(t *testing.T) {
 	if diff := cmp.Diff(wantRecords, f.recordsByName(t)); diff != "" {
 		t.Errorf("records (-want +got):\n%s", diff)
 	}
+
 	for _, r := range f.fake.Records() {
 		if !r.Proxied || r.Type != "CNAME" {
 			t.Errorf("record %s: type %s proxied %v, want a proxied CNAME", r.Name, r.Type,
 				r.Proxied)
 		}
 	}
+
 	// The catch-all is sent without a hostname at all.
 	puts := f.fake.RequestsTo(cftest.RoutePutConfig)
 	if len(puts) != 1 || !strings.Contains(puts[0].Body, `{"service":"http_status:404"}`) {
@@ -154,6 +161,7 @@ func tokenNames(t *testing.T, token, tunnelID string) bool {
 	if err != nil {
 		return false
 	}
+
 	var tok struct{ T string }
 	return json.Unmarshal(b, &tok) == nil && tok.T == tunnelID
 }
@@ -168,6 +176,7 @@ func TestCreateTunnelMovesExistingRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	unrelated := f.fake.AddRecord("other."+testDomain, "elsewhere.example", time.Now())
 	f.fake.ResetRequests()
 
@@ -175,6 +184,7 @@ func TestCreateTunnelMovesExistingRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	want := map[string]string{
 		"pr-7." + testDomain:       cur.ID + ".cfargotunnel.com",
 		"pr-7-shell." + testDomain: cur.ID + ".cfargotunnel.com",
@@ -183,13 +193,16 @@ func TestCreateTunnelMovesExistingRecord(t *testing.T) {
 	if diff := cmp.Diff(want, f.recordsByName(t)); diff != "" {
 		t.Errorf("records (-want +got):\n%s", diff)
 	}
+
 	if n := len(f.fake.RequestsTo(cftest.RouteCreateRecord)); n != 0 {
 		t.Errorf("%d records created, want updates only", n)
 	}
+
 	// Deleting the old tunnel (STONITH) leaves the moved records alone.
 	if err := f.p.DeleteTunnel(ctx, old.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	if diff := cmp.Diff(want, f.recordsByName(t)); diff != "" {
 		t.Errorf("records after deleting the old tunnel (-want +got):\n%s", diff)
 	}
@@ -221,11 +234,13 @@ func TestCreateTunnelRollsBack(t *testing.T) {
 			if err == nil {
 				t.Fatal("CreateTunnel succeeded, want an error")
 			}
+
 			for _, tun := range f.fake.Tunnels() {
 				if tun.DeletedAt.IsZero() {
 					t.Errorf("tunnel %s was left behind", tun.Name)
 				}
 			}
+
 			for _, r := range f.fake.Records() {
 				if strings.HasSuffix(r.Content, ".cfargotunnel.com") {
 					t.Errorf("record %s was left behind", r.Name)
@@ -238,6 +253,7 @@ func TestCreateTunnelRollsBack(t *testing.T) {
 func TestCreateTunnelRefusesBadInput(t *testing.T) {
 	f := newFixture(t, 0, nil)
 	ctx := context.Background()
+
 	bad := []struct {
 		name string
 		in   ingress.Ingress
@@ -251,6 +267,7 @@ func TestCreateTunnelRefusesBadInput(t *testing.T) {
 			t.Errorf("CreateTunnel(%q, %+v) succeeded", b.name, b.in)
 		}
 	}
+
 	if n := len(f.fake.Requests()); n != 0 {
 		t.Errorf("bad input sent %d requests", n)
 	}
@@ -264,6 +281,7 @@ func TestReplaceIngress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	// Another tunnel has since taken over the "www" name this tunnel used
 	// to serve; dropping it here must not touch that record.
 	f.fake.SetTunnelIngress(tun.ID, []cftest.Rule{
@@ -272,6 +290,7 @@ func TestReplaceIngress(t *testing.T) {
 		{Hostname: agentHost, Service: "http://localhost:8080"},
 		{Service: "http_status:404"},
 	})
+
 	f.fake.AddRecord("dd-pr-7-agent-ab12cd34-www."+testDomain, "other.cfargotunnel.com",
 		time.Now())
 
@@ -280,6 +299,7 @@ func TestReplaceIngress(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ReplaceIngress: %v", err)
 	}
+
 	target := tun.ID + ".cfargotunnel.com"
 	want := map[string]string{
 		agentHost:                            target,
@@ -290,10 +310,12 @@ func TestReplaceIngress(t *testing.T) {
 	if diff := cmp.Diff(want, f.recordsByName(t)); diff != "" {
 		t.Errorf("records (-want +got):\n%s", diff)
 	}
+
 	rules, err := f.p.TunnelIngress(ctx, tun.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	wantRules := agentIngress(ingress.Claim{App: "oracle", Label: "oracle", Port: 9100}).Rules()
 	if diff := cmp.Diff(wantRules, rules); diff != "" {
 		t.Errorf("TunnelIngress (-want +got):\n%s", diff)
@@ -313,6 +335,7 @@ func TestDeleteTunnel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	// A record nobody remembers, pointing at the tunnel, goes too.
 	f.fake.AddRecord("stray."+testDomain, tun.ID+".cfargotunnel.com", time.Now())
 	keep := f.fake.AddRecord("keep."+testDomain, "other.cfargotunnel.com", time.Now())
@@ -321,6 +344,7 @@ func TestDeleteTunnel(t *testing.T) {
 	if err := f.p.DeleteTunnel(ctx, tun.ID); err != nil {
 		t.Fatalf("DeleteTunnel: %v", err)
 	}
+
 	got, _ := f.fake.Tunnel(tun.ID)
 	if got.DeletedAt.IsZero() || got.Connections != 0 {
 		t.Errorf("tunnel after delete: deleted_at %v, %d connections", got.DeletedAt,
@@ -330,10 +354,12 @@ func TestDeleteTunnel(t *testing.T) {
 		f.recordsByName(t)); diff != "" {
 		t.Errorf("records (-want +got):\n%s", diff)
 	}
+
 	// Deleting again, or deleting what never existed, is not an error.
 	if err := f.p.DeleteTunnel(ctx, tun.ID); err != nil {
 		t.Errorf("second DeleteTunnel: %v", err)
 	}
+
 	if err := f.p.DeleteTunnel(ctx, "no-such-tunnel"); err != nil {
 		t.Errorf("DeleteTunnel of an unknown tunnel: %v", err)
 	}
@@ -356,11 +382,13 @@ func TestTunnel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	want := ingress.TunnelInfo{ID: live.ID, Name: live.Name, CreatedAt: created,
 		Status: "inactive"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Tunnel (-want +got):\n%s", diff)
 	}
+
 	if got, err := f.p.Tunnel(ctx, gone.ID); err != nil || !got.Deleted() {
 		t.Errorf("Tunnel(soft-deleted) = %+v, %v; want Deleted", got, err)
 	}
@@ -376,6 +404,7 @@ func TestNewValidates(t *testing.T) {
 	if _, err := New(good); err != nil {
 		t.Fatalf("New(good) = %v", err)
 	}
+
 	for name, edit := range map[string]func(*Options){
 		"no token":   func(o *Options) { o.APIToken = "" },
 		"no account": func(o *Options) { o.AccountID = "" },

@@ -37,6 +37,7 @@ func (p *Provider) lookupRecords(ctx context.Context, tunnelID string,
 		}
 		held = append(held, heldName{name: h, rec: rec})
 	}
+
 	return held, nil
 }
 
@@ -72,6 +73,7 @@ func (p *Provider) upsertRecord(ctx context.Context, name string, rec *ingress.R
 		if rec, err = p.findCNAME(ctx, name); err != nil {
 			return err
 		}
+
 		if rec == nil {
 			return fmt.Errorf("a record that is not a CNAME holds the name (%w): %w",
 				ingress.ErrHostnameTaken, apiErr)
@@ -80,6 +82,7 @@ func (p *Provider) upsertRecord(ctx context.Context, name string, rec *ingress.R
 			return err
 		}
 	}
+
 	if rec.Content == target && rec.Proxied {
 		return nil
 	}
@@ -97,6 +100,7 @@ func (p *Provider) mayTake(ctx context.Context, rec *ingress.Record, tunnelID st
 	if rec == nil {
 		return nil
 	}
+
 	holder := rec.TunnelID()
 	switch {
 	case holder == "":
@@ -105,11 +109,13 @@ func (p *Provider) mayTake(ctx context.Context, rec *ingress.Record, tunnelID st
 	case holder == tunnelID:
 		return nil
 	}
+
 	t, err := p.Tunnel(ctx, holder)
 	if errors.Is(err, ingress.ErrNotFound) {
 		return fmt.Errorf("%w: the record points at tunnel %s, which this account does not "+
 			"have", ingress.ErrHostnameTaken, holder)
 	}
+
 	if err != nil {
 		return err
 	}
@@ -126,6 +132,7 @@ func (p *Provider) findCNAME(ctx context.Context, name string) (*ingress.Record,
 	set(&byName.Exact, name)
 	var params dns.RecordListParams
 	set(&params.Name, byName)
+
 	recs, err := p.listRecords(ctx, params)
 	if err != nil {
 		return nil, fmt.Errorf("looking up %s: %w", name, err)
@@ -171,6 +178,7 @@ func (p *Provider) DeleteRecord(ctx context.Context, recordID string) error {
 	if recordID == "" {
 		return errors.New("cloudflare: record id is required")
 	}
+
 	var params dns.RecordDeleteParams
 	set(&params.ZoneID, p.opts.ZoneID)
 	_, err := p.records.Delete(ctx, recordID, params, p.call(ctx, nil)...)
@@ -190,6 +198,7 @@ func (p *Provider) dropRecords(ctx context.Context, tunnelID string, names []str
 		}
 		errs = append(errs, err)
 	}
+
 	return errors.Join(errs...)
 }
 
@@ -206,12 +215,14 @@ func (p *Provider) deleteRecordsOf(ctx context.Context, tunnelID string) error {
 	if err != nil {
 		return fmt.Errorf("listing records: %w", err)
 	}
+
 	var errs []error
 	for _, r := range recs {
 		if r.TunnelID() == tunnelID {
 			errs = append(errs, p.DeleteRecord(ctx, r.ID))
 		}
 	}
+
 	return errors.Join(errs...)
 }
 
@@ -228,10 +239,12 @@ func (p *Provider) listRecords(ctx context.Context,
 	if err != nil {
 		return nil, err
 	}
+
 	out := make([]ingress.Record, 0, len(recs))
 	for _, r := range recs {
 		out = append(out, ingress.Record{ID: r.ID, Name: r.Name, Type: string(r.Type),
 			Content: r.Content, Proxied: r.Proxied, CreatedAt: r.CreatedOn})
 	}
+
 	return out, nil
 }

@@ -59,6 +59,7 @@ func TestCreateTunnelMovesOnlyOwnEnvironmentsRecords(t *testing.T) {
 			in := ingress.ControlPlaneIngress(cpHost)
 			tun, err := f.p.CreateTunnel(ctx, "dd-pr-7-cp-2222", in)
 			got := f.recordsByName(t)[cpHost]
+
 			if tt.moves {
 				if err != nil {
 					t.Fatalf("CreateTunnel: %v", err)
@@ -68,15 +69,18 @@ func TestCreateTunnelMovesOnlyOwnEnvironmentsRecords(t *testing.T) {
 				}
 				return
 			}
+
 			if !errors.Is(err, ingress.ErrHostnameTaken) {
 				t.Fatalf("CreateTunnel = %v, want ErrHostnameTaken", err)
 			}
+
 			if got != content {
 				t.Errorf("%s points at %q, want it left at %q", cpHost, got, content)
 			}
 			if n := len(f.fake.RequestsTo(cftest.RouteCreateTunnel)); n != 0 {
 				t.Errorf("%d tunnels created, want none", n)
 			}
+
 			if n := len(f.fake.RequestsTo(cftest.RouteUpdateRecord)) +
 				len(f.fake.RequestsTo(cftest.RouteCreateRecord)); n != 0 {
 				t.Errorf("%d records written, want none", n)
@@ -94,11 +98,13 @@ func TestCreateTunnelMovesRecordOfDeletedTunnel(t *testing.T) {
 	if err := f.p.DeleteTunnel(ctx, old.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	f.fake.AddRecord(cpHost, toTunnel(old.ID), time.Now())
 	tun, err := f.p.CreateTunnel(ctx, "dd-pr-7-cp-2222", ingress.ControlPlaneIngress(cpHost))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if got, want := f.recordsByName(t)[cpHost], toTunnel(tun.ID); got != want {
 		t.Errorf("%s points at %q, want %q", cpHost, got, want)
 	}
@@ -114,6 +120,7 @@ func TestReplaceIngressRefusesForeignRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	prod := f.fake.AddTunnel("dd-production-agent-cd34", time.Now())
 	claim := ingress.Claim{App: "shop", Label: "shop", Port: 9000}
 	taken := ingress.ExtraHostname(agentHost, claim.Label)
@@ -125,16 +132,19 @@ func TestReplaceIngressRefusesForeignRecord(t *testing.T) {
 	if !errors.Is(err, ingress.ErrHostnameTaken) {
 		t.Fatalf("ReplaceIngress = %v, want ErrHostnameTaken", err)
 	}
+
 	if diff := cmp.Diff(before, f.recordsByName(t)); diff != "" {
 		t.Errorf("records changed (-before +after):\n%s", diff)
 	}
 	if n := len(f.fake.RequestsTo(cftest.RoutePutConfig)); n != 0 {
 		t.Errorf("the tunnel's rules were written %d times, want never", n)
 	}
+
 	rules, err := f.p.TunnelIngress(ctx, tun.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if diff := cmp.Diff(in.Rules(), rules); diff != "" {
 		t.Errorf("rules changed (-want +got):\n%s", diff)
 	}
@@ -149,6 +159,7 @@ func TestCreateTunnelRefusesAddressRecord(t *testing.T) {
 	if !errors.Is(err, ingress.ErrHostnameTaken) {
 		t.Fatalf("CreateTunnel = %v, want ErrHostnameTaken", err)
 	}
+
 	if r, ok := f.fake.RecordByName(cpHost); !ok || r.Type != "A" || r.Content != "192.0.2.1" {
 		t.Errorf("record = %+v, %v; want the A record untouched", r, ok)
 	}

@@ -47,9 +47,11 @@ type APIError struct {
 func (e *APIError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cloudflare: %s %s: status %d", e.Method, e.Path, e.StatusCode)
+
 	for i, c := range e.Codes {
 		fmt.Fprintf(&b, "; %d %s", c, e.Messages[i])
 	}
+
 	if e.RayID != "" {
 		fmt.Fprintf(&b, " (ray %s)", e.RayID)
 	}
@@ -89,6 +91,7 @@ func (e *APIError) Exists() bool {
 func newAPIError(resp *http.Response, body []byte) *APIError {
 	e := &APIError{Method: resp.Request.Method, Path: resp.Request.URL.Path,
 		StatusCode: resp.StatusCode, RayID: resp.Header.Get("Cf-Ray")}
+
 	var env struct {
 		Errors []struct {
 			Code    int    `json:"code"`
@@ -103,10 +106,12 @@ func newAPIError(resp *http.Response, body []byte) *APIError {
 		e.Codes, e.Messages = []int{0}, []string{strconv.Quote(text)}
 		return e
 	}
+
 	for _, m := range env.Errors {
 		e.Codes = append(e.Codes, m.Code)
 		e.Messages = append(e.Messages, m.Message)
 	}
+
 	return e
 }
 

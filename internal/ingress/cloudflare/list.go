@@ -24,19 +24,23 @@ func (p *Provider) List(ctx context.Context, opts ingress.ListOptions) ingress.V
 	fail := func(what, id string, err error) {
 		v.Errors = append(v.Errors, ingress.FetchError{What: what, ID: id, Err: err.Error()})
 	}
+
 	if recs, err := p.listRecords(ctx, dns.RecordListParams{}); err != nil {
 		fail("dns", "", err)
 	} else {
 		v.Records = recs
 	}
+
 	if tuns, err := p.listTunnels(ctx); err != nil {
 		fail("tunnels", "", err)
 	} else {
 		v.Tunnels = tuns
 	}
+
 	if opts.IngressPrefix != "" {
 		p.readIngress(ctx, v.Tunnels, opts.IngressPrefix, fail)
 	}
+
 	if opts.Apps {
 		if apps, err := p.listApps(ctx); err != nil {
 			fail("apps", "", err)
@@ -44,6 +48,7 @@ func (p *Provider) List(ctx context.Context, opts ingress.ListOptions) ingress.V
 			v.Apps = apps
 		}
 	}
+
 	v.Complete = len(v.Errors) == 0
 	return v
 }
@@ -55,15 +60,18 @@ func (p *Provider) listTunnels(ctx context.Context) ([]ingress.TunnelInfo, error
 	set(&params.IsDeleted, false)
 	set(&params.PerPage, float64(tunnelsPerPage))
 	pages := &pageLog{}
+
 	it := p.tunnels.ListAutoPaging(ctx, params, p.call(ctx, pages)...)
 	tuns, err := collect(it, pages, func(t shared.CloudflareTunnel) string { return t.ID })
 	if err != nil {
 		return nil, err
 	}
+
 	out := make([]ingress.TunnelInfo, 0, len(tuns))
 	for i := range tuns {
 		out = append(out, tunnelInfo(&tuns[i]))
 	}
+
 	return out, nil
 }
 
@@ -75,16 +83,19 @@ func (p *Provider) readIngress(ctx context.Context, tuns []ingress.TunnelInfo, p
 		if !strings.HasPrefix(t.Name, prefix) {
 			continue
 		}
+
 		rules, err := p.TunnelIngress(ctx, t.ID)
 		if err != nil {
 			fail("ingress", t.ID, err)
 			continue
 		}
+
 		for _, r := range rules {
 			if r.Hostname != "" {
 				t.Hostnames = append(t.Hostnames, r.Hostname)
 			}
 		}
+
 		t.IngressListed = true
 	}
 }
@@ -111,6 +122,7 @@ func collect[T any](it autoPager[T], pages *pageLog, id func(T) string) ([]T, er
 		seen[k] = true
 		out = append(out, item)
 	}
+
 	if err := it.Err(); err != nil {
 		return nil, err
 	}

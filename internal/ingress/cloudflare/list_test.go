@@ -24,10 +24,12 @@ func seed(t *testing.T, f *fixture, n int) []string {
 			tun.ID+".cfargotunnel.com", created)
 		ids = append(ids, tun.ID)
 	}
+
 	gone := f.fake.AddTunnel("dd-pr-7-agent-dead", created)
 	if err := f.p.DeleteTunnel(context.Background(), gone.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	f.fake.ResetRequests()
 	return ids
 }
@@ -39,16 +41,19 @@ func TestListReadsEveryPage(t *testing.T) {
 	if v.Degraded() {
 		t.Fatalf("view degraded: %v", v.Errors)
 	}
+
 	var got []string
 	for _, tun := range v.Tunnels {
 		got = append(got, tun.ID)
 	}
+
 	if !slices.Equal(got, ids) {
 		t.Errorf("tunnels = %v, want %v (soft-deleted one left out)", got, ids)
 	}
 	if len(v.Records) != 7 {
 		t.Errorf("%d records, want 7", len(v.Records))
 	}
+
 	for _, route := range []string{cftest.RouteListTunnels, cftest.RouteListRecords} {
 		var pages []string
 		for _, r := range f.fake.RequestsTo(route) {
@@ -59,6 +64,7 @@ func TestListReadsEveryPage(t *testing.T) {
 			t.Errorf("%s pages = %q, want %q", route, pages, want)
 		}
 	}
+
 	for _, r := range f.fake.RequestsTo(cftest.RouteListTunnels) {
 		if r.Query.Get("is_deleted") != "false" {
 			t.Errorf("tunnel list without is_deleted=false: %v", r.Query)
@@ -105,11 +111,13 @@ func TestListDegraded(t *testing.T) {
 				o.RequestTimeout = 50 * time.Millisecond
 			})
 			seed(t, f, 7)
+
 			f.fake.Inject(tt.route, tt.fault)
 			v := f.p.List(context.Background(), tt.opts)
 			if !v.Degraded() || v.Complete {
 				t.Fatalf("view not degraded: complete=%v errors=%v", v.Complete, v.Errors)
 			}
+
 			if !v.Failed(tt.what) || len(v.Errors) != 1 {
 				t.Errorf("errors = %v, want one %q error", v.Errors, tt.what)
 			}
@@ -138,11 +146,13 @@ func TestListReadsIngressOfPrefix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	agent := f.fake.AddTunnel("dd-pr-7-agent-aa", time.Now())
 	v := f.p.List(ctx, ingress.ListOptions{IngressPrefix: "dd-pr-7-cp-"})
 	if v.Degraded() {
 		t.Fatalf("view degraded: %v", v.Errors)
 	}
+
 	for _, tun := range v.Tunnels {
 		switch tun.ID {
 		case cp.ID:
@@ -151,6 +161,7 @@ func TestListReadsIngressOfPrefix(t *testing.T) {
 				t.Errorf("cp tunnel hostnames = %v (listed %v), want %v", tun.Hostnames,
 					tun.IngressListed, want)
 			}
+
 		case agent.ID:
 			if tun.IngressListed {
 				t.Errorf("agent tunnel ingress read though not asked for")
@@ -167,26 +178,31 @@ func TestCleanupAccess(t *testing.T) {
 		return f.fake.AddApp(cftest.App{Name: name, Domain: domain, Destinations: dest,
 			SelfHostedDomains: self})
 	}
+
 	del := []cftest.App{
 		mk("exact", host, nil, nil),
 		mk("path", host+"/deploy", nil, nil),
 		mk("destination", "", []cftest.Destination{{Type: "public", URI: api + "/health"}}, nil),
 		mk("self-hosted", "", nil, []string{"x." + testDomain, host}),
 	}
+
 	keep := []cftest.App{
 		mk("wildcard", "*."+testDomain, nil, nil),
 		mk("private", "", []cftest.Destination{{Type: "private", URI: host}}, nil),
 		mk("other", "other."+testDomain, nil, nil),
 		mk("prefix", "dd-pr-7-agent-ab12cd345."+testDomain, nil, nil),
 	}
+
 	deleted, err := f.p.CleanupAccess(context.Background(), []string{host, api})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var want []string
 	for _, a := range del {
 		want = append(want, a.ID)
 	}
+
 	if !slices.Equal(deleted, want) {
 		t.Errorf("deleted %v, want %v", deleted, want)
 	}
@@ -194,10 +210,12 @@ func TestCleanupAccess(t *testing.T) {
 	for _, a := range f.fake.Apps() {
 		left = append(left, a.Name)
 	}
+
 	var wantLeft []string
 	for _, a := range keep {
 		wantLeft = append(wantLeft, a.Name)
 	}
+
 	if !slices.Equal(left, wantLeft) {
 		t.Errorf("apps left %v, want %v", left, wantLeft)
 	}
@@ -226,6 +244,7 @@ func TestPolicyKind(t *testing.T) {
 			t.Errorf("policyKind(%s) = %q, want %q", tt.policies, got, tt.want)
 		}
 	}
+
 	raw := `{"self_hosted_domains":[{"uri":"a.b/c"},"d.e",{"domain":"f.g"}]}`
 	if got := appFromJSON("id", raw).Targets; !slices.Equal(got, []string{"a.b/c", "d.e", "f.g"}) {
 		t.Errorf("self-hosted targets = %v", got)

@@ -44,12 +44,14 @@ func TestRetriesThenSucceeds(t *testing.T) {
 				o.MaxBackoff = 8 * time.Second
 				o.RequestTimeout = 100 * time.Millisecond
 			})
+
 			f.fake.Inject(cftest.RouteCreateTunnel, tt.fault)
 			tun, err := f.p.CreateTunnel(context.Background(), "dd-pr-7-agent-ab12cd34",
 				agentIngress())
 			if err != nil {
 				t.Fatalf("CreateTunnel: %v", err)
 			}
+
 			tt.check(t, f.sleeps.waits())
 			// The retried POST made one tunnel: the faults answered before
 			// the fake created anything.
@@ -67,6 +69,7 @@ func checkBackoff(t *testing.T, waits []time.Duration) {
 	if len(waits) == 0 {
 		t.Fatal("no retry waits recorded")
 	}
+
 	for i, w := range waits {
 		step := time.Second << i
 		if w < step/2 || w > step {
@@ -83,6 +86,7 @@ func TestRetriesGiveUp(t *testing.T) {
 	if !ok || apiErr.StatusCode != http.StatusBadGateway || !apiErr.Temporary() {
 		t.Fatalf("Tunnel = %v, want a 502 APIError", err)
 	}
+
 	if n := len(f.fake.RequestsTo(cftest.RouteGetTunnel)); n != 3 {
 		t.Errorf("%d attempts, want 3", n)
 	}
@@ -138,11 +142,13 @@ func TestNonRetryableErrors(t *testing.T) {
 			if tt.fault != (cftest.Fault{}) {
 				f.fake.Inject(tt.route, tt.fault)
 			}
+
 			err := tt.call(f.p, tun.ID)
 			apiErr, ok := asAPIError(err)
 			if !ok {
 				t.Fatalf("error %v (%T) is not an APIError", err, err)
 			}
+
 			if apiErr.StatusCode != tt.status || !apiErr.HasCode(tt.code) || apiErr.RayID == "" {
 				t.Errorf("APIError = %+v, want status %d code %d and a ray id", apiErr,
 					tt.status, tt.code)
@@ -150,6 +156,7 @@ func TestNonRetryableErrors(t *testing.T) {
 			if tt.predicate != nil && !tt.predicate(apiErr) {
 				t.Errorf("predicate false for %v", apiErr)
 			}
+
 			if apiErr.Temporary() {
 				t.Errorf("%v reported temporary", apiErr)
 			}
@@ -179,6 +186,7 @@ func TestCancelStopsRetrying(t *testing.T) {
 		cancel()
 		return context.Canceled
 	}
+
 	_, err := f.p.Tunnel(ctx, "x")
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Tunnel = %v, want context.Canceled", err)
@@ -197,6 +205,7 @@ func TestLaterPagesUseCallerContext(t *testing.T) {
 	f.p.opts.RequestTimeout = time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
+
 	_, err := f.p.listTunnels(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("listTunnels = %v, want the caller's deadline", err)
@@ -210,6 +219,7 @@ func TestRetryAfterDate(t *testing.T) {
 	if d, ok := retryAfter(resp, now); !ok || d != 5*time.Second {
 		t.Errorf("retryAfter(date) = %v, %v; want 5s", d, ok)
 	}
+
 	resp.Header.Set("Retry-After", "soon")
 	if _, ok := retryAfter(resp, now); ok {
 		t.Error("retryAfter(garbage) ok")

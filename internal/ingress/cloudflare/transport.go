@@ -50,6 +50,7 @@ func (p *Provider) do(req *http.Request, next option.MiddlewareNext,
 		if err == nil {
 			return p.accept(resp, body, pages)
 		}
+
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, ctx.Err())
 		}
@@ -57,10 +58,12 @@ func (p *Provider) do(req *http.Request, next option.MiddlewareNext,
 			req.GetBody == nil) {
 			return nil, err
 		}
+
 		wait := p.backoff(attempt, resp)
 		if d, ok := ctx.Deadline(); ok && time.Until(d) < wait {
 			return nil, err // the caller's deadline comes first; say why
 		}
+
 		p.log.WarnContext(ctx, "cloudflare request retried", "method", req.Method,
 			"path", req.URL.Path, "attempt", attempt, "wait", wait, "err", err)
 		if serr := p.opts.Sleep(ctx, wait); serr != nil {
@@ -76,6 +79,7 @@ func (p *Provider) attempt(req *http.Request, next option.MiddlewareNext) (*http
 	[]byte, error) {
 	ctx, cancel := context.WithTimeout(req.Context(), p.opts.RequestTimeout)
 	defer cancel()
+
 	r := req.Clone(ctx)
 	if req.GetBody != nil {
 		body, err := req.GetBody()
@@ -84,6 +88,7 @@ func (p *Provider) attempt(req *http.Request, next option.MiddlewareNext) (*http
 		}
 		r.Body = body
 	}
+
 	resp, err := next(r)
 	if err != nil {
 		if resp != nil {
@@ -92,10 +97,12 @@ func (p *Provider) attempt(req *http.Request, next option.MiddlewareNext) (*http
 		return nil, nil, &transportError{err: err}
 	}
 	defer resp.Body.Close()
+
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
 	if err != nil {
 		return nil, nil, &transportError{err: fmt.Errorf("reading response: %w", err)}
 	}
+
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return resp, body, newAPIError(resp, body)
@@ -115,9 +122,11 @@ func (p *Provider) accept(resp *http.Response, body []byte, pages *pageLog) (*ht
 		return nil, fmt.Errorf("%s %s: response is not a Cloudflare envelope",
 			resp.Request.Method, resp.Request.URL.Path)
 	}
+
 	if !*env.Success {
 		return nil, newAPIError(resp, body)
 	}
+
 	if pages != nil {
 		pages.add(env.ResultInfo, env.Result)
 	}
@@ -160,10 +169,12 @@ func retryAfter(resp *http.Response, now time.Time) (time.Duration, bool) {
 	if resp == nil {
 		return 0, false
 	}
+
 	v := resp.Header.Get("Retry-After")
 	if v == "" {
 		return 0, false
 	}
+
 	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
 		return time.Duration(secs) * time.Second, true
 	}
@@ -177,6 +188,7 @@ func retryAfter(resp *http.Response, now time.Time) (time.Duration, bool) {
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
+
 	select {
 	case <-t.C:
 		return nil
@@ -218,8 +230,10 @@ func (l *pageLog) add(info *resultInfo, result json.RawMessage) {
 	if json.Unmarshal(result, &items) == nil {
 		s.items = len(items)
 	}
+
 	l.mu.Lock()
 	defer l.mu.Unlock()
+
 	l.pages = append(l.pages, s)
 }
 
@@ -228,9 +242,11 @@ func (l *pageLog) add(info *resultInfo, result json.RawMessage) {
 func (l *pageLog) check(got int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+
 	if len(l.pages) == 0 {
 		return errors.New("no page was read")
 	}
+
 	var errs []error
 	total, nonEmpty := l.pages[0].info.TotalCount, 0
 	for i, pg := range l.pages {
@@ -241,11 +257,13 @@ func (l *pageLog) check(got int) error {
 			errs = append(errs, fmt.Errorf("page %d held %d items, result_info.count says %d",
 				i+1, pg.items, *c))
 		}
+
 		if t := pg.info.TotalCount; t != nil && total != nil && *t != *total {
 			errs = append(errs, fmt.Errorf("total_count changed from %d to %d while paging",
 				*total, *t))
 		}
 	}
+
 	if total != nil && got != *total {
 		errs = append(errs, fmt.Errorf("read %d items of a total_count of %d", got, *total))
 	}

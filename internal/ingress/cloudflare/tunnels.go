@@ -34,10 +34,12 @@ func (p *Provider) CreateTunnel(ctx context.Context, name string,
 	if err := p.checkIngress(in); err != nil {
 		return ingress.Tunnel{}, err
 	}
+
 	held, err := p.lookupRecords(ctx, "", in.Hostnames())
 	if err != nil {
 		return ingress.Tunnel{}, fmt.Errorf("cloudflare: creating tunnel %s: %w", name, err)
 	}
+
 	t, err := p.newTunnel(ctx, name)
 	if err != nil {
 		return ingress.Tunnel{}, fmt.Errorf("cloudflare: creating tunnel %s: %w", name, err)
@@ -46,6 +48,7 @@ func (p *Provider) CreateTunnel(ctx context.Context, name string,
 		p.rollback(ctx, t)
 		return ingress.Tunnel{}, fmt.Errorf("cloudflare: setting up tunnel %s: %w", name, err)
 	}
+
 	p.log.InfoContext(ctx, "tunnel created", "tunnel_id", t.ID, "name", name,
 		"hostnames", in.Hostnames())
 	return t, nil
@@ -62,6 +65,7 @@ func (p *Provider) newTunnel(ctx context.Context, name string) (ingress.Tunnel, 
 	set(&params.Name, name)
 	set(&params.ConfigSrc, zero_trust.TunnelCloudflaredNewParamsConfigSrcCloudflare)
 	set(&params.TunnelSecret, base64.StdEncoding.EncodeToString(secret))
+
 	res, err := p.tunnels.New(ctx, params, p.call(ctx, nil)...)
 	if err != nil {
 		return ingress.Tunnel{}, err
@@ -80,6 +84,7 @@ func (p *Provider) setUp(ctx context.Context, t *ingress.Tunnel, in ingress.Ingr
 	if err != nil {
 		return err
 	}
+
 	t.Token = token
 	if err := p.putIngress(ctx, t.ID, in); err != nil {
 		return err
@@ -87,6 +92,7 @@ func (p *Provider) setUp(ctx context.Context, t *ingress.Tunnel, in ingress.Ingr
 	if err := p.upsertRecords(ctx, t.ID, held); err != nil {
 		return err
 	}
+
 	p.cleanupAccess(ctx, in.Hostnames())
 	return nil
 }
@@ -107,6 +113,7 @@ func (p *Provider) token(ctx context.Context, tunnelID string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading the tunnel token: %w", err)
 	}
+
 	if tok == nil || *tok == "" {
 		return "", errors.New("reading the tunnel token: the answer is empty")
 	}
@@ -126,10 +133,12 @@ func (p *Provider) putIngress(ctx context.Context, tunnelID string, in ingress.I
 		set(&x.Service, r.Service)
 		rules = append(rules, x)
 	}
+
 	var cfg zero_trust.TunnelCloudflaredConfigurationUpdateParamsConfig
 	set(&cfg.Ingress, rules)
 	var params zero_trust.TunnelCloudflaredConfigurationUpdateParams
 	set(&params.AccountID, p.opts.AccountID)
+
 	set(&params.Config, cfg)
 	if _, err := p.tunnels.Configurations.Update(ctx, tunnelID, params,
 		p.call(ctx, nil)...); err != nil {
@@ -149,10 +158,12 @@ func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 	if err := p.checkIngress(in); err != nil {
 		return err
 	}
+
 	old, err := p.TunnelIngress(ctx, tunnelID)
 	if errors.Is(err, ingress.ErrNotFound) {
 		return err
 	}
+
 	if err != nil {
 		p.log.WarnContext(ctx, "reading old ingress rules failed", "tunnel_id", tunnelID,
 			"err", err)
@@ -161,12 +172,14 @@ func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 	if err != nil {
 		return fmt.Errorf("cloudflare: replacing ingress of %s: %w", tunnelID, err)
 	}
+
 	if err := p.putIngress(ctx, tunnelID, in); err != nil {
 		return fmt.Errorf("cloudflare: replacing ingress of %s: %w", tunnelID, err)
 	}
 	if err := p.upsertRecords(ctx, tunnelID, held); err != nil {
 		return fmt.Errorf("cloudflare: replacing ingress of %s: %w", tunnelID, err)
 	}
+
 	if err := p.dropRecords(ctx, tunnelID, dropped(old, in)); err != nil {
 		p.log.WarnContext(ctx, "removing records of dropped hostnames failed",
 			"tunnel_id", tunnelID, "err", err)
@@ -181,12 +194,14 @@ func dropped(old []ingress.Rule, in ingress.Ingress) []string {
 	for _, h := range in.Hostnames() {
 		keep[h] = true
 	}
+
 	var out []string
 	for _, r := range old {
 		if r.Hostname != "" && !keep[r.Hostname] {
 			out = append(out, r.Hostname)
 		}
 	}
+
 	return out
 }
 
@@ -198,16 +213,19 @@ func (p *Provider) DeleteTunnel(ctx context.Context, tunnelID string) error {
 	if tunnelID == "" {
 		return errors.New("cloudflare: tunnel id is required")
 	}
+
 	err := p.deleteTunnelOnce(ctx, tunnelID)
 	if apiErr, ok := asAPIError(err); ok && apiErr.HasCode(CodeActiveConnections) {
 		err = p.deleteTunnelOnce(ctx, tunnelID)
 	}
+
 	if err != nil && !errors.Is(err, ingress.ErrNotFound) {
 		return fmt.Errorf("cloudflare: deleting tunnel %s: %w", tunnelID, err)
 	}
 	if err := p.deleteRecordsOf(ctx, tunnelID); err != nil {
 		return fmt.Errorf("cloudflare: deleting records of tunnel %s: %w", tunnelID, err)
 	}
+
 	p.log.InfoContext(ctx, "tunnel deleted", "tunnel_id", tunnelID)
 	return nil
 }
@@ -219,6 +237,7 @@ func (p *Provider) deleteTunnelOnce(ctx context.Context, tunnelID string) error 
 		p.call(ctx, nil)...); err != nil {
 		return err
 	}
+
 	var params zero_trust.TunnelCloudflaredDeleteParams
 	set(&params.AccountID, p.opts.AccountID)
 	_, err := p.tunnels.Delete(ctx, tunnelID, params, p.call(ctx, nil)...)
@@ -250,9 +269,11 @@ func (p *Provider) TunnelIngress(ctx context.Context, tunnelID string) ([]ingres
 	if err != nil {
 		return nil, fmt.Errorf("cloudflare: reading ingress of %s: %w", tunnelID, err)
 	}
+
 	rules := make([]ingress.Rule, 0, len(cfg.Config.Ingress))
 	for _, r := range cfg.Config.Ingress {
 		rules = append(rules, ingress.Rule{Hostname: r.Hostname, Service: r.Service})
 	}
+
 	return rules, nil
 }

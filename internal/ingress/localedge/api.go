@@ -108,6 +108,7 @@ func NewAPI(p *Provider, opts APIOptions) (http.Handler, error) {
 		return nil, fmt.Errorf("localedge: the API token must have at least %d characters",
 			MinAPITokenLen)
 	}
+
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -124,6 +125,7 @@ func (a *api) routes() http.Handler {
 	}
 	handle("POST /tunnels", a.createTunnel)
 	handle("PUT /tunnels/{id}/ingress", a.replaceIngress)
+
 	handle("DELETE /tunnels/{id}", a.deleteTunnel)
 	handle("GET /tunnels/{id}", a.tunnel)
 	handle("GET /tunnels/{id}/ingress", a.tunnelIngress)
@@ -161,6 +163,7 @@ func providerError(err error) error {
 	case errors.Is(err, ingress.ErrHostnameTaken):
 		he.Status, he.Code = http.StatusConflict, httpapi.CodeConflict
 	}
+
 	return he
 }
 
@@ -169,6 +172,7 @@ func (a *api) createTunnel(w http.ResponseWriter, r *http.Request) error {
 	if err := httpapi.DecodeBody(w, r, maxAPIBody, &req); err != nil {
 		return err
 	}
+
 	t, err := a.p.CreateTunnel(r.Context(), req.Name, req.Ingress.ingress())
 	if err != nil {
 		return providerError(err)
@@ -185,6 +189,7 @@ func (a *api) replaceIngress(w http.ResponseWriter, r *http.Request) error {
 	if err := a.p.ReplaceIngress(r.Context(), r.PathValue("id"), in.ingress()); err != nil {
 		return providerError(err)
 	}
+
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -227,6 +232,7 @@ func (a *api) tunnelIngress(w http.ResponseWriter, r *http.Request) error {
 func (a *api) view(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	opts := ingress.ListOptions{IngressPrefix: q.Get("ingress_prefix")}
+
 	if s := q.Get("apps"); s != "" {
 		apps, err := strconv.ParseBool(s)
 		if err != nil {
@@ -234,6 +240,7 @@ func (a *api) view(w http.ResponseWriter, r *http.Request) error {
 		}
 		opts.Apps = apps
 	}
+
 	return httpapi.WriteJSON(w, http.StatusOK, a.p.List(r.Context(), opts))
 }
 
@@ -245,6 +252,7 @@ func (a *api) connect(w http.ResponseWriter, r *http.Request) error {
 	if err := httpapi.DecodeBody(w, r, maxAPIBody, &req); err != nil {
 		return err
 	}
+
 	conn, err := a.p.Connect(req.Token, req.Services)
 	if errors.Is(err, errTokenRefused) {
 		return httpapi.Forbidden(err.Error())
@@ -253,12 +261,14 @@ func (a *api) connect(w http.ResponseWriter, r *http.Request) error {
 		return providerError(err)
 	}
 	defer conn.Close()
+
 	log := a.log.With("tunnel_id", conn.TunnelID())
 	if err := startStream(w, conn.TunnelID()); err != nil {
 		// The status is sent, so only the log can tell.
 		log.InfoContext(r.Context(), "connection stream failed", "err", err)
 		return nil
 	}
+
 	log.InfoContext(r.Context(), "connection opened")
 	select {
 	case <-conn.Done():
@@ -266,6 +276,7 @@ func (a *api) connect(w http.ResponseWriter, r *http.Request) error {
 	case <-r.Context().Done():
 		log.InfoContext(r.Context(), "connection closed by the connector")
 	}
+
 	return nil
 }
 
@@ -282,6 +293,7 @@ func startStream(w http.ResponseWriter, tunnelID string) error {
 		!errors.Is(err, http.ErrNotSupported) {
 		return fmt.Errorf("lifting the write deadline: %w", err)
 	}
+
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -289,6 +301,7 @@ func startStream(w http.ResponseWriter, tunnelID string) error {
 	if err := json.NewEncoder(w).Encode(helloJSON{TunnelID: tunnelID}); err != nil {
 		return fmt.Errorf("writing the first line: %w", err)
 	}
+
 	if err := rc.Flush(); err != nil {
 		return fmt.Errorf("flushing the first line: %w", err)
 	}

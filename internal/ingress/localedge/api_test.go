@@ -39,12 +39,14 @@ var secretRE = regexp.MustCompile(`ledge_[0-9a-f]{16,}|` + testAPIToken)
 func newAPIFixture(t *testing.T) apiFixture {
 	t.Helper()
 	logs := &syncBuffer{}
+
 	// Registered first, so it runs last, after every server has closed.
 	t.Cleanup(func() {
 		if s := secretRE.FindString(logs.String()); s != "" {
 			t.Errorf("a secret was logged: %q", s)
 		}
 	})
+
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e, edgeSrv := newEdge(t)
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
@@ -52,10 +54,12 @@ func newAPIFixture(t *testing.T) apiFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	h, err := NewAPI(p, APIOptions{Token: testAPIToken, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	c, err := NewClient(ClientOptions{URL: srv.URL, Token: testAPIToken, Logger: log})
@@ -99,10 +103,12 @@ func TestNewAPIOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	p, err := NewProvider(e, ProviderOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	tests := []struct {
 		name    string
 		p       *Provider
@@ -158,14 +164,17 @@ func TestClientRoundTrips(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	info, err := f.p.Tunnel(ctx, cp.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	want := ingress.Tunnel{ID: info.ID, Name: info.Name, CreatedAt: info.CreatedAt, Token: cp.Token}
 	if diff := cmp.Diff(want, cp); diff != "" {
 		t.Errorf("CreateTunnel mismatch (-provider +client):\n%s", diff)
 	}
+
 	// The token came through intact if it connects.
 	link, err := f.p.Link(ctx, cp.Token, nil)
 	if err != nil {
@@ -179,6 +188,7 @@ func TestClientRoundTrips(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	gone, err := f.c.CreateTunnel(ctx, "dd-dev-agent-03",
 		ingress.AgentIngress("vm-2.localhost", nil))
 	if err != nil {
@@ -189,10 +199,12 @@ func TestClientRoundTrips(t *testing.T) {
 	if err := f.c.ReplaceIngress(ctx, agent.ID, replaced); err != nil {
 		t.Fatal(err)
 	}
+
 	rules, err := f.p.TunnelIngress(ctx, agent.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if diff := cmp.Diff(replaced.Rules(), rules); diff != "" {
 		t.Errorf("rules after ReplaceIngress (-want +got):\n%s", diff)
 	}
@@ -200,6 +212,7 @@ func TestClientRoundTrips(t *testing.T) {
 	if err := f.c.DeleteTunnel(ctx, gone.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	if info, err := f.p.Tunnel(ctx, gone.ID); err != nil || !info.Deleted() {
 		t.Errorf("tunnel after DeleteTunnel = %+v, %v; want soft-deleted", info, err)
 	}
@@ -208,6 +221,7 @@ func TestClientRoundTrips(t *testing.T) {
 	if err := f.c.DeleteRecord(ctx, recordID(t, f.p, api)); err != nil {
 		t.Fatal(err)
 	}
+
 	wantHosts := map[string]string{"app.localhost": cp.ID, "app-shell.localhost": cp.ID,
 		"vm-1.localhost": agent.ID}
 	if diff := cmp.Diff(wantHosts, f.p.Hostnames()); diff != "" {
@@ -266,6 +280,7 @@ func recordID(t *testing.T, p *Provider, hostname string) string {
 			return r.ID
 		}
 	}
+
 	t.Fatalf("no record for %s", hostname)
 	return ""
 }
@@ -279,6 +294,7 @@ func TestClientErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	dead, err := f.p.CreateTunnel(ctx, "dd-dev-agent-02",
 		ingress.AgentIngress("vm2.localhost", nil))
 	if err != nil {
@@ -287,6 +303,7 @@ func TestClientErrors(t *testing.T) {
 	if err := f.p.DeleteTunnel(ctx, dead.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	valid := ingress.AgentIngress("vm.localhost", nil)
 	outside := ingress.Ingress{Hostname: "vm.example.com"}
 
@@ -334,6 +351,7 @@ func TestClientErrors(t *testing.T) {
 			return p.DeleteRecord(ctx, "")
 		}, false, false, 0},
 	}
+
 	before := snapshot(f.p)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,6 +363,7 @@ func TestClientErrors(t *testing.T) {
 						tt.wantErr, tt.notFound)
 				}
 			}
+
 			var ae *APIError
 			if err := tt.call(f.c); errors.As(err, &ae) != (tt.wantStatus != 0) ||
 				(ae != nil && ae.Status != tt.wantStatus) {
@@ -352,6 +371,7 @@ func TestClientErrors(t *testing.T) {
 			}
 		})
 	}
+
 	if diff := cmp.Diff(before, snapshot(f.p)); diff != "" {
 		t.Errorf("failed calls changed the provider (-before +after):\n%s", diff)
 	}
@@ -364,21 +384,25 @@ func do(t *testing.T, srv *httptest.Server, method, path, contentType, auth,
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+
 	req, err := http.NewRequestWithContext(ctx, method, srv.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
+
 	resp, err := srv.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	var b httpapi.Body
 	if resp.StatusCode >= 400 {
 		if err := json.NewDecoder(resp.Body).Decode(&b); err != nil {
@@ -395,6 +419,7 @@ func TestAPIRefusesWithoutToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	rec := recordID(t, f.p, "vm.localhost")
 	requests := []struct{ method, path, body string }{
 		{"POST", "/tunnels", `{"name":"dd-dev-cp-09","ingress":{"hostname":"new.localhost"}}`},
@@ -407,6 +432,7 @@ func TestAPIRefusesWithoutToken(t *testing.T) {
 		{"POST", "/connections", `{"token":"` + live.Token + `"}`},
 		{"GET", "/no-such-route", ""},
 	}
+
 	auths := map[string]string{
 		"none":     "",
 		"wrong":    "Bearer wrong-token-0123456789",
@@ -415,6 +441,7 @@ func TestAPIRefusesWithoutToken(t *testing.T) {
 		"basic":    "Basic " + testAPIToken,
 		"no token": "Bearer ",
 	}
+
 	before := snapshot(f.p)
 	for name, auth := range auths {
 		for _, r := range requests {
@@ -424,6 +451,7 @@ func TestAPIRefusesWithoutToken(t *testing.T) {
 			}
 		}
 	}
+
 	if diff := cmp.Diff(before, snapshot(f.p)); diff != "" {
 		t.Errorf("refused requests changed the provider (-before +after):\n%s", diff)
 	}
@@ -432,6 +460,7 @@ func TestAPIRefusesWithoutToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var ae *APIError
 	if _, err := wrong.Tunnel(ctx, live.ID); !errors.As(err, &ae) || ae.Status != 401 ||
 		errors.Is(err, ingress.ErrNotFound) {
@@ -449,6 +478,7 @@ func TestAPIRefusesBadBodies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	ingressPath := "/tunnels/" + live.ID + "/ingress"
 	tests := []struct {
 		name, method, path, contentType, body string
@@ -483,6 +513,7 @@ func TestAPIRefusesBadBodies(t *testing.T) {
 			403, httpapi.CodeForbidden},
 		{"apps not a bool", "GET", "/view?apps=maybe", "", "", 400, httpapi.CodeBadRequest},
 	}
+
 	before := snapshot(f.p)
 	for _, tt := range tests {
 		code, body := do(t, f.api, tt.method, tt.path, tt.contentType, "Bearer "+testAPIToken,
@@ -492,6 +523,7 @@ func TestAPIRefusesBadBodies(t *testing.T) {
 				tt.wantStatus, tt.wantCode)
 		}
 	}
+
 	if diff := cmp.Diff(before, snapshot(f.p)); diff != "" {
 		t.Errorf("refused requests changed the provider (-before +after):\n%s", diff)
 	}
@@ -504,15 +536,18 @@ func TestConnectorThroughClient(t *testing.T) {
 	f := newAPIFixture(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+
 	// Deferred calls run before the servers close, which waits for
 	// connection streams.
 	defer wg.Wait()
 	defer cancel()
+
 	dash := origin(t, "cp")
 	tun, err := f.c.CreateTunnel(ctx, "dd-dev-cp-01", ingress.ControlPlaneIngress("app.localhost"))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	exits := make(chan cloudflared.Exit, 1)
 	c, err := NewConnector(ConnectorOptions{Provider: f.c, Token: tun.Token,
 		Services: map[string]string{"http://localhost:8080": dash.URL},
@@ -526,6 +561,7 @@ func TestConnectorThroughClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	wg.Go(func() { c.Run(ctx) })
 
 	waitFor(t, func() bool {
@@ -540,6 +576,7 @@ func TestConnectorThroughClient(t *testing.T) {
 	if err := f.c.DeleteTunnel(ctx, tun.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	select {
 	case e := <-exits:
 		if e.Code == 0 || !strings.Contains(e.Err, tun.ID) {
@@ -548,12 +585,14 @@ func TestConnectorThroughClient(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connector did not exit after its tunnel was deleted")
 	}
+
 	if st := c.Status(); st.LastExit == nil || st.State == cloudflared.StateRunning {
 		t.Errorf("status after the deletion = %+v, want not running with LastExit", st)
 	}
 	if code, _ := get(t, f.edge, "app.localhost"); code != http.StatusNotFound {
 		t.Errorf("deleted tunnel's hostname = %d, want 404", code)
 	}
+
 	cancel()
 	wg.Wait()
 	if st := c.Status(); st.State != cloudflared.StateStopped || st.LastExit == nil {
@@ -591,11 +630,13 @@ func TestClientLinkEnds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			l, err := f.c.Link(ctx, tun.Token, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer l.Close()
+
 			if l.TunnelID() != tun.ID {
 				t.Errorf("TunnelID = %q, want %q", l.TunnelID(), tun.ID)
 			}
@@ -603,11 +644,13 @@ func TestClientLinkEnds(t *testing.T) {
 				t.Errorf("status with a link = %q, want healthy", st)
 			}
 			tt.end(t, f, l)
+
 			select {
 			case <-l.Done():
 			case <-time.After(10 * time.Second):
 				t.Fatal("the link did not end")
 			}
+
 			waitFor(t, func() bool { return tunnelStatus(t, f.p, tun.ID) == tt.wantStatus })
 			l.Close() // again: a no-op
 		})
@@ -633,12 +676,15 @@ func TestClientLinkRefused(t *testing.T) {
 	if err := f.p.DeleteTunnel(ctx, dead.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	live, err := f.p.CreateTunnel(ctx, "dd-dev-cp-02", ingress.ControlPlaneIngress("app.localhost"))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
+
 	tests := []struct {
 		name       string
 		ctx        context.Context
@@ -656,6 +702,7 @@ func TestClientLinkRefused(t *testing.T) {
 			services["http://localhost:8080"] = "ftp://127.0.0.1/"
 		}
 		l, err := f.c.Link(tt.ctx, tt.token, services)
+
 		var ae *APIError
 		if err == nil || l != nil || errors.As(err, &ae) != (tt.wantStatus != 0) ||
 			(ae != nil && ae.Status != tt.wantStatus) {
@@ -663,6 +710,7 @@ func TestClientLinkRefused(t *testing.T) {
 				tt.wantStatus)
 		}
 	}
+
 	if st := tunnelStatus(t, f.p, live.ID); st != "inactive" {
 		t.Errorf("status after refused links = %q, want inactive", st)
 	}
@@ -675,12 +723,14 @@ func TestClientDegradedView(t *testing.T) {
 		ingress.ControlPlaneIngress("app.localhost")); err != nil {
 		t.Fatal(err)
 	}
+
 	f.p.FailList("dns", errors.New("dns api down"))
 	want := f.p.List(ctx, ingress.ListOptions{})
 	got := f.c.List(ctx, ingress.ListOptions{})
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("degraded view mismatch (-provider +client):\n%s", diff)
 	}
+
 	if got.Complete || !got.Degraded() || !got.Failed("dns") || got.Failed("tunnels") ||
 		got.Errors[0].Err != "dns api down" {
 		t.Errorf("view = %+v, want incomplete with the dns error's text", got)
@@ -693,6 +743,7 @@ func TestClientDegradedView(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	v := c.List(ctx, ingress.ListOptions{Apps: true})
 	if v.Complete || !v.Failed("tunnels") || !v.Failed("dns") || !v.Failed("apps") {
 		t.Errorf("view of an unreachable API = %+v, want every list failed", v)
@@ -707,12 +758,14 @@ func FuzzClientReplies(f *testing.F) {
 	f.Add([]byte(`{"code":"NOT_FOUND","message":"tunnel x: ingress: not found"}`))
 	f.Add([]byte("{\"tunnel_id\":\"\"}\n"))
 	f.Add([]byte("not json\n"))
+
 	f.Fuzz(func(t *testing.T, data []byte) {
 		id, err := readHello(bufio.NewReaderSize(bytes.NewReader(data), maxHelloLine))
 		if err == nil && id == "" {
 			t.Error("readHello accepted a line without a tunnel id")
 		}
 		ae := parseError(http.StatusNotFound, data)
+
 		var b httpapi.Body
 		isNotFound := json.Unmarshal(data, &b) == nil && b.Code == httpapi.CodeNotFound
 		if errors.Is(ae, ingress.ErrNotFound) != isNotFound {
@@ -729,21 +782,25 @@ func FuzzAPIBodies(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+
 	// A fixed clock keeps the views of one state equal.
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	p, err := NewProvider(e, ProviderOptions{Now: func() time.Time { return now }})
 	if err != nil {
 		f.Fatal(err)
 	}
+
 	h, err := NewAPI(p, APIOptions{Token: testAPIToken})
 	if err != nil {
 		f.Fatal(err)
 	}
+
 	live, err := p.CreateTunnel(context.Background(), "dd-dev-agent-01",
 		ingress.AgentIngress("vm.localhost", nil))
 	if err != nil {
 		f.Fatal(err)
 	}
+
 	routes := []struct{ method, path string }{
 		{"POST", "/tunnels"}, {"PUT", "/tunnels/" + live.ID + "/ingress"}, {"POST", "/connections"},
 	}
@@ -751,6 +808,7 @@ func FuzzAPIBodies(f *testing.F) {
 	f.Add(uint8(1), []byte(`{"hostname":"vm.localhost","extras":[{"hostname":"x.localhost"}]}`))
 	f.Add(uint8(2), []byte(`{"token":"`+live.Token+`"}`))
 	f.Add(uint8(2), []byte(`{"token":"x","services":{"a":"http://"}}`))
+
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		rt := routes[int(route)%len(routes)]
 		// A cancelled request ends a connection stream at once.
@@ -758,12 +816,14 @@ func FuzzAPIBodies(f *testing.F) {
 		cancel()
 		req := httptest.NewRequestWithContext(ctx, rt.method, rt.path, bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+testAPIToken)
+
 		before := snapshot(p)
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req)
 		if w.Code >= 500 {
 			t.Fatalf("%s %s %q = %d %s", rt.method, rt.path, body, w.Code, w.Body)
 		}
+
 		if w.Code >= 300 {
 			if diff := cmp.Diff(before, snapshot(p)); diff != "" {
 				t.Errorf("a refused request (%d) changed the provider:\n%s", w.Code, diff)
@@ -781,6 +841,7 @@ func TestClientHostnameTaken(t *testing.T) {
 		ingress.AgentIngress("shop.localhost", nil)); err != nil {
 		t.Fatal(err)
 	}
+
 	before := snapshot(f.p)
 	_, err := f.c.CreateTunnel(ctx, "dd-dev-agent-02", ingress.AgentIngress("shop.localhost", nil))
 	var ae *APIError
@@ -788,6 +849,7 @@ func TestClientHostnameTaken(t *testing.T) {
 		ae.Status != http.StatusConflict {
 		t.Errorf("taking another environment's hostname = %v, want a 409 ErrHostnameTaken", err)
 	}
+
 	if diff := cmp.Diff(before, snapshot(f.p)); diff != "" {
 		t.Errorf("the refused call changed the provider (-before +after):\n%s", diff)
 	}

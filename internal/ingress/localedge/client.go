@@ -88,6 +88,7 @@ func (e *APIError) Is(target error) bool {
 	case ingress.ErrHostnameTaken:
 		return e.Status == http.StatusConflict && e.Code == httpapi.CodeConflict
 	}
+
 	return false
 }
 
@@ -102,10 +103,12 @@ func NewClient(opts ClientOptions) (*Client, error) {
 		return nil, fmt.Errorf("localedge: the API token must have at least %d characters",
 			MinAPITokenLen)
 	}
+
 	unary := opts.HTTPClient
 	if unary == nil {
 		unary = defaultAPIClient()
 	}
+
 	// A whole-request timeout would cut connection streams, which last.
 	stream := *unary
 	stream.Timeout = 0
@@ -156,6 +159,7 @@ func (c *Client) DeleteTunnel(ctx context.Context, tunnelID string) error {
 	if tunnelID == "" {
 		return errors.New("localedge: tunnel id is required")
 	}
+
 	path := "/tunnels/" + url.PathEscape(tunnelID)
 	if err := c.call(ctx, http.MethodDelete, path, nil, http.StatusNoContent, nil); err != nil {
 		return fmt.Errorf("localedge: deleting tunnel %s: %w", tunnelID, err)
@@ -168,6 +172,7 @@ func (c *Client) DeleteRecord(ctx context.Context, recordID string) error {
 	if recordID == "" {
 		return nil // no record has an empty id, and a missing one is no error
 	}
+
 	path := "/records/" + url.PathEscape(recordID)
 	if err := c.call(ctx, http.MethodDelete, path, nil, http.StatusNoContent, nil); err != nil {
 		return fmt.Errorf("localedge: deleting record %s: %w", recordID, err)
@@ -211,6 +216,7 @@ func (c *Client) List(ctx context.Context, opts ingress.ListOptions) ingress.Vie
 	if opts.Apps {
 		q.Set("apps", "true")
 	}
+
 	path := "/view"
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -230,9 +236,11 @@ func failedView(opts ingress.ListOptions, err error) ingress.View {
 	if opts.Apps {
 		what = append(what, "apps")
 	}
+
 	for _, w := range what {
 		v.Errors = append(v.Errors, ingress.FetchError{What: w, Err: err.Error()})
 	}
+
 	return v
 }
 
@@ -254,12 +262,14 @@ func (c *Client) call(ctx context.Context, method, path string, body any, want i
 		return err
 	}
 	defer resp.Body.Close()
+
 	if resp.StatusCode != want {
 		return readError(resp)
 	}
 	if out == nil {
 		return nil
 	}
+
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReplyBody))
 	if err != nil {
 		return fmt.Errorf("reading reply: %w", err)
@@ -282,15 +292,18 @@ func (c *Client) send(ctx context.Context, hc *http.Client, method, path string,
 		}
 		rd = bytes.NewReader(data)
 	}
+
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return nil, fmt.Errorf("building request: %w", err)
 	}
+
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("Authorization", "Bearer "+c.token)
+
 	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("calling the localedge API: %w", err)
@@ -331,6 +344,7 @@ func (c *Client) Link(ctx context.Context, token string,
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("localedge: opening a link: %w", err)
 	}
+
 	// The request must outlive ctx, which only bounds the opening.
 	reqCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, cancel)
@@ -339,10 +353,12 @@ func (c *Client) Link(ctx context.Context, token string,
 		body.Close()
 		err = ctx.Err()
 	}
+
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("localedge: opening a link: %w", err)
 	}
+
 	l := &clientLink{tunnelID: tunnelID, cancel: cancel, done: make(chan struct{})}
 	go l.hold(body, c.log.With("tunnel_id", tunnelID))
 	return l, nil
@@ -361,6 +377,7 @@ func (c *Client) openStream(ctx context.Context, token string,
 		defer resp.Body.Close()
 		return nil, "", readError(resp)
 	}
+
 	br := bufio.NewReaderSize(resp.Body, maxHelloLine)
 	tunnelID, err := readHello(br)
 	if err != nil {
@@ -383,6 +400,7 @@ func readHello(br *bufio.Reader) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading the stream's first line: %w", err)
 	}
+
 	var h helloJSON
 	if err := json.Unmarshal(line, &h); err != nil {
 		return "", fmt.Errorf("decoding the stream's first line: %w", err)

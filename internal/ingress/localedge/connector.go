@@ -87,6 +87,7 @@ func NewConnector(opts ConnectorOptions) (*Connector, error) {
 	if opts.Provider == nil || opts.Token == "" {
 		return nil, errors.New("localedge: a connector needs a provider and a token")
 	}
+
 	if opts.MinBackoff <= 0 {
 		opts.MinBackoff = 100 * time.Millisecond
 	}
@@ -96,6 +97,7 @@ func NewConnector(opts ConnectorOptions) (*Connector, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -109,6 +111,7 @@ func NewConnector(opts ConnectorOptions) (*Connector, error) {
 func (c *Connector) Status() cloudflared.Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+
 	st := c.status
 	if st.LastExit != nil {
 		e := *st.LastExit
@@ -124,12 +127,14 @@ func (c *Connector) Run(ctx context.Context) error {
 		return errors.New("localedge: connector Run called twice")
 	}
 	defer c.set(cloudflared.StateStopped, nil)
+
 	backoff := c.opts.MinBackoff
 	for ctx.Err() == nil {
 		exit, ran := c.runOnce(ctx)
 		if ctx.Err() != nil {
 			break
 		}
+
 		c.set(cloudflared.StateBackoff, &exit)
 		if c.opts.OnExit != nil {
 			c.opts.OnExit(exit)
@@ -137,14 +142,17 @@ func (c *Connector) Run(ctx context.Context) error {
 		if ran {
 			backoff = c.opts.MinBackoff
 		}
+
 		if sleep(ctx, backoff) != nil {
 			break
 		}
+
 		backoff = min(backoff*2, c.opts.MaxBackoff)
 		c.mu.Lock()
 		c.status.Restarts++
 		c.mu.Unlock()
 	}
+
 	return nil
 }
 
@@ -158,14 +166,17 @@ func (c *Connector) runOnce(ctx context.Context) (exit cloudflared.Exit, ran boo
 		c.log.WarnContext(ctx, "connector could not connect", "err", err)
 		return cloudflared.Exit{Code: 1, Err: err.Error(), At: start}, false
 	}
+
 	c.set(cloudflared.StateRunning, nil)
 	c.log.InfoContext(ctx, "connector running", "tunnel_id", conn.TunnelID())
+
 	select {
 	case <-ctx.Done():
 		conn.Close()
 		return cloudflared.Exit{}, true
 	case <-conn.Done():
 	}
+
 	end := c.opts.Now()
 	c.log.WarnContext(ctx, "connector lost its tunnel", "tunnel_id", conn.TunnelID())
 	return cloudflared.Exit{Code: 1, Err: fmt.Sprintf("tunnel %s connection ended",
@@ -184,6 +195,7 @@ func (c *Connector) set(st cloudflared.State, exit *cloudflared.Exit) {
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
+
 	select {
 	case <-t.C:
 		return nil

@@ -72,6 +72,7 @@ func New(opts Options) (*Edge, error) {
 	if opts.Port <= 0 || opts.Port > 65535 {
 		return nil, fmt.Errorf("localedge: port %d out of range", opts.Port)
 	}
+
 	if opts.Domain == "" {
 		opts.Domain = "localhost"
 	}
@@ -100,6 +101,7 @@ func (e *Edge) Publish(ctx context.Context, owner, hostname, origin string) (str
 	if !strings.HasSuffix(hostname, "."+e.opts.Domain) {
 		return "", fmt.Errorf("localedge: hostname %q is not under %q", hostname, e.opts.Domain)
 	}
+
 	target, err := url.Parse(origin)
 	if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
 		return "", fmt.Errorf("localedge: origin %q is not an absolute http URL", origin)
@@ -107,6 +109,7 @@ func (e *Edge) Publish(ctx context.Context, owner, hostname, origin string) (str
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
+
 	prev := e.routes[hostname].owner
 	e.routes[hostname] = route{owner: owner, proxy: e.newProxy(hostname, target)}
 	e.log.Info("route published", "hostname", hostname, "origin", origin, "owner", owner,
@@ -118,12 +121,14 @@ func (e *Edge) Publish(ctx context.Context, owner, hostname, origin string) (str
 func (e *Edge) Unpublish(ctx context.Context, owner string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+
 	for h, r := range e.routes {
 		if r.owner == owner {
 			delete(e.routes, h)
 			e.log.Info("route removed", "hostname", h, "owner", owner)
 		}
 	}
+
 	return nil
 }
 
@@ -131,6 +136,7 @@ func (e *Edge) Unpublish(ctx context.Context, owner string) error {
 func (e *Edge) Routes() map[string]string {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
+
 	out := make(map[string]string, len(e.routes))
 	for h, r := range e.routes {
 		out[h] = r.owner
@@ -171,10 +177,12 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
+
 	e.mu.RLock()
 	rt, ok := e.routes[host]
 	p := e.provider
 	e.mu.RUnlock()
+
 	if ok {
 		rt.proxy.ServeHTTP(w, r)
 		return
@@ -197,6 +205,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if err != nil {
 		return nil, fmt.Errorf("localedge: %w", err)
 	}
+
 	if IsLocalhost(host) {
 		addr = net.JoinHostPort("127.0.0.1", port)
 	}

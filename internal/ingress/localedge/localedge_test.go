@@ -20,6 +20,7 @@ func newEdge(t *testing.T) (*Edge, *httptest.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	srv.Config.Handler = e
 	srv.Start()
 	t.Cleanup(srv.Close)
@@ -35,6 +36,7 @@ func get(t *testing.T, srv *httptest.Server, host string) (int, string) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
@@ -45,6 +47,7 @@ func TestRouting(t *testing.T) {
 		io.WriteString(w, r.Host+" "+r.URL.RequestURI())
 	}))
 	defer origin.Close()
+
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close()
 
@@ -53,6 +56,7 @@ func TestRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if want := e.URL("vm-1.localhost"); url != want {
 		t.Errorf("Publish URL = %q, want %q", url, want)
 	}
@@ -85,6 +89,7 @@ func TestPublishRules(t *testing.T) {
 	if _, err := e.Publish(ctx, "a", "x.localhost", "http://127.0.0.1:1"); err != nil {
 		t.Fatal(err)
 	}
+
 	bad := []struct{ owner, host, origin string }{
 		{"a", "x.example.com", "http://127.0.0.1:2"}, // outside the domain
 		{"a", "y.localhost", "not a url"},
@@ -95,17 +100,20 @@ func TestPublishRules(t *testing.T) {
 			t.Errorf("Publish(%q, %q, %q) succeeded, want error", b.owner, b.host, b.origin)
 		}
 	}
+
 	// A new owner takes the name over; the old owner's Unpublish then
 	// leaves it alone.
 	if _, err := e.Publish(ctx, "b", "x.localhost", "http://127.0.0.1:2"); err != nil {
 		t.Fatalf("Publish of a held name: %v", err)
 	}
+
 	if _, err := e.Publish(ctx, "a", "z.localhost", "http://127.0.0.1:3"); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Unpublish(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
+
 	if diff := cmp.Diff(map[string]string{"x.localhost": "b"}, e.Routes()); diff != "" {
 		t.Errorf("Routes() mismatch (-want +got):\n%s", diff)
 	}
@@ -116,15 +124,18 @@ func TestDialerResolvesLocalhostSubdomains(t *testing.T) {
 		io.WriteString(w, "ok")
 	}))
 	defer srv.Close()
+
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
 	resp, err := HTTPClient().Get("http://deep.name.localhost:" + strconv.Itoa(port) + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("status = %d", resp.StatusCode)
 	}
+
 	for host, want := range map[string]bool{"localhost": true, "a.localhost.": true,
 		"localhost.com": false, "example.com": false, "notlocalhost": false} {
 		if got := IsLocalhost(host); got != want {

@@ -98,9 +98,11 @@ func NewProvider(e *Edge, opts ProviderOptions) (*Provider, error) {
 	if e == nil {
 		return nil, errors.New("localedge: an edge is required")
 	}
+
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -108,11 +110,14 @@ func NewProvider(e *Edge, opts ProviderOptions) (*Provider, error) {
 	p := &Provider{edge: e, opts: opts, log: log.With("component", "localedge-provider"),
 		tunnels: map[string]*tunnel{}, records: map[string]*record{},
 		faults: map[string]error{}}
+
 	e.mu.Lock()
 	defer e.mu.Unlock()
+
 	if e.provider != nil {
 		return nil, errors.New("localedge: the edge already has a provider")
 	}
+
 	e.provider = p
 	return p, nil
 }
@@ -143,11 +148,13 @@ func (p *Provider) checkIngress(in ingress.Ingress) error {
 	if err := in.Validate(); err != nil {
 		return err
 	}
+
 	for _, h := range in.Hostnames() {
 		if !strings.HasSuffix(h, "."+p.edge.Domain()) {
 			return fmt.Errorf("localedge: hostname %q is not under %q", h, p.edge.Domain())
 		}
 	}
+
 	return nil
 }
 
@@ -160,16 +167,20 @@ func (p *Provider) CreateTunnel(ctx context.Context, name string,
 	if err := p.checkIngress(in); err != nil {
 		return ingress.Tunnel{}, err
 	}
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	if err := p.mayTakeLocked(name, "", in.Hostnames()); err != nil {
 		return ingress.Tunnel{}, err
 	}
+
 	t := &tunnel{info: ingress.TunnelInfo{ID: newID(), Name: name, CreatedAt: p.nowLocked(),
 		Status: "inactive"}, token: "ledge_" + strings.ReplaceAll(newID()+newID(), "-", ""),
 		rules: in.Rules()}
 	p.tunnels[t.info.ID] = t
 	p.order = append(p.order, t.info.ID)
+
 	p.upsertLocked(t.info.ID, in.Hostnames())
 	p.log.InfoContext(ctx, "tunnel created", "tunnel_id", t.info.ID, "name", name,
 		"hostnames", in.Hostnames())
@@ -192,17 +203,20 @@ func (p *Provider) mayTakeLocked(name, tunnelID string, hostnames []string) erro
 		if !ok || r.tunnelID == tunnelID {
 			continue
 		}
+
 		holder, known := p.tunnels[r.tunnelID]
 		if !known {
 			return fmt.Errorf("localedge: %s points at unknown tunnel %s: %w", h, r.tunnelID,
 				ingress.ErrHostnameTaken)
 		}
+
 		if n, ok := ingress.ParseResourceName(holder.info.Name); !ok || !takerOK ||
 			n.Env != taker.Env {
 			return fmt.Errorf("localedge: %s is held by tunnel %s (%q) of another "+
 				"environment: %w", h, r.tunnelID, holder.info.Name, ingress.ErrHostnameTaken)
 		}
 	}
+
 	return nil
 }
 
@@ -237,8 +251,10 @@ func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 	if err := p.checkIngress(in); err != nil {
 		return err
 	}
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	t, err := p.liveLocked(tunnelID)
 	if err != nil {
 		return err
@@ -246,10 +262,12 @@ func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 	if err := p.mayTakeLocked(t.info.Name, tunnelID, in.Hostnames()); err != nil {
 		return err
 	}
+
 	old := t.rules
 	t.rules = in.Rules()
 	hostnames := in.Hostnames()
 	p.upsertLocked(tunnelID, hostnames)
+
 	for _, r := range old {
 		if r.Hostname == "" || slices.Contains(hostnames, r.Hostname) {
 			continue
@@ -258,6 +276,7 @@ func (p *Provider) ReplaceIngress(ctx context.Context, tunnelID string,
 			delete(p.records, r.Hostname)
 		}
 	}
+
 	p.log.InfoContext(ctx, "ingress replaced", "tunnel_id", tunnelID, "hostnames", hostnames)
 	return nil
 }
@@ -268,24 +287,30 @@ func (p *Provider) DeleteTunnel(ctx context.Context, tunnelID string) error {
 	if tunnelID == "" {
 		return errors.New("localedge: tunnel id is required")
 	}
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	t, ok := p.tunnels[tunnelID]
 	if !ok {
 		return nil
 	}
+
 	for _, c := range t.conns {
 		c.closeLocked()
 	}
+
 	t.conns = nil
 	if !t.info.Deleted() {
 		t.info.DeletedAt = p.nowLocked()
 	}
+
 	for h, r := range p.records {
 		if r.tunnelID == tunnelID {
 			delete(p.records, h)
 		}
 	}
+
 	p.log.InfoContext(ctx, "tunnel deleted", "tunnel_id", tunnelID, "name", t.info.Name)
 	return nil
 }
@@ -294,12 +319,14 @@ func (p *Provider) DeleteTunnel(ctx context.Context, tunnelID string) error {
 func (p *Provider) DeleteRecord(ctx context.Context, recordID string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	for h, r := range p.records {
 		if r.id == recordID {
 			delete(p.records, h)
 			p.log.InfoContext(ctx, "record deleted", "hostname", h)
 		}
 	}
+
 	return nil
 }
 
@@ -307,6 +334,7 @@ func (p *Provider) DeleteRecord(ctx context.Context, recordID string) error {
 func (p *Provider) Tunnel(ctx context.Context, tunnelID string) (ingress.TunnelInfo, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	t, ok := p.tunnels[tunnelID]
 	if !ok {
 		return ingress.TunnelInfo{}, fmt.Errorf("localedge: tunnel %s: %w", tunnelID,
@@ -323,6 +351,7 @@ func (p *Provider) infoLocked(t *tunnel) ingress.TunnelInfo {
 	case len(t.conns) > 0:
 		info.Status = "healthy"
 	}
+
 	return info
 }
 
@@ -330,6 +359,7 @@ func (p *Provider) infoLocked(t *tunnel) ingress.TunnelInfo {
 func (p *Provider) TunnelIngress(ctx context.Context, tunnelID string) ([]ingress.Rule, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	t, ok := p.tunnels[tunnelID]
 	if !ok {
 		return nil, fmt.Errorf("localedge: tunnel %s: %w", tunnelID, ingress.ErrNotFound)
@@ -343,18 +373,22 @@ func (p *Provider) TunnelIngress(ctx context.Context, tunnelID string) ([]ingres
 func (p *Provider) List(ctx context.Context, opts ingress.ListOptions) ingress.View {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	v := ingress.View{FetchedAt: p.opts.Now().UTC(), Tunnels: []ingress.TunnelInfo{},
 		Records: []ingress.Record{}}
+
 	if err := p.faults["dns"]; err != nil {
 		v.Errors = append(v.Errors, ingress.FetchError{What: "dns", Err: err.Error()})
 	} else {
 		v.Records = p.recordsLocked()
 	}
+
 	if err := p.faults["tunnels"]; err != nil {
 		v.Errors = append(v.Errors, ingress.FetchError{What: "tunnels", Err: err.Error()})
 	} else {
 		v.Tunnels = p.tunnelsLocked(opts.IngressPrefix)
 	}
+
 	v.Complete = len(v.Errors) == 0
 	return v
 }
@@ -365,6 +399,7 @@ func (p *Provider) recordsLocked() []ingress.Record {
 		out = append(out, ingress.Record{ID: r.id, Name: r.name, Type: "CNAME",
 			Content: ingress.TunnelTarget(r.tunnelID), Proxied: true, CreatedAt: r.created})
 	}
+
 	slices.SortFunc(out, func(a, b ingress.Record) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
@@ -378,6 +413,7 @@ func (p *Provider) tunnelsLocked(prefix string) []ingress.TunnelInfo {
 		if t.info.Deleted() {
 			continue
 		}
+
 		info := p.infoLocked(t)
 		if prefix != "" && strings.HasPrefix(info.Name, prefix) {
 			for _, r := range t.rules {
@@ -387,8 +423,10 @@ func (p *Provider) tunnelsLocked(prefix string) []ingress.TunnelInfo {
 			}
 			info.IngressListed = true
 		}
+
 		out = append(out, info)
 	}
+
 	return out
 }
 
@@ -398,6 +436,7 @@ func (p *Provider) tunnelsLocked(prefix string) []ingress.TunnelInfo {
 func (p *Provider) FailList(what string, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	if err == nil {
 		delete(p.faults, what)
 		return
@@ -409,6 +448,7 @@ func (p *Provider) FailList(what string, err error) {
 func (p *Provider) Hostnames() map[string]string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	out := make(map[string]string, len(p.records))
 	for h, r := range p.records {
 		out[h] = r.tunnelID
@@ -442,8 +482,10 @@ func (p *Provider) Connect(token string, services map[string]string) (*Connectio
 		}
 		parsed[strings.TrimSuffix(svc, "/")] = u
 	}
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	for _, t := range p.tunnels {
 		if token == "" || t.token != token {
 			continue
@@ -451,11 +493,13 @@ func (p *Provider) Connect(token string, services map[string]string) (*Connectio
 		if t.info.Deleted() {
 			return nil, fmt.Errorf("%w: the tunnel was deleted", errTokenRefused)
 		}
+
 		c := &Connection{p: p, tunnelID: t.info.ID, services: parsed, done: make(chan struct{})}
 		t.conns = append(t.conns, c)
 		p.log.Info("connector connected", "tunnel_id", t.info.ID, "name", t.info.Name)
 		return c, nil
 	}
+
 	return nil, fmt.Errorf("%w: no live tunnel has it", errTokenRefused)
 }
 
@@ -499,6 +543,7 @@ func (c *Connection) origin(service string) (*url.URL, error) {
 	if u, ok := c.services[strings.TrimSuffix(service, "/")]; ok {
 		return u, nil
 	}
+
 	u, err := url.Parse(service)
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("service %q is not a URL", service)
@@ -519,10 +564,12 @@ type routed struct {
 func (p *Provider) route(host string) (routed, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+
 	rec, found := p.records[host]
 	if !found {
 		return routed{}, false
 	}
+
 	t, live := p.tunnels[rec.tunnelID]
 	switch {
 	case !live || t.info.Deleted():
@@ -530,6 +577,7 @@ func (p *Provider) route(host string) (routed, bool) {
 	case len(t.conns) == 0:
 		return routed{down: errors.New("the tunnel has no connector")}, true
 	}
+
 	rt := routed{conn: t.conns[len(t.conns)-1], rule: ingress.CatchAll}
 	i := slices.IndexFunc(t.rules, func(r ingress.Rule) bool {
 		return r.Hostname == "" || r.Hostname == host
@@ -547,6 +595,7 @@ func (p *Provider) serve(w http.ResponseWriter, r *http.Request, host string) bo
 	if !ok {
 		return false
 	}
+
 	log := p.edge.log
 	if rt.down != nil {
 		// Expected while connectors start or after a tunnel is deleted,
@@ -556,6 +605,7 @@ func (p *Provider) serve(w http.ResponseWriter, r *http.Request, host string) bo
 			Message: rt.down.Error()})
 		return true
 	}
+
 	if code, isStatus := strings.CutPrefix(rt.rule.Service, "http_status:"); isStatus {
 		status, err := strconv.Atoi(code)
 		if err != nil {
@@ -565,11 +615,13 @@ func (p *Provider) serve(w http.ResponseWriter, r *http.Request, host string) bo
 			Code: httpapi.CodeNotFound, Message: "no ingress rule for host " + host})
 		return true
 	}
+
 	target, err := rt.conn.origin(rt.rule.Service)
 	if err != nil {
 		httpapi.WriteError(log, w, r, httpapi.Upstream("origin unreachable", err))
 		return true
 	}
+
 	p.edge.newProxy(host, target).ServeHTTP(w, r)
 	return true
 }

@@ -36,8 +36,10 @@ func TestProviderMovesOnlyWithinEnvironment(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+
 			before := maps.Clone(p.Hostnames())
 			taker, err := p.CreateTunnel(ctx, tt.taker, ingress.Ingress{Hostname: "app.localhost"})
+
 			if tt.moves {
 				if err != nil {
 					t.Fatalf("CreateTunnel: %v", err)
@@ -47,9 +49,11 @@ func TestProviderMovesOnlyWithinEnvironment(t *testing.T) {
 				}
 				return
 			}
+
 			if !errors.Is(err, ingress.ErrHostnameTaken) {
 				t.Fatalf("CreateTunnel = %v, want ErrHostnameTaken", err)
 			}
+
 			if diff := cmp.Diff(before, p.Hostnames()); diff != "" {
 				t.Errorf("records changed (-before +after):\n%s", diff)
 			}
@@ -70,17 +74,20 @@ func TestProviderReplaceRefusesForeignRecord(t *testing.T) {
 		ingress.AgentIngress("web-shop.localhost", nil)); err != nil {
 		t.Fatal(err)
 	}
+
 	in := ingress.AgentIngress("web.localhost", nil)
 	agent, err := p.CreateTunnel(ctx, "dd-pr-7-agent-02", in)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	before := maps.Clone(p.Hostnames())
 	err = p.ReplaceIngress(ctx, agent.ID, ingress.AgentIngress("web.localhost",
 		[]ingress.Claim{{App: "x", Label: "shop", Port: 9000}}))
 	if !errors.Is(err, ingress.ErrHostnameTaken) {
 		t.Fatalf("ReplaceIngress = %v, want ErrHostnameTaken", err)
 	}
+
 	if diff := cmp.Diff(before, p.Hostnames()); diff != "" {
 		t.Errorf("records changed (-before +after):\n%s", diff)
 	}
@@ -88,6 +95,7 @@ func TestProviderReplaceRefusesForeignRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if diff := cmp.Diff(in.Rules(), rules); diff != "" {
 		t.Errorf("rules changed (-want +got):\n%s", diff)
 	}

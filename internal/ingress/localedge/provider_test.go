@@ -25,6 +25,7 @@ func newProvider(t *testing.T) (*Provider, *httptest.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if _, err := NewProvider(e, ProviderOptions{}); err == nil {
 		t.Error("a second provider on one edge was accepted")
 	}
@@ -57,16 +58,19 @@ func TestProviderRoutesThroughConnectors(t *testing.T) {
 	if tun.Token == "" || tun.ID == "" {
 		t.Fatalf("tunnel %+v has no id or token", tun)
 	}
+
 	// Before a connector holds the tunnel, its hostnames answer 530.
 	if code, _ := get(t, srv, "vm-1.localhost"); code != StatusTunnelDown {
 		t.Errorf("unconnected tunnel = %d, want %d", code, StatusTunnelDown)
 	}
+
 	conn, err := p.Connect(tun.Token, map[string]string{
 		"http://localhost:8080": dash.URL, "http://localhost:8081": api.URL,
 		"http://localhost:9000": work.URL, "http://localhost:9001": dead.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	tests := []struct {
 		host     string
 		wantCode int
@@ -90,11 +94,13 @@ func TestProviderRoutesThroughConnectors(t *testing.T) {
 	if err := p.DeleteTunnel(ctx, tun.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	select {
 	case <-conn.Done():
 	default:
 		t.Error("the connection survived the tunnel's deletion")
 	}
+
 	if code, _ := get(t, srv, "vm-1.localhost"); code != 404 {
 		t.Errorf("deleted tunnel's hostname = %d, want 404", code)
 	}
@@ -102,6 +108,7 @@ func TestProviderRoutesThroughConnectors(t *testing.T) {
 	if err != nil || !info.Deleted() {
 		t.Errorf("Tunnel after delete = %+v, %v; want soft-deleted", info, err)
 	}
+
 	if _, err := p.Connect(tun.Token, nil); err == nil {
 		t.Error("a deleted tunnel's token still connects")
 	}
@@ -120,20 +127,24 @@ func TestProviderReplaceAndCutover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	in := ingress.AgentIngress("vm.localhost", []ingress.Claim{{App: "a", Label: "a", Port: 1}})
 	agent, err := p.CreateTunnel(ctx, "dd-dev-agent-02", in)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	// A second control plane takes the hostname over.
 	second, err := p.CreateTunnel(ctx, "dd-dev-cp-03", ingress.ControlPlaneIngress("app.localhost"))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	// The agent drops its claim: its record goes, the others stay.
 	if err := p.ReplaceIngress(ctx, agent.ID, ingress.AgentIngress("vm.localhost", nil)); err != nil {
 		t.Fatal(err)
 	}
+
 	want := map[string]string{
 		"app.localhost": second.ID, "app-shell.localhost": second.ID,
 		"vm.localhost": agent.ID, "vm-agent-api.localhost": agent.ID,
@@ -141,6 +152,7 @@ func TestProviderReplaceAndCutover(t *testing.T) {
 	if diff := cmp.Diff(want, p.Hostnames()); diff != "" {
 		t.Errorf("records (-want +got):\n%s", diff)
 	}
+
 	if err := p.ReplaceIngress(ctx, "nope", in); !errors.Is(err, ingress.ErrNotFound) {
 		t.Errorf("ReplaceIngress of an unknown tunnel: %v", err)
 	}
@@ -154,6 +166,7 @@ func TestProviderReplaceAndCutover(t *testing.T) {
 	if v.Degraded() || len(v.Tunnels) != 3 || len(v.Records) != 4 {
 		t.Fatalf("view = %+v", v)
 	}
+
 	preds, err := reap.Predecessors(v, "dev", second.ID, "app.localhost")
 	if err != nil || len(preds) != 1 || preds[0].ID != first.ID {
 		t.Errorf("Predecessors = %+v, %v; want the first control plane", preds, err)
@@ -173,11 +186,13 @@ func TestConnectorExitsWhenItsTunnelIsDeleted(t *testing.T) {
 	p, srv := newProvider(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+
 	dash := origin(t, "cp")
 	tun, err := p.CreateTunnel(ctx, "dd-dev-cp-01", ingress.ControlPlaneIngress("app.localhost"))
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	exits := make(chan cloudflared.Exit, 10)
 	c, err := NewConnector(ConnectorOptions{Provider: p, Token: tun.Token,
 		Services: map[string]string{"http://localhost:8080": dash.URL},
@@ -185,6 +200,7 @@ func TestConnectorExitsWhenItsTunnelIsDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var wg sync.WaitGroup
 	wg.Go(func() { c.Run(ctx) })
 	waitFor(t, func() bool { return c.Status().State == cloudflared.StateRunning })
@@ -195,6 +211,7 @@ func TestConnectorExitsWhenItsTunnelIsDeleted(t *testing.T) {
 	if err := p.DeleteTunnel(ctx, tun.ID); err != nil {
 		t.Fatal(err)
 	}
+
 	select {
 	case e := <-exits:
 		if e.Code == 0 || e.Err == "" {
@@ -203,6 +220,7 @@ func TestConnectorExitsWhenItsTunnelIsDeleted(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connector did not exit after its tunnel was deleted")
 	}
+
 	cancel()
 	wg.Wait()
 	if st := c.Status(); st.State != cloudflared.StateStopped || st.LastExit == nil {

@@ -35,19 +35,23 @@ func newPagedFleet(t *testing.T) *pagedFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	f := &pagedFleet{fake: fake, p: p}
 	old := ago(2 * time.Hour)
 	orphan := fake.AddTunnel("dd-pr-7-agent-bbbb0002", old)
 	fake.AddRecord("dd-pr-7-agent-bbbb0002.d.example", orphan.ID+".cfargotunnel.com", old)
+
 	for i := range 3 { // other environments' tunnels fill the first pages
 		other := fake.AddTunnel(fmt.Sprintf("dd-pr-8-agent-%04x", i), old)
 		fake.AddRecord(fmt.Sprintf("dd-pr-8-agent-%04x.d.example", i),
 			other.ID+".cfargotunnel.com", old)
 	}
+
 	known := fake.AddTunnel("dd-pr-7-agent-aaaa0001", old)
 	for _, h := range []string{knownHost, knownAPI, "dd-pr-7-agent-aaaa0001-web.d.example"} {
 		fake.AddRecord(h, known.ID+".cfargotunnel.com", old)
 	}
+
 	f.orphan, f.known = orphan.ID, known.ID
 	f.in = Input{Env: env, Domain: domain, Now: now,
 		// The registry knows the agent by tunnel id only: its hostnames
@@ -58,6 +62,7 @@ func newPagedFleet(t *testing.T) *pagedFleet {
 			// Even a known agent failing its probes is not reaped here.
 			known.ID: {Failures: 9, FirstFailure: ago(time.Hour)},
 		}}
+
 	return f
 }
 
@@ -80,16 +85,19 @@ func TestReapAcrossPages(t *testing.T) {
 	if pages := len(f.fake.RequestsTo(cftest.RouteListRecords)); pages < 4 {
 		t.Fatalf("records were read in %d requests; the fixture must span pages", pages)
 	}
+
 	d := Decide(f.in)
 	if err := Apply(ctx, f.p, d, nil); err != nil {
 		t.Fatal(err)
 	}
+
 	if got := names(d.Tunnels); !slices.Equal(got, []string{"dd-pr-7-agent-bbbb0002"}) {
 		t.Errorf("reaped tunnels %v", got)
 	}
 	want := []string{knownHost, "dd-pr-7-agent-aaaa0001-web.d.example",
 		"dd-pr-8-agent-0000.d.example", "dd-pr-8-agent-0001.d.example",
 		"dd-pr-8-agent-0002.d.example", knownAPI}
+
 	slices.Sort(want)
 	if got := f.liveRecords(); !slices.Equal(got, want) {
 		t.Errorf("records left %v, want %v", got, want)
@@ -131,12 +139,14 @@ func TestReapNothingFromDegradedView(t *testing.T) {
 			before := f.liveRecords()
 			f.fake.Inject(tt.route, tt.fault)
 			f.in.View = f.p.List(context.Background(), ingress.ListOptions{})
+
 			naive := f.in
 			naive.View.Complete, naive.View.Errors = true, nil
 			if n := len(Decide(naive).Records); (n > 0) != tt.naiveDeletes {
 				t.Errorf("a naive reader would delete %d records, want deletions: %v", n,
 					tt.naiveDeletes)
 			}
+
 			d := Decide(f.in)
 			if d.Refused == "" || len(d.Tunnels)+len(d.Records) > 0 {
 				t.Fatalf("decision on a degraded view: %+v", d)
@@ -144,9 +154,11 @@ func TestReapNothingFromDegradedView(t *testing.T) {
 			if err := Apply(context.Background(), f.p, d, nil); err != nil {
 				t.Fatal(err)
 			}
+
 			if got := f.liveRecords(); !slices.Equal(got, before) {
 				t.Errorf("records changed from %v to %v", before, got)
 			}
+
 			for _, tun := range f.fake.Tunnels() {
 				if !tun.DeletedAt.IsZero() {
 					t.Errorf("tunnel %s deleted", tun.Name)

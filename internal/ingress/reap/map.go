@@ -59,10 +59,12 @@ func BuildMap(in MapInput) Map {
 		Degraded: in.View.Degraded(), FetchErrors: fetchErrors(in.View),
 		ServingEnv: in.ServingEnv, Installations: []Installation{}}
 	buckets := map[string]*Installation{}
+
 	bucket := func(env string) *Installation {
 		if b, ok := buckets[env]; ok {
 			return b
 		}
+
 		b := &Installation{Env: env, Kind: kind(env), IsServingEnv: env == in.ServingEnv,
 			Tunnels: []TunnelState{}, DNS: []DNSState{}, Apps: []AppState{}}
 		if b.IsServingEnv {
@@ -71,12 +73,15 @@ func BuildMap(in MapInput) Map {
 		buckets[env] = b
 		return b
 	}
+
+	// Tunnels first: a record's environment is that of its tunnel.
 	tunnelEnv := map[string]string{}
 	for _, t := range in.View.Tunnels {
 		env, ok := attribute(t.Name)
 		if !ok {
 			continue
 		}
+
 		tunnelEnv[strings.ToLower(t.ID)] = env
 		b := bucket(env)
 		b.Tunnels = append(b.Tunnels, tunnelState(t))
@@ -84,6 +89,7 @@ func BuildMap(in MapInput) Map {
 			b.HasLiveCP = true
 		}
 	}
+
 	for _, r := range in.View.Records {
 		if tid := r.TunnelID(); tid != "" {
 			env, ok := tunnelEnv[tid]
@@ -94,15 +100,18 @@ func BuildMap(in MapInput) Map {
 			b.DNS = append(b.DNS, dnsState(r))
 		}
 	}
+
 	for _, a := range in.View.Apps {
 		if env, ok := attribute(a.Name); ok {
 			b := bucket(env)
 			b.Apps = append(b.Apps, appState(a))
 		}
 	}
+
 	for _, b := range buckets {
 		m.Installations = append(m.Installations, *b)
 	}
+
 	slices.SortFunc(m.Installations, func(a, b Installation) int {
 		if (a.Env == Unattributed) != (b.Env == Unattributed) {
 			if a.Env == Unattributed {
@@ -112,6 +121,7 @@ func BuildMap(in MapInput) Map {
 		}
 		return strings.Compare(a.Env, b.Env)
 	})
+
 	return m
 }
 
@@ -137,5 +147,6 @@ func kind(env string) string {
 	case strings.HasPrefix(env, "pr-") && len(env) > 3:
 		return "preview"
 	}
+
 	return "named"
 }

@@ -53,6 +53,7 @@ func (p Probes) Observe(tunnelID string, ok bool, at time.Time) {
 		delete(p, tunnelID)
 		return
 	}
+
 	h := p[tunnelID]
 	if h.Failures == 0 {
 		h.FirstFailure = at
@@ -152,14 +153,17 @@ func Decide(in Input) Decision {
 		d.Refused = why
 		return d
 	}
+
 	in.setDefaults()
 	s := newState(in)
 	for i := range in.View.Tunnels {
 		s.decideTunnel(&in.View.Tunnels[i], &d)
 	}
+
 	for i := range in.View.Records {
 		s.decideRecord(&in.View.Records[i], &d)
 	}
+
 	return d
 }
 
@@ -174,6 +178,7 @@ func (in *Input) refusal() string {
 		}
 		return "the view is degraded: " + strings.Join(errs, "; ")
 	}
+
 	return ""
 }
 
@@ -200,17 +205,20 @@ func newState(in Input) *state {
 	s := &state{in: in, knownIDs: set(in.KnownTunnels), knownHosts: set(in.KnownHostnames),
 		live: map[string]bool{}, byTunnel: map[string][]*ingress.Record{},
 		reaped: map[string]bool{}}
+
 	for _, t := range in.View.Tunnels {
 		if !t.Deleted() {
 			s.live[strings.ToLower(t.ID)] = true
 		}
 	}
+
 	for i := range in.View.Records {
 		r := &in.View.Records[i]
 		if id := r.TunnelID(); id != "" {
 			s.byTunnel[id] = append(s.byTunnel[id], r)
 		}
 	}
+
 	return s
 }
 
@@ -232,15 +240,18 @@ func (s *state) decideTunnel(t *ingress.TunnelInfo, d *Decision) {
 	if t.Deleted() || !s.ours(t.Name, ingress.RoleAgent) || s.knownIDs[id] {
 		return
 	}
+
 	a := Action{ID: t.ID, Name: t.Name}
 	for _, r := range s.byTunnel[id] {
 		a.Records = append(a.Records, r.Name)
 	}
+
 	if why := s.protectTunnel(t); why != "" {
 		a.Reason = why
 		d.Kept = append(d.Kept, a)
 		return
 	}
+
 	p := s.in.Probes[t.ID]
 	a.Reason = fmt.Sprintf("no registered agent holds it; %d probes failed in a row since %s",
 		p.Failures, p.FirstFailure.UTC().Format(time.RFC3339))
@@ -258,11 +269,13 @@ func (s *state) protectTunnel(t *ingress.TunnelInfo) string {
 		return fmt.Sprintf("created %s ago, within the grace period of %s", age.Round(time.Second),
 			grace)
 	}
+
 	for _, r := range s.byTunnel[strings.ToLower(t.ID)] {
 		if s.knownHosts[strings.ToLower(r.Name)] {
 			return "its record " + r.Name + " serves a registered agent"
 		}
 	}
+
 	p := s.in.Probes[t.ID]
 	if p.Failures < s.in.MinFailures {
 		return fmt.Sprintf("%d of %d probes failed in a row", p.Failures, s.in.MinFailures)
@@ -285,18 +298,21 @@ func (s *state) decideRecord(r *ingress.Record, d *Decision) {
 		!s.ours(name, ingress.RoleAgent, ingress.RoleAPI):
 		return
 	}
+
 	a := Action{ID: r.ID, Name: r.Name, TunnelID: tid}
 	if r.CreatedAt.IsZero() {
 		a.Reason = "created_at unknown"
 		d.Kept = append(d.Kept, a)
 		return
 	}
+
 	if age := s.in.Now.Sub(r.CreatedAt); age < s.in.Grace {
 		a.Reason = fmt.Sprintf("created %s ago, within the grace period of %s",
 			age.Round(time.Second), s.in.Grace)
 		d.Kept = append(d.Kept, a)
 		return
 	}
+
 	a.Reason = "its tunnel " + tid + " no longer exists"
 	d.Records = append(d.Records, a)
 }
@@ -314,6 +330,7 @@ func Apply(ctx context.Context, p ingress.Provider, d Decision, log *slog.Logger
 		log.InfoContext(ctx, "reaping refused", "reason", d.Refused)
 		return nil
 	}
+
 	var errs []error
 	for _, a := range d.Tunnels {
 		if err := p.DeleteTunnel(ctx, a.ID); err != nil {
@@ -323,9 +340,11 @@ func Apply(ctx context.Context, p ingress.Provider, d Decision, log *slog.Logger
 		log.InfoContext(ctx, "orphan tunnel reaped", "tunnel_id", a.ID, "name", a.Name,
 			"records", a.Records, "reason", a.Reason)
 	}
+
 	for _, a := range d.Records {
 		errs = append(errs, applyRecord(ctx, p, a, log))
 	}
+
 	return errors.Join(errs...)
 }
 
@@ -339,9 +358,11 @@ func applyRecord(ctx context.Context, p ingress.Provider, a Action, log *slog.Lo
 	case err != nil && !errors.Is(err, ingress.ErrNotFound):
 		return fmt.Errorf("reap: checking tunnel %s of %s: %w", a.TunnelID, a.Name, err)
 	}
+
 	if err := p.DeleteRecord(ctx, a.ID); err != nil {
 		return err
 	}
+
 	log.InfoContext(ctx, "dangling record reaped", "record", a.Name, "tunnel_id", a.TunnelID)
 	return nil
 }
@@ -360,11 +381,13 @@ func Predecessors(v ingress.View, env, selfTunnelID, hostname string) ([]ingress
 	if v.Degraded() {
 		return nil, errors.New("reap: the view is degraded")
 	}
+
 	isSelf := func(t ingress.TunnelInfo) bool { return t.ID == selfTunnelID }
 	i := slices.IndexFunc(v.Tunnels, isSelf)
 	if i < 0 {
 		return nil, fmt.Errorf("reap: own tunnel %s is not in the view", selfTunnelID)
 	}
+
 	self := v.Tunnels[i]
 	var out []ingress.TunnelInfo
 	for _, t := range v.Tunnels {
@@ -375,10 +398,12 @@ func Predecessors(v ingress.View, env, selfTunnelID, hostname string) ([]ingress
 		if !t.IngressListed {
 			return nil, fmt.Errorf("reap: ingress of %s was not read", t.Name)
 		}
+
 		if slices.Contains(t.Hostnames, hostname) && t.CreatedAt.Before(self.CreatedAt) {
 			out = append(out, t)
 		}
 	}
+
 	slices.SortFunc(out, func(a, b ingress.TunnelInfo) int {
 		return a.CreatedAt.Compare(b.CreatedAt)
 	})

@@ -144,6 +144,7 @@ func TestDecide(t *testing.T) {
 				tt.edit(&in)
 			}
 			d := Decide(in)
+
 			if tt.wantRefused != "" {
 				if !strings.Contains(d.Refused, tt.wantRefused) {
 					t.Errorf("Refused = %q, want it to mention %q", d.Refused, tt.wantRefused)
@@ -153,9 +154,11 @@ func TestDecide(t *testing.T) {
 				}
 				return
 			}
+
 			if d.Refused != "" {
 				t.Fatalf("Refused = %q", d.Refused)
 			}
+
 			if diff := cmp.Diff(tt.wantTunnels, names(d.Tunnels)); diff != "" {
 				t.Errorf("tunnels (-want +got):\n%s", diff)
 			}
@@ -176,15 +179,18 @@ func TestDecideExplains(t *testing.T) {
 		"dd-pr-7-agent-adad0009":       "created_at unknown",
 		"dd-pr-7-agent-8888.d.example": "within the grace period",
 	}
+
 	got := map[string]string{}
 	for _, a := range d.Kept {
 		got[a.Name] = a.Reason
 	}
+
 	for name, reason := range want {
 		if !strings.Contains(got[name], reason) {
 			t.Errorf("kept %s: reason %q, want it to mention %q", name, got[name], reason)
 		}
 	}
+
 	if len(got) != len(want) {
 		t.Errorf("kept %v, want exactly %v", got, want)
 	}
@@ -202,6 +208,7 @@ func TestProbes(t *testing.T) {
 	if want := (Probe{Failures: 2, FirstFailure: ago(3 * time.Minute)}); p["a"] != want {
 		t.Errorf("a = %+v, want %+v", p["a"], want)
 	}
+
 	p.Observe("a", true, now)
 	if _, ok := p["a"]; ok {
 		t.Error("a success did not reset the history")
@@ -220,6 +227,7 @@ func TestPredecessors(t *testing.T) {
 		t.Hostnames, t.IngressListed = hosts, true
 		return t
 	}
+
 	base := ingress.View{Complete: true, Tunnels: []ingress.TunnelInfo{
 		cp("0001", 3*time.Hour, "pr-7-shell.d.example", host),
 		cp("0002", 2*time.Hour, host),
@@ -233,14 +241,17 @@ func TestPredecessors(t *testing.T) {
 			return t
 		}(),
 	}}
+
 	got, err := Predecessors(base, env, "0004", host)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var ids []string
 	for _, t := range got {
 		ids = append(ids, t.ID)
 	}
+
 	if want := []string{"0001", "0002"}; !slices.Equal(ids, want) {
 		t.Errorf("Predecessors = %v, want %v", ids, want)
 	}
@@ -297,11 +308,13 @@ func TestApply(t *testing.T) {
 	if err := Apply(context.Background(), p, d, nil); err != nil {
 		t.Fatal(err)
 	}
+
 	if !slices.Equal(p.deletedTunnels, []string{"t1"}) ||
 		!slices.Equal(p.deletedRecords, []string{"r1"}) {
 		t.Errorf("deleted tunnels %v records %v; want [t1] [r1]", p.deletedTunnels,
 			p.deletedRecords)
 	}
+
 	p = &fakeProvider{}
 	d.Refused = "degraded"
 	if err := Apply(context.Background(), p, d, nil); err != nil || len(p.deletedTunnels) != 0 {

@@ -37,6 +37,7 @@ func (e *Extra) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &pair); err != nil || len(pair) != 2 {
 		return fmt.Errorf("reap: extra must be [label, port]: %s", b)
 	}
+
 	if err := json.Unmarshal(pair[0], &e.Label); err != nil {
 		return fmt.Errorf("reap: extra label: %w", err)
 	}
@@ -156,6 +157,7 @@ func BuildSnapshot(in SnapshotInput) Snapshot {
 	slices.SortFunc(agents, func(a, b AgentState) int {
 		return strings.Compare(a.AgentID, b.AgentID)
 	})
+
 	s := Snapshot{
 		FetchedAt: in.View.FetchedAt.UTC(), AccountID: in.AccountID, ZoneID: in.ZoneID,
 		Degraded: in.View.Degraded(), FetchErrors: fetchErrors(in.View),
@@ -163,6 +165,7 @@ func BuildSnapshot(in SnapshotInput) Snapshot {
 		CPState: CPState{ControlPlaneHostname: in.Hostname, EnvLabel: in.Env,
 			Agents: nonNil(agents)},
 	}
+
 	sc := newScope(in)
 	s.CFState = sc.cfState()
 	s.Drift = emptyDrift()
@@ -177,6 +180,7 @@ func fetchErrors(v ingress.View) []string {
 	for _, e := range v.Errors {
 		out = append(out, e.String())
 	}
+
 	if !v.Complete && len(out) == 0 {
 		out = append(out, "the view was not read")
 	}
@@ -215,16 +219,19 @@ func newScope(in SnapshotInput) *scope {
 			sc.tunnelID[strings.ToLower(t.ID)] = true
 		}
 	}
+
 	for _, r := range in.View.Records {
 		if sc.recordInScope(&r) {
 			sc.records = append(sc.records, r)
 		}
 	}
+
 	for _, a := range in.View.Apps {
 		if sc.appInScope(a) {
 			sc.apps = append(sc.apps, a)
 		}
 	}
+
 	slices.SortFunc(sc.tunnels, func(a, b ingress.TunnelInfo) int {
 		return strings.Compare(a.Name, b.Name)
 	})
@@ -244,6 +251,7 @@ func expectedHostnames(in SnapshotInput) map[string]string {
 		exp[in.Hostname] = ""
 		exp[ingress.LabelHostname(in.Hostname, "shell")] = ""
 	}
+
 	for _, a := range in.Agents {
 		if a.Hostname == "" || a.TunnelID == "" {
 			continue // the control plane's own entry, or not yet published
@@ -254,6 +262,7 @@ func expectedHostnames(in SnapshotInput) map[string]string {
 			exp[ingress.ExtraHostname(a.Hostname, e.Label)] = a.AgentID
 		}
 	}
+
 	return exp
 }
 
@@ -267,6 +276,7 @@ func (sc *scope) recordInScope(r *ingress.Record) bool {
 	if sc.tunnelID[tid] {
 		return true
 	}
+
 	rn, ok := ingress.ParseResourceName(r.Name)
 	return ok && rn.Env == sc.in.Env && !sc.liveAnywhere(tid)
 }
@@ -283,10 +293,12 @@ func (sc *scope) appInScope(a ingress.App) bool {
 	if rn, ok := ingress.ParseResourceName(a.Name); ok && rn.Env == sc.in.Env {
 		return true
 	}
+
 	bases := []string{sc.in.Hostname}
 	for _, ag := range sc.in.Agents {
 		bases = append(bases, ag.Hostname)
 	}
+
 	for _, t := range a.Targets {
 		host, _, _ := strings.Cut(strings.ToLower(t), "/")
 		for _, b := range bases {
@@ -295,6 +307,7 @@ func (sc *scope) appInScope(a ingress.App) bool {
 			}
 		}
 	}
+
 	return false
 }
 
@@ -311,12 +324,15 @@ func (sc *scope) cfState() CFState {
 	for _, t := range sc.tunnels {
 		st.Tunnels = append(st.Tunnels, tunnelState(t))
 	}
+
 	for _, r := range sc.records {
 		st.DNS = append(st.DNS, dnsState(r))
 	}
+
 	for _, a := range sc.apps {
 		st.Apps = append(st.Apps, appState(a))
 	}
+
 	return st
 }
 
@@ -352,6 +368,7 @@ func (sc *scope) drift() Drift {
 			d.AccessMismatch = append(d.AccessMismatch, m)
 		}
 	}
+
 	return d
 }
 
@@ -368,6 +385,7 @@ func (sc *scope) tunnelDrift() ([]Orphan, []Missing) {
 				Reason: "the registry's tunnel is not in Cloudflare"})
 		}
 	}
+
 	for _, t := range sc.tunnels {
 		rn, _ := ingress.ParseResourceName(t.Name)
 		switch {
@@ -379,6 +397,7 @@ func (sc *scope) tunnelDrift() ([]Orphan, []Missing) {
 				Reason: "an older control plane's tunnel"})
 		}
 	}
+
 	return orphans, missing
 }
 
@@ -394,16 +413,19 @@ func (sc *scope) dnsDrift() ([]Orphan, []Missing) {
 				Reason: "points at a tunnel that no longer exists"})
 		}
 	}
+
 	have := map[string]bool{}
 	for _, r := range sc.in.View.Records {
 		have[r.Name] = true
 	}
+
 	for _, h := range sortedKeys(sc.expected) {
 		if !have[h] {
 			missing = append(missing, Missing{Expected: h, ForAgent: sc.expected[h],
 				Reason: "no DNS record"})
 		}
 	}
+
 	return orphans, missing
 }
 
@@ -419,6 +441,7 @@ func (sc *scope) mismatch(a ingress.App) (Mismatch, bool) {
 				ActualPolicy: a.PolicyKind}, true
 		}
 	}
+
 	return Mismatch{}, false
 }
 

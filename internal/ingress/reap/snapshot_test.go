@@ -61,16 +61,20 @@ func TestBuildSnapshot(t *testing.T) {
 	if s.FetchedAt.Location() != time.UTC {
 		t.Errorf("fetched_at in %v, want UTC", s.FetchedAt.Location())
 	}
+
 	var tunnels, dns, apps []string
 	for _, x := range s.CFState.Tunnels {
 		tunnels = append(tunnels, x.Name)
 	}
+
 	for _, x := range s.CFState.DNS {
 		dns = append(dns, x.Name)
 	}
+
 	for _, x := range s.CFState.Apps {
 		apps = append(apps, x.Name)
 	}
+
 	wantState := [][]string{
 		{"dd-pr-7-agent-aaaa0001", "dd-pr-7-agent-bbbb0002", "dd-pr-7-cp-0001", "dd-pr-7-cp-0002"},
 		{"dd-pr-7-agent-9999.d.example", knownHost, "dd-pr-7-agent-bbbb0002.d.example",
@@ -80,6 +84,7 @@ func TestBuildSnapshot(t *testing.T) {
 	if diff := cmp.Diff(wantState, [][]string{tunnels, dns, apps}); diff != "" {
 		t.Errorf("cf_state tunnels, dns, apps (-want +got):\n%s", diff)
 	}
+
 	want := Drift{
 		OrphanTunnels: []Orphan{
 			{"orphan", "dd-pr-7-agent-bbbb0002", "agent tunnel no registered agent holds"},
@@ -106,6 +111,7 @@ func TestBuildSnapshot(t *testing.T) {
 	if diff := cmp.Diff(want, s.Drift); diff != "" {
 		t.Errorf("drift (-want +got):\n%s", diff)
 	}
+
 	if s.CPState.Agents[0].AgentID != "control-plane" {
 		t.Errorf("agents not sorted by id: %v", s.CPState.Agents)
 	}
@@ -119,22 +125,26 @@ func TestSnapshotDegradedHasNoDrift(t *testing.T) {
 	if !s.Degraded || !s.APIReachable {
 		t.Errorf("degraded %v reachable %v", s.Degraded, s.APIReachable)
 	}
+
 	if diff := cmp.Diff(emptyDrift(), s.Drift); diff != "" {
 		t.Errorf("drift of a degraded view (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"tunnels: 500"}, s.FetchErrors); diff != "" {
 		t.Errorf("fetch errors (-want +got):\n%s", diff)
 	}
+
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	for _, key := range []string{`"orphan_tunnels":[]`, `"cf_fetch_errors":["tunnels: 500"]`,
 		`"extras":[["web",9000]]`, `"deleted_at":null`} {
 		if !strings.Contains(string(b), key) {
 			t.Errorf("snapshot JSON lacks %s: %s", key, b)
 		}
 	}
+
 	in.View.Errors = append(in.View.Errors, ingress.FetchError{What: "dns", Err: "500"})
 	if BuildSnapshot(in).APIReachable {
 		t.Error("API reachable with both tunnels and dns failing")
@@ -165,18 +175,22 @@ func TestBuildMap(t *testing.T) {
 		cname("r4", "x.d.example", "t5", time.Hour),
 		{ID: "r5", Name: "www.d.example", Type: "CNAME", Content: "example.net"},
 	}, Apps: []ingress.App{{ID: "a1", Name: "dd-pr-7-agent-0001-app", Domain: "x"}}}
+
 	m := BuildMap(MapInput{View: v, ServingEnv: "pr-7", AccountID: "acct", ZoneID: "zone",
 		KnownAgents: 4})
+
 	type summary struct {
 		Env, Kind              string
 		LiveCP, Serving        bool
 		Known, Tuns, DNS, Apps int
 	}
+
 	var got []summary
 	for _, i := range m.Installations {
 		got = append(got, summary{i.Env, i.Kind, i.HasLiveCP, i.IsServingEnv, i.KnownAgents,
 			len(i.Tunnels), len(i.DNS), len(i.Apps)})
 	}
+
 	want := []summary{
 		{"pr-7", "preview", true, true, 4, 2, 1, 1},
 		{"production", "production", false, false, 0, 1, 1, 0},

@@ -38,6 +38,7 @@ func NewServer(t testing.TB, keys ...jose.JSONWebKey) *Server {
 	mux.HandleFunc("GET /.well-known/openid-configuration", s.serveDiscovery)
 	mux.HandleFunc("GET /keys", s.serveJWKS)
 	s.srv = httptest.NewServer(mux)
+
 	t.Cleanup(s.srv.Close)
 	return s
 }
@@ -92,9 +93,11 @@ func (s *Server) serveDiscovery(w http.ResponseWriter, r *http.Request) {
 	s.discHits++
 	iss := s.docIssuer
 	s.mu.Unlock()
+
 	if iss == "" {
 		iss = s.URL()
 	}
+
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{
 		"issuer":                                iss,
@@ -109,13 +112,16 @@ func (s *Server) serveJWKS(w http.ResponseWriter, r *http.Request) {
 	gate, fail := s.gate, s.fail
 	set := jose.JSONWebKeySet{Keys: s.keys}
 	s.mu.Unlock()
+
 	if gate != nil {
 		<-gate
 	}
+
 	if fail {
 		http.Error(w, "unavailable", http.StatusServiceUnavailable)
 		return
 	}
+
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(set)
 }
@@ -151,6 +157,7 @@ func SignJWT(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, cla
 	if kid != "" {
 		opts = opts.WithHeader(jose.HeaderKey("kid"), kid)
 	}
+
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +166,7 @@ func SignJWT(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, cla
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	jws, err := signer.Sign(payload)
 	if err != nil {
 		t.Fatal(err)

@@ -24,16 +24,19 @@ func (s *Server) attach(ctx context.Context, conn net.Conn, br *bufio.Reader, re
 	if _, err := io.WriteString(conn, attachAck); err != nil {
 		return
 	}
+
 	argv, _ := stringsField(req.fields, "cmd")
 	if len(argv) == 0 {
 		argv = []string{s.opts.Shell}
 	}
 	argv = s.rewriteAll(argv)
+
 	p, err := s.startAttach(argv)
 	if err != nil {
 		fmt.Fprintf(conn, "\nattach failed: %v\n", err)
 		return
 	}
+
 	s.log.Info("attach started", "cmd", argv[0], "pid", p.pid)
 	s.bridge(ctx, conn, br, p)
 	s.log.Info("attach ended", "cmd", argv[0], "pid", p.pid)
@@ -45,6 +48,7 @@ func (s *Server) startAttach(argv []string) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", argv[0], err)
 	}
+
 	cmd := &exec.Cmd{Path: path, Args: argv, Env: env}
 	master, err := startOnPTY(cmd)
 	if err != nil {
@@ -76,6 +80,7 @@ func (s *Server) bridge(ctx context.Context, conn net.Conn, br *bufio.Reader, p 
 	case <-inputDone:
 	case <-ctx.Done():
 	}
+
 	p.terminate(stopGrace)
 	p.closeOutput()
 	// Closing the connection ends a copy still reading client input.

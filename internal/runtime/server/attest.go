@@ -83,6 +83,7 @@ func reportData(fields map[string]json.RawMessage) ([]byte, error) {
 		}
 		data = d
 	}
+
 	if len(data) > 64 {
 		return nil, fmt.Errorf("TDX report data is %d bytes; maximum is 64", len(data))
 	}
@@ -93,6 +94,7 @@ func decodeB64(field, v string) ([]byte, error) {
 	if v == "" {
 		return nil, nil
 	}
+
 	d, err := base64.StdEncoding.DecodeString(v)
 	if err != nil {
 		return nil, fmt.Errorf("invalid %s base64: %v", field, err)
@@ -106,6 +108,7 @@ func decodeNonce(v string) ([]byte, error) {
 	if !isHex(v) {
 		return decodeB64("nonce", v)
 	}
+
 	d, err := hex.DecodeString(v)
 	if err != nil {
 		return nil, fmt.Errorf("invalid nonce hex: %v", err)
@@ -117,12 +120,14 @@ func isHex(v string) bool {
 	if v == "" || len(v)%2 != 0 {
 		return false
 	}
+
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
 			return false
 		}
 	}
+
 	return true
 }
 
@@ -135,6 +140,7 @@ func (s *Server) attest(ctx context.Context, fields map[string]json.RawMessage) 
 	if s.opts.RefuseAttest {
 		return attestError{AttestationType: s.attType, Error: errNoAttestation}
 	}
+
 	var padded [64]byte
 	copy(padded[:], data)
 	quote, typ, format, err := s.attester.Attest(ctx, padded)
@@ -142,6 +148,7 @@ func (s *Server) attest(ctx context.Context, fields map[string]json.RawMessage) 
 		s.log.Warn("attesting", "err", err)
 		return attestError{AttestationType: s.attType, Error: err.Error()}
 	}
+
 	r := attestReply{OK: true}
 	r.AttestationType = typ
 	r.QuoteFormat = format

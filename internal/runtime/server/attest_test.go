@@ -45,6 +45,7 @@ func TestReportData(t *testing.T) {
 		{"bad b64", map[string]any{"report_data_b64": "!!"}, nil,
 			"invalid report_data_b64 base64: …"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := reportData(rawFields(t, tt.fields))
@@ -54,6 +55,7 @@ func TestReportData(t *testing.T) {
 				}
 				return
 			}
+
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -70,6 +72,7 @@ func rawFields(t testing.TB, m map[string]any) map[string]json.RawMessage {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var f map[string]json.RawMessage
 	if err := json.Unmarshal(b, &f); err != nil {
 		t.Fatal(err)
@@ -84,10 +87,12 @@ func TestAttestLocalBlob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	quote, err := base64.StdEncoding.DecodeString(a.QuoteB64)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var padded [64]byte
 	copy(padded[:], "nonce")
 	body := append([]byte(LocalQuoteMagic), padded[:]...)
@@ -95,6 +100,7 @@ func TestAttestLocalBlob(t *testing.T) {
 	if want := append(body, sum[:]...); !bytes.Equal(quote, want) {
 		t.Errorf("quote %x, want magic + padded report data + sha256", quote)
 	}
+
 	a.QuoteB64 = ""
 	want := runtime.Attestation{AttestationType: "none", QuoteFormat: "none",
 		ReportDataB64: base64.StdEncoding.EncodeToString([]byte("nonce")), ReportDataLen: 5}
@@ -121,6 +127,7 @@ func TestAttestErrors(t *testing.T) {
 			AttestationType: "tdx"}, map[string]any{"method": "attest"},
 			map[string]any{"ok": false, "attestation_type": "tdx", "error": "tsm busy"}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -143,6 +150,7 @@ func TestAttestInjected(t *testing.T) {
 	if err != nil || h.AttestationType != "tdx" {
 		t.Errorf("health %+v, %v; want attestation_type tdx", h, err)
 	}
+
 	a, err := ts.client.Attest(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -17,10 +17,13 @@ func BenchmarkDeployStart(b *testing.B) {
 	ts := startServer(b, Options{Token: testToken, Logger: slog.New(slog.DiscardHandler)})
 	ctx := context.Background()
 	i := 0
+
 	for b.Loop() {
 		i++
 		id := ts.deploy(b, workload.Spec{AppName: "bench-" + strconv.Itoa(i),
 			Cmd: []string{"sleep", "60"}})
+
+		// poll as a client would until the process runs
 		for {
 			d := ts.find(b, id)
 			if d != nil && d.Status == runtime.StatusRunning && d.PID != nil {
@@ -30,6 +33,7 @@ func BenchmarkDeployStart(b *testing.B) {
 				b.Fatalf("deployment %s ended: %+v", id, d)
 			}
 		}
+
 		b.StopTimer()
 		if err := ts.client.Stop(ctx, id); err != nil {
 			b.Fatal(err)

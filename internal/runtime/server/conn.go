@@ -36,6 +36,7 @@ func decodeRequest(line []byte) (request, error) {
 	if err != nil {
 		return request{}, fmt.Errorf("invalid json: %v", err)
 	}
+
 	req.method, _ = stringField(req.fields, "method")
 	return req, nil
 }
@@ -46,6 +47,7 @@ func stringField(fields map[string]json.RawMessage, name string) (string, bool) 
 	if !ok {
 		return "", false
 	}
+
 	var s string
 	if json.Unmarshal(raw, &s) != nil {
 		return "", false
@@ -60,6 +62,7 @@ func uintField(fields map[string]json.RawMessage, name string, def uint64) uint6
 	if !ok {
 		return def
 	}
+
 	v, err := strconv.ParseUint(string(raw), 10, 64)
 	if err != nil {
 		return def
@@ -74,6 +77,7 @@ func stringsField(fields map[string]json.RawMessage, name string) (items []strin
 	if v, present := fields[name]; !present || string(v) == "null" || json.Unmarshal(v, &raw) != nil {
 		return nil, false
 	}
+
 	items = make([]string, 0, len(raw))
 	for _, r := range raw {
 		var s string
@@ -107,6 +111,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		if readErr != nil && len(line) == 0 {
 			return
 		}
+
 		req, err := decodeRequest(line)
 		var reply any
 		switch {
@@ -120,6 +125,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		default:
 			reply = s.dispatch(ctx, req)
 		}
+
 		if writeReply(conn, reply) != nil || readErr != nil {
 			return
 		}
@@ -136,6 +142,7 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 			return nil, errLineTooLong
 		}
 		line = append(line, chunk...)
+
 		switch {
 		case err == nil:
 			return line[:len(line)-1], nil
@@ -156,6 +163,7 @@ func writeReply(w io.Writer, reply any) error {
 	if err != nil {
 		out = []byte(`{"ok":false,"error":"serialize error"}`)
 	}
+
 	_, err = w.Write(append(out, '\n'))
 	return err
 }
@@ -188,6 +196,7 @@ func (s *Server) health() any {
 	s.mu.Lock()
 	n, since := len(s.deps), s.upSince
 	s.mu.Unlock()
+
 	r := healthReply{OK: true}
 	r.AttestationType = s.attType
 	r.Workloads = n
@@ -204,10 +213,12 @@ func (s *Server) logs(fields map[string]json.RawMessage) any {
 	if !ok {
 		return errorReply{Error: runtime.ErrMissingID}
 	}
+
 	app, ok := s.appOf(id)
 	if !ok {
 		return errorReply{Error: runtime.ErrNotFound}
 	}
+
 	tail := uintField(fields, "tail", runtime.DefaultLogTail)
 	n := int(min(tail, uint64(s.opts.LogMaxLines)))
 	lines, err := tailLines(logPath(s.logDir, app), n)
@@ -222,6 +233,7 @@ func (s *Server) deployRequest(ctx context.Context, fields map[string]json.RawMe
 	if err != nil {
 		return errorReply{Error: "invalid deploy request: " + err.Error()}
 	}
+
 	id := s.deploy(ctx, spec, false)
 	return deployReply{OK: true, ID: id, Status: runtime.StatusDeploying}
 }
@@ -231,6 +243,7 @@ func (s *Server) stopRequest(fields map[string]json.RawMessage) any {
 	if !ok {
 		return errorReply{Error: runtime.ErrMissingID}
 	}
+
 	if err := s.stop(id); err != nil {
 		return errorReply{Error: err.Error()}
 	}

@@ -44,6 +44,7 @@ func (d *deployment) infoLocked() runtime.Deployment {
 		StartedAt:    formatTime(d.startedAt),
 		ExitCode:     d.exitCode,
 	}
+
 	if d.pid != 0 {
 		pid := d.pid
 		info.PID = &pid
@@ -73,6 +74,7 @@ func (s *Server) deploy(ctx context.Context, spec workload.Spec, boot bool) stri
 		settled:   make(chan struct{}),
 		status:    runtime.StatusDeploying,
 	}
+
 	s.mu.Lock()
 	s.seq++
 	d.seq = s.seq
@@ -85,6 +87,7 @@ func (s *Server) deploy(ctx context.Context, spec workload.Spec, boot bool) stri
 		defer cancel()
 		s.run(dctx, d, spec, boot)
 	})
+
 	return d.id
 }
 
@@ -95,6 +98,7 @@ func (s *Server) run(ctx context.Context, d *deployment, spec workload.Spec, boo
 		s.fail(d, fmt.Sprintf("replacing older %s deployments: %v", d.app, err))
 		return
 	}
+
 	spec = s.rewriteSpec(spec)
 	if boot && spec.InheritToken && s.token != "" {
 		spec.Env = append(spec.Env, "EE_TOKEN="+s.token)
@@ -116,10 +120,13 @@ func (s *Server) run(ctx context.Context, d *deployment, spec workload.Spec, boo
 		s.fail(d, "neither github_release nor cmd specified")
 		return
 	}
+
+	// a stop or shutdown may have come while fetching
 	if ctx.Err() != nil {
 		s.fail(d, "deploy cancelled")
 		return
 	}
+
 	p, err := s.spawn(d.app, spec)
 	if err != nil {
 		s.fail(d, fmt.Sprintf("spawn %s: %v", spec.Cmd[0], err))
@@ -148,6 +155,7 @@ func (s *Server) replace(ctx context.Context, d *deployment) error {
 		s.mu.Unlock()
 		s.log.Info("deployment replaced", "id", o.id, "app", o.app, "by", d.id)
 	}
+
 	return ctx.Err()
 }
 
@@ -178,6 +186,7 @@ func (s *Server) watch(d *deployment, p *proc) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	d.exitCode = &code
 	d.finishedAt = s.opts.Now()
 	switch {
@@ -188,6 +197,7 @@ func (s *Server) watch(d *deployment, p *proc) {
 	default:
 		d.status, d.errMsg = runtime.StatusFailed, msg
 	}
+
 	s.log.Info("deployment exited", "id", d.id, "app", d.app, "status", d.status,
 		"exit_code", code)
 }
@@ -201,6 +211,7 @@ func (s *Server) fail(d *deployment, msg string) {
 func (s *Server) finish(d *deployment, status, msg string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	if d.stopping {
 		return
 	}
@@ -214,12 +225,14 @@ func (s *Server) halt(d *deployment) {
 	s.mu.Lock()
 	d.stopping = true
 	s.mu.Unlock()
+
 	d.cancel()
 	<-d.settled // the deploy goroutine ends promptly once cancelled
 
 	s.mu.Lock()
 	p := d.proc
 	s.mu.Unlock()
+
 	if p != nil {
 		p.terminate(stopGrace)
 	}
@@ -234,6 +247,7 @@ func (s *Server) stop(id string) error {
 		s.mu.Unlock()
 		return errors.New(runtime.ErrNotFound)
 	}
+
 	if d.status != runtime.StatusRunning && d.status != runtime.StatusDeploying {
 		status := d.status
 		s.mu.Unlock()
@@ -243,12 +257,14 @@ func (s *Server) stop(id string) error {
 	s.mu.Unlock()
 
 	s.halt(d)
+
 	s.mu.Lock()
 	d.status = runtime.StatusStopped
 	if d.finishedAt.IsZero() {
 		d.finishedAt = s.opts.Now()
 	}
 	s.mu.Unlock()
+
 	s.log.Info("deployment stopped", "id", id, "app", d.app)
 	return nil
 }
@@ -257,11 +273,13 @@ func (s *Server) stop(id string) error {
 func (s *Server) list() []runtime.Deployment {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	deps := make([]*deployment, 0, len(s.deps))
 	for _, d := range s.deps {
 		deps = append(deps, d)
 	}
 	sort.Slice(deps, func(i, j int) bool { return deps[i].seq < deps[j].seq })
+
 	out := make([]runtime.Deployment, len(deps))
 	for i, d := range deps {
 		out[i] = d.infoLocked()
@@ -273,6 +291,7 @@ func (s *Server) list() []runtime.Deployment {
 func (s *Server) appOf(id string) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	d, ok := s.deps[id]
 	if !ok {
 		return "", false

@@ -57,11 +57,13 @@ func TestDeployOutcomes(t *testing.T) {
 				ErrorMessage: "spawn no-such-program: executable file not found in PATH"},
 		},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			id := ts.deploy(t, tt.spec)
 			got := ts.waitStatus(t, id, runtime.StatusCompleted, runtime.StatusFailed)
+
 			sub := runtime.Deployment{Status: got.Status, ExitCode: got.ExitCode,
 				ErrorMessage: got.ErrorMessage}
 			if diff := cmp.Diff(tt.want, sub); diff != "" {
@@ -73,6 +75,7 @@ func TestDeployOutcomes(t *testing.T) {
 			if (got.PID != nil) != (tt.want.ExitCode != nil) {
 				t.Errorf("pid %v: want one exactly when a process ran", got.PID)
 			}
+
 			if len(tt.lines) > 0 {
 				lines, err := ts.client.Logs(context.Background(), id, 100)
 				if err != nil {
@@ -91,9 +94,11 @@ func TestListShape(t *testing.T) {
 	ts := startServer(t, Options{Token: testToken, Now: fixedNow})
 	id := ts.deploy(t, workload.Spec{AppName: "shape", Cmd: []string{"sleep", "1000"}})
 	got := ts.waitStatus(t, id, runtime.StatusRunning)
+
 	if got.PID == nil || *got.PID <= 0 {
 		t.Errorf("pid %v, want the process id", got.PID)
 	}
+
 	got.PID = nil
 	want := runtime.Deployment{ID: id, AppName: "shape", Source: "sleep 1000",
 		Status: runtime.StatusRunning, StartedAt: "2026-05-01T12:00:00.000000005+00:00"}
@@ -116,13 +121,16 @@ func TestReplacementKillsOldGroup(t *testing.T) {
 		t.Errorf("old leader alive %v, its child alive %v; want both gone",
 			alive(*old.PID), alive(child))
 	}
+
 	if d := ts.find(t, oldID); d != nil {
 		t.Errorf("old deployment still listed: %+v", d)
 	}
+
 	_, err := ts.client.Logs(context.Background(), oldID, 10)
 	if !isRuntimeError(err, runtime.ErrNotFound) {
 		t.Errorf("logs of the replaced id: %v, want %q", err, runtime.ErrNotFound)
 	}
+
 	// The new run starts with a fresh log.
 	lines := ts.waitLog(t, newID, "child=")
 	if len(lines) != 1 {
@@ -141,6 +149,7 @@ func childPID(t testing.TB, lines []string) int {
 			return pid
 		}
 	}
+
 	t.Fatalf("no child= line in %q", lines)
 	return 0
 }
@@ -161,6 +170,7 @@ func TestStop(t *testing.T) {
 	if err := ts.client.Stop(context.Background(), id); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
+
 	got := ts.find(t, id)
 	if got == nil || got.Status != runtime.StatusStopped || got.FinishedAt == "" {
 		t.Errorf("after stop: %+v, want status stopped with finished_at", got)
@@ -168,6 +178,7 @@ func TestStop(t *testing.T) {
 	if alive(*d.PID) || alive(child) {
 		t.Errorf("leader alive %v, child alive %v; want the group gone", alive(*d.PID), alive(child))
 	}
+
 	err := ts.client.Stop(context.Background(), id)
 	if !isRuntimeError(err, "cannot stop deployment in 'stopped' status") {
 		t.Errorf("second stop: %v, want the status error", err)
@@ -181,6 +192,7 @@ func TestStopIgnoringTerm(t *testing.T) {
 		Cmd: sh("trap '' TERM; echo ready; while :; do sleep 1; done")})
 	d := ts.waitStatus(t, id, runtime.StatusRunning)
 	ts.waitLog(t, id, "ready")
+
 	if err := ts.client.Stop(context.Background(), id); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
@@ -201,6 +213,7 @@ func TestLogBoundKeepsNewest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	var want []string
 	for i := 91; i <= 100; i++ {
 		want = append(want, fmt.Sprintf("line%d", i))
@@ -208,6 +221,8 @@ func TestLogBoundKeepsNewest(t *testing.T) {
 	if diff := cmp.Diff(want, lines); diff != "" {
 		t.Errorf("logs mismatch (-want +got):\n%s", diff)
 	}
+
+	// the file itself is compacted, not only the reply
 	data, err := os.ReadFile(filepath.Join(ts.srv.DataDir(), "workloads", "logs", "chatty.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -215,6 +230,7 @@ func TestLogBoundKeepsNewest(t *testing.T) {
 	if n := strings.Count(string(data), "\n"); n > bound+compactSlack(bound) {
 		t.Errorf("log file holds %d lines, want at most %d", n, bound+compactSlack(bound))
 	}
+
 	lines, _ = ts.client.Logs(context.Background(), id, 3)
 	if len(lines) != 3 || lines[2] != "line100" {
 		t.Errorf("tail 3 = %q, want the last three lines", lines)
@@ -231,10 +247,12 @@ func TestLogLossyUTF8AndLongLines(t *testing.T) {
 	id := ts.deploy(t, workload.Spec{AppName: "bytes",
 		Cmd: sh(`printf 'ok \377\376 bad\r\n'; printf '` + long + `\n'; echo after`)})
 	ts.waitStatus(t, id, runtime.StatusCompleted)
+
 	lines, err := ts.client.Logs(context.Background(), id, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	want := []string{"ok \uFFFD bad", long[:MaxLogLine], long[MaxLogLine:], "after"}
 	if diff := cmp.Diff(want, lines); diff != "" {
 		t.Errorf("logs mismatch (-want +got):\n%s", diff)
@@ -246,6 +264,7 @@ func TestLogsOfFetchOnlyAndFreshApp(t *testing.T) {
 	ts := startServer(t, Options{Token: testToken})
 	id := ts.deploy(t, workload.Spec{AppName: "never-spawned"})
 	ts.waitStatus(t, id, runtime.StatusFailed)
+
 	lines, err := ts.client.Logs(context.Background(), id, 100)
 	if err != nil || len(lines) != 0 {
 		t.Errorf("Logs = %q, %v; want no lines and no error", lines, err)
@@ -262,6 +281,7 @@ func TestWorkloadEnvironment(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(tools, "envtool"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+
 	base := []string{"PATH=/usr/bin:/bin", "BASE=base", "FOO=base", "EE_GITHUB_TOKEN=gh-secret",
 		"EE_TOKEN_FIXED=" + testToken}
 	ts := startServer(t, Options{Token: testToken, Env: base})
@@ -270,6 +290,7 @@ func TestWorkloadEnvironment(t *testing.T) {
 	id := ts.deploy(t, workload.Spec{AppName: "env", Cmd: []string{"envtool"},
 		Env: []string{"PATH=" + tools + ":/usr/bin:/bin", "FOO=1", "NOEQ", "FOO=2"}})
 	ts.waitStatus(t, id, runtime.StatusCompleted)
+
 	lines, _ := ts.client.Logs(context.Background(), id, 10)
 	want := []string{
 		"FOO=2 BASE=base NOEQ=unset",
@@ -289,6 +310,7 @@ func TestBinDirFirstOnPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	id := ts.deploy(t, workload.Spec{AppName: "shadow", Cmd: []string{"true"}})
 	ts.waitLog(t, id, "bin-true")
 }
@@ -300,7 +322,9 @@ func TestInheritTokenOnlyForBootWorkloads(t *testing.T) {
 		{AppName: "boot-heir", Cmd: show, InheritToken: true},
 		{AppName: "boot-plain", Cmd: show},
 	}})
+
 	ts.deploy(t, workload.Spec{AppName: "runtime-heir", Cmd: show, InheritToken: true})
+
 	want := map[string]string{"boot-heir": "token=" + testToken, "boot-plain": "token=unset",
 		"runtime-heir": "token=unset"}
 	for app, line := range want {
@@ -329,6 +353,7 @@ func TestPrefixRewrite(t *testing.T) {
 			return []string{"/var/lib/easyenclave/bin/x", "/var/lib/easyenclave", "/var/lib/easyenclavex"}
 		}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -355,6 +380,7 @@ func TestRewritePrefix(t *testing.T) {
 		{"/var/lib/easyenclave.bak /var/lib/easyenclave:/x", "/var/lib/easyenclave.bak /d:/x"},
 		{"no prefix here", "no prefix here"},
 	}
+
 	for _, tt := range tests {
 		if got := rewritePrefix(tt.in, "/d"); got != tt.want {
 			t.Errorf("rewritePrefix(%q) = %q, want %q", tt.in, got, tt.want)
@@ -388,10 +414,12 @@ func TestHostTools(t *testing.T) {
 	bb := needBusybox(t)
 	ts := startServer(t, Options{Token: testToken, HostTools: []string{"busybox"},
 		Env: []string{"PATH=" + filepath.Dir(bb)}})
+
 	link := filepath.Join(ts.srv.DataDir(), "bin", "busybox")
 	if target, err := os.Readlink(link); err != nil || target != bb {
 		t.Errorf("bin/busybox -> %q (%v), want a symlink to %s", target, err, bb)
 	}
+
 	id := ts.deploy(t, workload.Spec{AppName: "bb",
 		Cmd: []string{"/var/lib/easyenclave/bin/busybox", "echo", "from busybox"}})
 	ts.waitLog(t, id, "from busybox")

@@ -29,10 +29,12 @@ func workloadBaseEnv(env []string, binDir, socket, dataDir string) []string {
 			kept = append(kept, kv)
 		}
 	}
+
 	path, ok := envValue(kept, "PATH")
 	if !ok || path == "" {
 		path = defaultPath
 	}
+
 	return mergeEnv(kept, []string{
 		"PATH=" + binDir + string(filepath.ListSeparator) + path,
 		"EE_SOCKET_PATH=" + socket,
@@ -67,6 +69,7 @@ func mergeEnv(base []string, layers ...[]string) []string {
 		index[k] = len(out)
 		out = append(out, kv)
 	}
+
 	for _, kv := range base {
 		add(kv)
 	}
@@ -75,6 +78,7 @@ func mergeEnv(base []string, layers ...[]string) []string {
 			add(kv)
 		}
 	}
+
 	return out
 }
 
@@ -96,6 +100,7 @@ func rewritePrefix(s, dataDir string) string {
 	if !strings.Contains(s, EEDataDir) {
 		return s
 	}
+
 	var b strings.Builder
 	for {
 		i := strings.Index(s, EEDataDir)
@@ -103,6 +108,7 @@ func rewritePrefix(s, dataDir string) string {
 			b.WriteString(s)
 			return b.String()
 		}
+
 		end := i + len(EEDataDir)
 		b.WriteString(s[:i])
 		if end == len(s) || !isNameByte(s[end]) {
@@ -124,6 +130,7 @@ func (s *Server) rewriteAll(in []string) []string {
 	if !s.rewrite || len(in) == 0 {
 		return in
 	}
+
 	out := make([]string, len(in))
 	for i, v := range in {
 		out[i] = rewritePrefix(v, s.opts.DataDir)
@@ -156,6 +163,7 @@ func linkHostTools(binDir string, tools, env []string) error {
 			return fmt.Errorf("server: host tool %s: %w", tool, err)
 		}
 	}
+
 	return nil
 }
 
@@ -172,6 +180,7 @@ func linkTool(link, target string) error {
 			return err
 		}
 	}
+
 	if _, err := os.Stat(target); err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ func (s *Server) execRequest(ctx context.Context, fields map[string]json.RawMess
 	if len(argv) == 0 {
 		return errorReply{Error: "cmd array is empty"}
 	}
+
 	secs := uintField(fields, "timeout_secs", uint64(runtime.DefaultExecTimeout/time.Second))
 	res, err := s.runExec(ctx, s.rewriteAll(argv), secs)
 	if err != nil {
@@ -41,6 +42,7 @@ func (s *Server) runExec(ctx context.Context, argv []string, secs uint64) (runti
 	if err != nil {
 		return runtime.ExecResult{}, fmt.Errorf("spawn failed: %s: %v", argv[0], err)
 	}
+
 	var stdout, stderr cappedBuffer
 	cmd := &exec.Cmd{
 		Path:        path,
@@ -55,6 +57,8 @@ func (s *Server) runExec(ctx context.Context, argv []string, secs uint64) (runti
 	if err := cmd.Start(); err != nil {
 		return runtime.ExecResult{}, fmt.Errorf("spawn failed: %v", err)
 	}
+
+	// wait in the background so a timeout or shutdown can interrupt it
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -72,6 +76,7 @@ func (s *Server) runExec(ctx context.Context, argv []string, secs uint64) (runti
 		killExec(cmd.Process.Pid, done)
 		return runtime.ExecResult{}, fmt.Errorf("wait failed: %w", ctx.Err())
 	}
+
 	code, _ := exitOutcome(cmd.ProcessState)
 	return runtime.ExecResult{
 		ExitCode: code,
@@ -90,6 +95,7 @@ func killExec(pgid int, done <-chan struct{}) {
 		return
 	case <-t.C:
 	}
+
 	signalGroup(pgid, syscall.SIGKILL)
 	<-done
 }

@@ -27,6 +27,7 @@ func TestExec(t *testing.T) {
 		{"invalid utf-8", sh(`printf 'a\377b'`), runtime.ExecResult{Stdout: "a\uFFFDb"}},
 		{"runtime secrets hidden", sh(`echo "${EE_TOKEN-unset}"`), runtime.ExecResult{Stdout: "unset\n"}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -45,12 +46,14 @@ func TestExecTimeoutKillsGroup(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Options{Token: testToken})
 	dir := t.TempDir()
+
 	// The background child records its pid so the test can check it died.
 	_, err := ts.client.Exec(context.Background(),
 		sh(`sleep 1000 & echo $! > `+dir+`/pid; wait`), time.Second)
 	if !isRuntimeError(err, "command timed out after 1s") {
 		t.Fatalf("Exec: %v, want the timeout error", err)
 	}
+
 	pid := readPID(t, dir+"/pid")
 	waitFor(t, "the timed-out command's child to die", func() bool { return !alive(pid) })
 }

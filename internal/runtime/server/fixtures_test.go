@@ -26,12 +26,14 @@ func TestBusyboxFixturesRun(t *testing.T) {
 	t.Parallel()
 	bb := needBusybox(t)
 	ts := startServer(t, Options{Token: testToken, HostTools: []string{bb}})
+
 	for _, app := range []string{"oracle-readonly", "human-readonly"} {
 		t.Run(app, func(t *testing.T) {
 			t.Parallel()
 			port := freePort(t)
 			spec := loadFixture(t, app+".json", "0.0.0.0:8082", "127.0.0.1:"+strconv.Itoa(port))
 			id := ts.deploy(t, spec)
+
 			ts.waitStatus(t, id, runtime.StatusRunning)
 			ts.waitLog(t, id, app+": tick=1 ")
 			waitFor(t, app+"'s oracle document", func() bool {
@@ -50,6 +52,7 @@ func loadFixture(t testing.TB, name, old, new string) workload.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if !strings.Contains(string(data), old) {
 		t.Fatalf("fixture %s no longer contains %q", name, old)
 	}
@@ -77,6 +80,7 @@ func oracleTick(port int) int {
 		return -1
 	}
 	defer resp.Body.Close()
+
 	body, _ := io.ReadAll(resp.Body)
 	var doc struct {
 		OK   bool `json:"ok"`

@@ -21,6 +21,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
+
 	f.Fuzz(func(t *testing.T, line []byte) {
 		req, err := decodeRequest(line)
 		if valid := json.Valid(line); (err == nil) != valid {
@@ -32,9 +33,11 @@ func FuzzDecodeRequest(f *testing.F) {
 			}
 			return
 		}
+
 		if m, _ := stringField(req.fields, "method"); m != req.method {
 			t.Fatalf("method %q, but the line's method member is %q", req.method, m)
 		}
+
 		// The request-level decoders must not panic either.
 		decodeDeploy(req.fields)
 		reportData(req.fields)
@@ -48,12 +51,14 @@ func FuzzDecodeRequest(f *testing.F) {
 func FuzzReadLine(f *testing.F) {
 	f.Add([]byte("a\nbc\n\nlast"))
 	f.Add([]byte("\n\n"))
+
 	f.Fuzz(func(t *testing.T, data []byte) {
 		br := bufio.NewReaderSize(strings.NewReader(string(data)), 16)
 		want := strings.Split(string(data), "\n")
 		if want[len(want)-1] == "" {
 			want = want[:len(want)-1]
 		}
+
 		for i, w := range want {
 			line, err := readLine(br)
 			if string(line) != w {

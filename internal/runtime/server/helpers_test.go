@@ -35,6 +35,7 @@ func startServer(t testing.TB, opts Options) *testServer {
 	case <-time.After(30 * time.Second):
 		t.Fatal("server not ready after 30s")
 	}
+
 	copts := runtime.ClientOptions{SocketPath: srv.SocketPath(), Token: srv.Token()}
 	c, err := runtime.NewClient(copts)
 	if err != nil {
@@ -56,10 +57,12 @@ func serveAsync(t testing.TB, opts Options) (*Server, <-chan error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	}
+
 	srv, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	done := make(chan struct{})
@@ -67,6 +70,7 @@ func serveAsync(t testing.TB, opts Options) (*Server, <-chan error) {
 		defer close(done)
 		errc <- srv.Serve(ctx)
 	}()
+
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -113,6 +117,7 @@ func (ts *testServer) find(t testing.TB, id string) *runtime.Deployment {
 	if err != nil {
 		t.Fatalf("List: %v", err)
 	}
+
 	for i := range deps {
 		if deps[i].ID == id {
 			return &deps[i]
@@ -134,6 +139,7 @@ func (ts *testServer) waitStatus(t testing.TB, id string, statuses ...string) ru
 		}
 		return false
 	})
+
 	return *last
 }
 
@@ -154,6 +160,7 @@ func (ts *testServer) waitLog(t testing.TB, id, want string) []string {
 		}
 		return false
 	})
+
 	return lines
 }
 
@@ -175,6 +182,7 @@ func alive(pid int) bool {
 	if err != nil {
 		return false
 	}
+
 	// The state follows the command name, which is in parentheses.
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
@@ -189,6 +197,7 @@ func needBusybox(t testing.TB) string {
 			return p
 		}
 	}
+
 	if p, err := exec.LookPath("busybox"); err == nil {
 		return p
 	}
@@ -208,6 +217,7 @@ func dialRaw(t testing.TB, ts *testServer) *rawConn {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	return &rawConn{Conn: c, r: bufio.NewReader(c)}
@@ -227,6 +237,7 @@ func (c *rawConn) reply(t testing.TB) map[string]any {
 	if err != nil {
 		t.Fatalf("reading reply: %v", err)
 	}
+
 	var m map[string]any
 	if err := json.Unmarshal(line, &m); err != nil {
 		t.Fatalf("reply %q: %v", line, err)
@@ -240,6 +251,7 @@ func (ts *testServer) line(t testing.TB, req map[string]any) string {
 	if ts.srv.Token() != "" {
 		req["token"] = ts.srv.Token()
 	}
+
 	b, err := json.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
@@ -255,6 +267,7 @@ func readPID(t testing.TB, path string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
 	if err != nil {
 		t.Fatal(err)

@@ -36,6 +36,7 @@ func createLog(dir, app string, max int, log *slog.Logger) (*logSink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating log: %w", err)
 	}
+
 	if err := os.Rename(f.Name(), path); err != nil {
 		f.Close()
 		os.Remove(f.Name())
@@ -74,6 +75,7 @@ func (l *logSink) add(raw []byte) {
 		l.log.Warn("writing log", "app", l.app, "err", err)
 		return
 	}
+
 	l.lines++
 	if l.lines >= l.max+compactSlack(l.max) {
 		l.compact()
@@ -91,12 +93,14 @@ func (l *logSink) compact() {
 		l.log.Warn("compacting log", "app", l.app, "err", err)
 		return
 	}
+
 	dir := filepath.Dir(l.path)
 	f, err := os.CreateTemp(dir, "."+l.app+".log.*")
 	if err != nil {
 		l.log.Warn("compacting log", "app", l.app, "err", err)
 		return
 	}
+
 	var buf bytes.Buffer
 	for _, line := range keep {
 		buf.WriteString(line)
@@ -111,6 +115,7 @@ func (l *logSink) compact() {
 		l.log.Warn("compacting log", "app", l.app, "err", err)
 		return
 	}
+
 	l.f.Close()
 	l.f, l.lines = f, len(keep)
 }
@@ -124,6 +129,7 @@ func tailLines(path string, n int) ([]string, error) {
 	if n <= 0 {
 		return []string{}, nil
 	}
+
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return []string{}, nil
@@ -132,6 +138,7 @@ func tailLines(path string, n int) ([]string, error) {
 		return nil, err
 	}
 	defer f.Close()
+
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -148,6 +155,7 @@ func tailLines(path string, n int) ([]string, error) {
 func readTail(f *os.File, size int64, n int) ([]byte, error) {
 	const block = 64 << 10
 	var data []byte
+
 	for off := size; off > 0 && bytes.Count(data, []byte("\n")) <= n; {
 		start := max(off-block, 0)
 		chunk := make([]byte, off-start)
@@ -157,6 +165,7 @@ func readTail(f *os.File, size int64, n int) ([]byte, error) {
 		data = append(chunk, data...)
 		off = start
 	}
+
 	return data, nil
 }
 
@@ -168,6 +177,7 @@ func lastLines(data []byte, n int) []string {
 	if end < 0 {
 		return []string{}
 	}
+
 	lines := strings.Split(string(data[:end]), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

@@ -44,10 +44,12 @@ func (s *Server) spawn(app string, spec workload.Spec) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	sink, err := createLog(s.logDir, app, s.opts.LogMaxLines, s.log)
 	if err != nil {
 		return nil, err
 	}
+
 	cmd := &exec.Cmd{Path: path, Args: spec.Cmd, Env: env}
 	var p *proc
 	if spec.TTY {
@@ -59,12 +61,14 @@ func (s *Server) spawn(app string, spec workload.Spec) (*proc, error) {
 		sink.close()
 		return nil, err
 	}
+
 	s.wg.Go(func() {
 		defer close(p.drained)
 		defer p.closeOutput()
 		defer sink.close()
 		sink.drain(p.out)
 	})
+
 	return p, nil
 }
 
@@ -75,6 +79,7 @@ func startPiped(cmd *exec.Cmd) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating output pipe: %w", err)
 	}
+
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
@@ -104,6 +109,7 @@ func startOnPTY(cmd *exec.Cmd) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	pollable, err := pollableFile(master)
 	if err != nil {
 		cmd.Process.Kill()
@@ -121,6 +127,7 @@ func pollableFile(f *os.File) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("duplicating pty master: %w", err)
 	}
+
 	syscall.CloseOnExec(fd)
 	if err := syscall.SetNonblock(fd, true); err != nil {
 		syscall.Close(fd)
@@ -145,6 +152,7 @@ func (p *proc) wait() {
 	p.cmd.Wait()
 	p.state = p.cmd.ProcessState
 	close(p.exited)
+
 	t := time.NewTimer(exitDrainGrace)
 	defer t.Stop()
 	select {
@@ -166,6 +174,7 @@ func (p *proc) terminate(grace time.Duration) {
 	if p.gone(nil) {
 		return
 	}
+
 	if !p.hasExited() || groupAlive(p.pid) {
 		signalGroup(p.pid, syscall.SIGTERM)
 		t := time.NewTimer(grace)
@@ -176,6 +185,8 @@ func (p *proc) terminate(grace time.Duration) {
 		signalGroup(p.pid, syscall.SIGKILL)
 		<-p.exited
 	}
+
+	// a process that escaped the group may still hold the output
 	t := time.NewTimer(exitDrainGrace)
 	defer t.Stop()
 	if !p.gone(t.C) {
@@ -261,6 +272,7 @@ func lookPath(name string, env []string) (string, error) {
 	if filepath.Base(name) != name {
 		return name, nil
 	}
+
 	pathVar, _ := envValue(env, "PATH")
 	for _, dir := range filepath.SplitList(pathVar) {
 		if dir == "" {
@@ -271,5 +283,6 @@ func lookPath(name string, env []string) (string, error) {
 			return p, nil
 		}
 	}
+
 	return "", errors.New("executable file not found in PATH")
 }

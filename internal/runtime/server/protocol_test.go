@@ -43,6 +43,7 @@ func TestTokenSeal(t *testing.T) {
 			map[string]any{"ok": true, "attestation_type": "none", "workloads": 0.0,
 				"uptime_secs": 0.0}},
 	}
+
 	for _, tt := range tests {
 		c.send(t, tt.line)
 		if diff := cmp.Diff(tt.want, c.reply(t)); diff != "" {
@@ -61,6 +62,7 @@ func TestMintedToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if !validToken(a.Token()) || a.Token() == b.Token() {
 		t.Errorf("tokens %q and %q: want two different 64-hex tokens", a.Token(), b.Token())
 	}
@@ -92,6 +94,7 @@ func TestEnvelopeErrors(t *testing.T) {
 		{"unknown method", ts.line(t, map[string]any{"method": "reboot"}), "unknown method: reboot"},
 		{"not an object", `[1,2]`, "unauthenticated"},
 	}
+
 	c := dialRaw(t, ts)
 	for _, tt := range tests {
 		c.send(t, tt.line)
@@ -116,6 +119,7 @@ func TestSeveralRequestsPerConnection(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Options{Token: testToken})
 	c := dialRaw(t, ts)
+
 	// Sent in one write, answered in order, with a final line that has no
 	// newline before the half-close.
 	_, err := c.Write([]byte(ts.line(t, map[string]any{"method": "health"}) + "\n" +
@@ -148,6 +152,7 @@ func TestRequestLineLimit(t *testing.T) {
 	if r := c.reply(t); r["ok"] != false || !strings.Contains(r["error"].(string), "exceeds") {
 		t.Errorf("reply %v, want a line-too-long error", r)
 	}
+
 	if _, err := c.r.ReadByte(); err == nil {
 		t.Error("connection still open after an oversized line")
 	}
@@ -159,6 +164,7 @@ func TestMethodErrors(t *testing.T) {
 	rel := func(r map[string]any) map[string]any {
 		return map[string]any{"method": "deploy", "github_release": r, "cmd": []string{"x"}}
 	}
+
 	tests := []struct {
 		name string
 		req  map[string]any
@@ -203,6 +209,7 @@ func TestMethodErrors(t *testing.T) {
 			rel(map[string]any{"repo": "o/r", "asset": "a", "rename": "x/../../a"}),
 			"invalid deploy request: …rename…"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := dialRaw(t, ts)
@@ -214,6 +221,7 @@ func TestMethodErrors(t *testing.T) {
 			}
 		})
 	}
+
 	if n := len(mustList(t, ts)); n != 0 {
 		t.Errorf("%d deployments after refused requests, want 0", n)
 	}
@@ -226,6 +234,7 @@ func matchPattern(got, want string) bool {
 	if !strings.HasPrefix(got, parts[0]) {
 		return false
 	}
+
 	rest := got[len(parts[0]):]
 	for _, p := range parts[1:] {
 		i := strings.Index(rest, p)
@@ -234,6 +243,7 @@ func matchPattern(got, want string) bool {
 		}
 		rest = rest[i+len(p):]
 	}
+
 	return len(parts) > 1 || rest == ""
 }
 
@@ -254,10 +264,12 @@ func TestUnknownFieldsIgnored(t *testing.T) {
 		"method": "deploy", "app_name": "extra", "cmd": []string{"true"},
 		"expose": map[string]any{"port": 1}, "oracle": 5, "inherit_token": true, "zzz": nil,
 	}))
+
 	r := c.reply(t)
 	if r["ok"] != true || r["status"] != "deploying" || r["id"] == "" {
 		t.Fatalf("deploy reply %v, want ok with status deploying", r)
 	}
+
 	d := ts.waitStatus(t, r["id"].(string), runtime.StatusCompleted)
 	if d.AppName != "extra" || d.Source != "true" {
 		t.Errorf("deployment %+v, want app extra with source \"true\"", d)
@@ -268,10 +280,12 @@ func TestHealth(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Options{Token: testToken, Now: fixedNow})
 	ts.waitStatus(t, ts.deploy(t, workload.Spec{Cmd: []string{"true"}}), runtime.StatusCompleted)
+
 	h, err := ts.client.Health(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	// Finished entries count too (easyenclave.md §1.4).
 	want := runtime.Health{AttestationType: "none", Workloads: 1}
 	if diff := cmp.Diff(want, h); diff != "" {
@@ -282,16 +296,19 @@ func TestHealth(t *testing.T) {
 func TestSocketLifecycle(t *testing.T) {
 	t.Parallel()
 	sock := shortSocketPath(t)
+
 	// A stale socket file is replaced.
 	if err := os.WriteFile(sock, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+
 	srv, errc := serveAsync(t, Options{SocketPath: sock, Unsealed: true})
 	select {
 	case <-srv.Ready():
 	case err := <-errc:
 		t.Fatal(err)
 	}
+
 	fi, err := os.Stat(sock)
 	if err != nil {
 		t.Fatal(err)
@@ -317,6 +334,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"bad boot workload", Options{BootWorkloads: []workload.Spec{{AppName: "a/b"}}}},
 		{"bad host tool", Options{HostTools: []string{".."}}},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.opts.DataDir = dir

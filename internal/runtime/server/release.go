@@ -49,6 +49,7 @@ func newFetcher(o Options, binDir string) *fetcher {
 		log:      o.Logger,
 		sem:      make(chan struct{}, 1),
 	}
+
 	if u, err := url.Parse(f.apiURL); err == nil {
 		f.apiHost = u.Host
 	}
@@ -75,6 +76,7 @@ func (f *fetcher) fetch(ctx context.Context, rel workload.Release) (string, erro
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
+
 	warnForeignAsset(f.log, rel.Asset)
 	primary := f.binPath(primaryPath(rel))
 
@@ -87,9 +89,12 @@ func (f *fetcher) fetch(ctx context.Context, rel workload.Release) (string, erro
 		defer src.Close()
 		return f.place(rel, "local", src)
 	}
+
+	// a pinned tag already in place needs no API call
 	if rel.Tag != "" && f.cached(rel, rel.Tag) {
 		return primary, nil
 	}
+
 	tag, assetURL, err := f.resolve(ctx, rel)
 	if err != nil {
 		return "", err
@@ -97,6 +102,7 @@ func (f *fetcher) fetch(ctx context.Context, rel workload.Release) (string, erro
 	if f.cached(rel, tag) {
 		return primary, nil
 	}
+
 	f.log.Info("downloading release asset", "repo", rel.Repo, "tag", tag, "asset", rel.Asset)
 	resp, err := f.get(ctx, assetURL, "application/octet-stream")
 	if err != nil {
@@ -121,6 +127,7 @@ func (f *fetcher) place(rel workload.Release, tag string, src io.Reader) (string
 		return "", fmt.Errorf("%s: downloading %s: %w", rel.Repo, rel.Asset, err)
 	}
 	defer root.Remove(tmp)
+
 	primary := primaryPath(rel)
 	if isTarball(rel.Asset) {
 		err = unpackTarball(root, tmp)
@@ -133,6 +140,7 @@ func (f *fetcher) place(rel workload.Release, tag string, src io.Reader) (string
 	if err != nil {
 		return "", fmt.Errorf("%s: placing %s: %w", rel.Repo, rel.Asset, err)
 	}
+
 	f.remember(root, rel, tag, primary)
 	return f.binPath(primary), nil
 }
@@ -145,11 +153,13 @@ func primaryPath(rel workload.Release) string {
 	if rel.Rename != "" {
 		return path.Clean(rel.Rename)
 	}
+
 	for _, ext := range []string{".tar.gz", ".tgz"} {
 		if stem, ok := strings.CutSuffix(rel.Asset, ext); ok && isTarball(rel.Asset) {
 			return stem
 		}
 	}
+
 	return rel.Asset
 }
 
@@ -163,10 +173,12 @@ func (f *fetcher) localAsset(rel workload.Release) (string, bool) {
 	if f.localDir == "" {
 		return "", false
 	}
+
 	tag := rel.Tag
 	if tag == "" {
 		tag = "latest"
 	}
+
 	for _, p := range []string{
 		path.Join(f.localDir, rel.Repo, tag, rel.Asset),
 		path.Join(f.localDir, rel.Asset),
@@ -186,6 +198,7 @@ func (f *fetcher) cached(rel workload.Release, tag string) bool {
 	if err != nil {
 		return false
 	}
+
 	var c cacheEntry
 	if json.Unmarshal(data, &c) != nil {
 		return false
@@ -196,6 +209,7 @@ func (f *fetcher) cached(rel workload.Release, tag string) bool {
 	if _, err := os.Lstat(f.binPath(primary)); err != nil {
 		return false
 	}
+
 	f.log.Debug("release asset cached", "repo", rel.Repo, "tag", tag, "asset", rel.Asset)
 	return true
 }
@@ -204,6 +218,7 @@ func (f *fetcher) cached(rel workload.Release, tag string) bool {
 func (f *fetcher) remember(root *os.Root, rel workload.Release, tag, primary string) {
 	c := cacheEntry{Repo: rel.Repo, Tag: rel.Tag, Resolve: tag, Asset: rel.Asset,
 		Rename: rel.Rename, Primary: primary}
+
 	data, _ := json.Marshal(c)
 	name := path.Join(cacheDir, rel.Asset+".json")
 	err := root.MkdirAll(cacheDir, 0o755)
@@ -231,11 +246,13 @@ func (f *fetcher) resolve(ctx context.Context, rel workload.Release) (string, st
 	if rel.Tag != "" {
 		u = f.apiURL + "/repos/" + rel.Repo + "/releases/tags/" + url.PathEscape(rel.Tag)
 	}
+
 	resp, err := f.get(ctx, u, "application/vnd.github+json")
 	if err != nil {
 		return "", "", err
 	}
 	defer resp.Body.Close()
+
 	var meta releaseMeta
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxMetadata)).Decode(&meta); err != nil {
 		return "", "", fmt.Errorf("GET %s: decoding release: %w", u, err)
@@ -243,6 +260,7 @@ func (f *fetcher) resolve(ctx context.Context, rel workload.Release) (string, st
 	if len(meta.Assets) == 0 {
 		return "", "", fmt.Errorf("%s: no assets in release", rel.Repo)
 	}
+
 	for _, a := range meta.Assets {
 		if a.Name == rel.Asset {
 			tag := meta.TagName
@@ -252,6 +270,7 @@ func (f *fetcher) resolve(ctx context.Context, rel workload.Release) (string, st
 			return tag, a.URL, nil
 		}
 	}
+
 	return "", "", fmt.Errorf("%s: asset %s not found", rel.Repo, rel.Asset)
 }
 
@@ -261,11 +280,13 @@ func (f *fetcher) get(ctx context.Context, u, accept string) (*http.Response, er
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
 	}
+
 	req.Header.Set("User-Agent", "easyenclave")
 	req.Header.Set("Accept", accept)
 	if f.token != "" && f.sendsToken(req.URL) {
 		req.Header.Set("Authorization", "Bearer "+f.token)
 	}
+
 	resp, err := f.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)

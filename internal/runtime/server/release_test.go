@@ -40,6 +40,7 @@ func newFakeGitHub(t testing.TB) *fakeGitHub {
 	mux.HandleFunc("GET /repos/{owner}/{repo}/releases/tags/{tag}", f.release)
 	mux.HandleFunc("GET /repos/{owner}/{repo}/releases/latest", f.release)
 	mux.HandleFunc("GET /dl/{owner}/{repo}/{tag}/{asset}", f.download)
+
 	f.srv = httptest.NewServer(mux)
 	t.Cleanup(f.srv.Close)
 	return f
@@ -59,6 +60,7 @@ func (f *fakeGitHub) release(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.metaCalls++
+
 	tag := r.PathValue("tag")
 	if tag == "" {
 		tag = f.latest[repo]
@@ -68,6 +70,7 @@ func (f *fakeGitHub) release(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+
 	type asset struct {
 		Name string `json:"name"`
 		URL  string `json:"browser_download_url"`
@@ -85,6 +88,7 @@ func (f *fakeGitHub) download(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.downloads++
+
 	data, ok := f.releases[repo+"@"+r.PathValue("tag")][r.PathValue("asset")]
 	if !ok {
 		http.NotFound(w, r)
@@ -98,6 +102,7 @@ func (f *fakeGitHub) check(r *http.Request, accept string) {
 		f.t.Errorf("%s: User-Agent %q, Accept %q; want easyenclave, %s", r.URL.Path,
 			r.Header.Get("User-Agent"), r.Header.Get("Accept"), accept)
 	}
+
 	f.mu.Lock()
 	f.auth = append(f.auth, r.Header.Get("Authorization"))
 	f.mu.Unlock()
@@ -125,6 +130,7 @@ func tarGz(t testing.TB, entries ...tarEntry) []byte {
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(gz)
+
 	for _, e := range entries {
 		h := &tar.Header{Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: e.mode,
 			Size: int64(len(e.body))}
@@ -138,6 +144,7 @@ func tarGz(t testing.TB, entries ...tarEntry) []byte {
 			t.Fatal(err)
 		}
 	}
+
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -173,6 +180,7 @@ func TestReleasePlainAssetWithRename(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(bin, "tool-bin")); err != nil || fi.Mode().Perm() != 0o755 {
 		t.Errorf("bin/tool-bin: %v, %v; want mode 0755", fi, err)
 	}
+
 	for _, a := range gh.auth {
 		if a != "Bearer ghs_secret" {
 			t.Errorf("Authorization %q, want the bearer token on API and download", a)
@@ -199,6 +207,7 @@ func TestReleaseTarball(t *testing.T) {
 				Rename: "pkg/usr/local/bin/prog"}})
 		ts.waitStatus(t, id, runtime.StatusCompleted)
 		ts.waitLog(t, id, "prog-ran x")
+
 		target, err := os.Readlink(filepath.Join(bin, "pkg/usr/local/bin/alias"))
 		if err != nil || target != "prog" {
 			t.Errorf("alias -> %q (%v), want prog", target, err)
@@ -257,6 +266,7 @@ func TestReleaseFailures(t *testing.T) {
 		{"tar hard link", workload.Release{Repo: "evil/hardlink", Asset: "evil.tgz", Tag: "v1"},
 			"…name contains \"..\""},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rel := tt.rel
@@ -267,6 +277,8 @@ func TestReleaseFailures(t *testing.T) {
 			}
 		})
 	}
+
+	// no refused tarball left any of its entries behind
 	for _, p := range []string{"escape", "../escape", "bin/link", "/tmp/escape"} {
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(ts.srv.DataDir(), "bin", p)
@@ -288,6 +300,7 @@ func TestReleaseCache(t *testing.T) {
 			GitHubRelease: &workload.Release{Repo: "acme/tool", Asset: "tool", Tag: tag}})
 		ts.waitStatus(t, id, runtime.StatusCompleted)
 	}
+
 	run := func() []string {
 		t.Helper()
 		res, err := ts.client.Exec(context.Background(), []string{"tool"}, 0)
@@ -296,6 +309,7 @@ func TestReleaseCache(t *testing.T) {
 		}
 		return []string{res.Stdout}
 	}
+
 	type counts struct{ Meta, Downloads int }
 	got := func() counts { m, d := gh.counts(); return counts{m, d} }
 
@@ -304,11 +318,13 @@ func TestReleaseCache(t *testing.T) {
 	if diff := cmp.Diff(counts{1, 1}, got()); diff != "" {
 		t.Errorf("after two v1 fetches (-want +got):\n%s", diff)
 	}
+
 	gh.add("acme/tool", "v2", map[string][]byte{"tool": script("v2")})
 	fetch("v2") // a new tag is fetched, not served from the old file
 	if diff := cmp.Diff([]string{"v2\n"}, run()); diff != "" {
 		t.Errorf("after the v2 fetch, tool prints (-want +got):\n%s", diff)
 	}
+
 	fetch("") // latest is v2: one metadata call, no download
 	if diff := cmp.Diff(counts{3, 2}, got()); diff != "" {
 		t.Errorf("after fetching latest (-want +got):\n%s", diff)
@@ -325,9 +341,11 @@ func TestLocalAssets(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
 	opts := gh.options()
 	opts.LocalAssetsDir = local
 	ts := startServer(t, opts)
+
 	tests := []struct {
 		name string
 		rel  workload.Release
@@ -343,6 +361,7 @@ func TestLocalAssets(t *testing.T) {
 		ts.waitStatus(t, id, runtime.StatusCompleted)
 		ts.waitLog(t, id, tt.want)
 	}
+
 	if m, d := gh.counts(); m+d != 0 {
 		t.Errorf("%d metadata and %d download requests, want none", m, d)
 	}
@@ -359,6 +378,7 @@ func TestBootPrefetch(t *testing.T) {
 		// Uses the tool without fetching it: only the pre-fetch makes it exist.
 		{AppName: "user", Cmd: []string{"tool", "now"}},
 	}
+
 	ts := startServer(t, opts)
 	d, err := ts.client.Find(context.Background(), "user")
 	if err != nil || d == nil {
@@ -377,6 +397,7 @@ func TestBootPrefetchFailureStopsServe(t *testing.T) {
 		{AppName: "bad",
 			GitHubRelease: &workload.Release{Repo: "acme/tool", Asset: "missing", Tag: "v1"}},
 	}
+
 	srv, errc := serveAsync(t, opts)
 	select {
 	case err := <-errc:
@@ -386,6 +407,7 @@ func TestBootPrefetchFailureStopsServe(t *testing.T) {
 	case <-srv.Ready():
 		t.Fatal("server became ready despite a failed boot fetch")
 	}
+
 	if _, err := os.Stat(srv.SocketPath()); !os.IsNotExist(err) {
 		t.Errorf("socket after a failed start: %v, want none", err)
 	}

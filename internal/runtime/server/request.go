@@ -19,6 +19,7 @@ func decodeDeploy(fields map[string]json.RawMessage) (workload.Spec, error) {
 	if raw, ok := fields["cmd"]; ok && string(raw) == "null" {
 		return spec, errors.New("cmd: must be an array of strings, not null")
 	}
+
 	var app *string
 	var env *[]string
 	var rel map[string]json.RawMessage
@@ -32,6 +33,7 @@ func decodeDeploy(fields map[string]json.RawMessage) (workload.Spec, error) {
 	if err != nil {
 		return spec, err
 	}
+
 	if app != nil {
 		spec.AppName = *app
 	}
@@ -43,6 +45,7 @@ func decodeDeploy(fields map[string]json.RawMessage) (workload.Spec, error) {
 			return spec, err
 		}
 	}
+
 	if err := spec.Validate(); err != nil {
 		return spec, err
 	}
@@ -59,6 +62,7 @@ func decodeRelease(fields map[string]json.RawMessage) (*workload.Release, error)
 		member(fields, "tag", &tag),
 		member(fields, "rename", &rename),
 	)
+
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("github_release: %w", err)
@@ -67,6 +71,7 @@ func decodeRelease(fields map[string]json.RawMessage) (*workload.Release, error)
 	case asset == nil:
 		return nil, errors.New("github_release: missing field asset")
 	}
+
 	rel := &workload.Release{Repo: *repo, Asset: *asset}
 	if tag != nil {
 		rel.Tag = *tag
@@ -74,6 +79,7 @@ func decodeRelease(fields map[string]json.RawMessage) (*workload.Release, error)
 	if rename != nil {
 		rel.Rename = *rename
 	}
+
 	return rel, nil
 }
 
@@ -84,6 +90,7 @@ func member(fields map[string]json.RawMessage, name string, dst any) error {
 	if !ok {
 		return nil
 	}
+
 	if err := json.Unmarshal(raw, dst); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}

@@ -164,6 +164,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	s := &Server{
 		opts:    opts,
 		log:     opts.Logger,
@@ -179,12 +180,14 @@ func New(opts Options) (*Server, error) {
 	if opts.RewriteDataPrefix != nil {
 		s.rewrite = *opts.RewriteDataPrefix
 	}
+
 	s.baseEnv = workloadBaseEnv(opts.Env, s.binDir, opts.SocketPath, opts.DataDir)
 	s.fetcher = newFetcher(opts, s.binDir)
 	s.attester, s.attType = opts.Attester, opts.AttestationType
 	if s.attester == nil {
 		s.attester, s.attType = localAttester{}, attestationNone
 	}
+
 	return s, nil
 }
 
@@ -195,9 +198,11 @@ func fillDefaults(o *Options) error {
 			return err
 		}
 	}
+
 	if o.SocketPath == "" {
 		o.SocketPath = DefaultSocketPath(o.DataDir)
 	}
+
 	// Workloads in any working directory must find both.
 	if o.DataDir, err = filepath.Abs(o.DataDir); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
@@ -205,6 +210,7 @@ func fillDefaults(o *Options) error {
 	if o.SocketPath, err = filepath.Abs(o.SocketPath); err != nil {
 		return fmt.Errorf("server: socket path: %w", err)
 	}
+
 	if o.LogMaxLines == 0 {
 		o.LogMaxLines = DefaultLogMaxLines
 	}
@@ -247,6 +253,7 @@ func validate(o *Options) error {
 	if o.Attester != nil && o.AttestationType == "" {
 		errs = append(errs, errors.New("AttestationType is required with an Attester"))
 	}
+
 	for _, t := range o.HostTools {
 		if t == "" || filepath.Base(t) == "." || filepath.Base(t) == ".." {
 			errs = append(errs, fmt.Errorf("host tool %q is not a program name", t))
@@ -257,6 +264,7 @@ func validate(o *Options) error {
 			errs = append(errs, fmt.Errorf("boot workload %d: %w", i, err))
 		}
 	}
+
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("server: invalid options: %w", err)
 	}
@@ -269,6 +277,7 @@ func DefaultDataDir() (string, error) {
 	if os.Geteuid() == 0 {
 		return EEDataDir, nil
 	}
+
 	home, err := os.UserHomeDir()
 	if err != nil {
 		return "", fmt.Errorf("server: default data dir: %w", err)
@@ -297,6 +306,7 @@ func sealToken(o Options) (string, error) {
 	case o.Token != "":
 		return o.Token, nil
 	}
+
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", fmt.Errorf("server: minting token: %w", err)
@@ -308,12 +318,14 @@ func validToken(t string) bool {
 	if len(t) != 64 {
 		return false
 	}
+
 	for i := 0; i < len(t); i++ {
 		c := t[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
 			return false
 		}
 	}
+
 	return true
 }
 
@@ -347,6 +359,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	default:
 		close(s.serving)
 	}
+
 	if err := s.prepare(ctx); err != nil {
 		return err
 	}
@@ -354,6 +367,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
 	s.logStart()
 	s.bootWorkloads(ctx)
 	close(s.ready)
@@ -361,10 +375,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopListening := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stopListening()
 	s.acceptLoop(ctx, ln)
+
 	s.shutdown()
 	if err := os.Remove(s.opts.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("removing socket", "path", s.opts.SocketPath, "err", err)
 	}
+
 	return nil
 }
 
@@ -376,9 +392,12 @@ func (s *Server) prepare(ctx context.Context) error {
 			return fmt.Errorf("server: creating %s: %w", dir, err)
 		}
 	}
+
 	if err := linkHostTools(s.binDir, s.opts.HostTools, s.opts.Env); err != nil {
 		return err
 	}
+
+	// boot assets are fetched before the socket is bound
 	for i, spec := range s.opts.BootWorkloads {
 		if spec.GitHubRelease == nil {
 			continue
@@ -387,6 +406,7 @@ func (s *Server) prepare(ctx context.Context) error {
 			return fmt.Errorf("server: fetching boot workload %d (%s): %w", i, spec.Name(), err)
 		}
 	}
+
 	return nil
 }
 
@@ -399,6 +419,7 @@ func listen(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("server: removing stale socket: %w", err)
 	}
+
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("server: binding %s: %w", path, err)
@@ -418,6 +439,7 @@ func (s *Server) logStart() {
 		"rewrite_data_prefix", s.rewrite,
 		"log_max_lines", s.opts.LogMaxLines,
 		"attestation_type", s.attType)
+
 	if s.opts.Attester == nil {
 		s.log.Warn("no attestation backend: attest answers with a local blob " +
 			"that is NOT a TDX quote")
@@ -431,6 +453,7 @@ func (s *Server) bootWorkloads(ctx context.Context) {
 	for _, spec := range s.opts.BootWorkloads {
 		s.deploy(ctx, spec, true)
 	}
+
 	s.mu.Lock()
 	s.upSince = s.opts.Now()
 	s.mu.Unlock()
@@ -452,11 +475,13 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 			time.Sleep(delay)
 			continue
 		}
+
 		delay = 0
 		if !s.trackConn(conn) {
 			conn.Close()
 			continue
 		}
+
 		s.wg.Go(func() {
 			defer s.untrackConn(conn)
 			s.serveConn(ctx, conn)
@@ -467,6 +492,7 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 func (s *Server) trackConn(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	if s.closing {
 		return false
 	}
@@ -503,6 +529,7 @@ func (s *Server) shutdown() {
 		c.Close()
 	}
 	s.mu.Unlock()
+
 	s.wg.Wait()
 	s.log.Info("runtime stopped", "workloads", len(deps))
 }

@@ -32,6 +32,8 @@ func writeTemp(root *os.Root, prefix string, src io.Reader, limit int64) (string
 	if err != nil {
 		return "", err
 	}
+
+	// one byte past the limit tells an oversized source from an exact fit
 	n, err := io.Copy(f, io.LimitReader(src, limit+1))
 	if err == nil && n > limit {
 		err = fmt.Errorf("larger than %d bytes", limit)
@@ -43,6 +45,7 @@ func writeTemp(root *os.Root, prefix string, src io.Reader, limit int64) (string
 		root.Remove(name)
 		return "", err
 	}
+
 	return name, nil
 }
 
@@ -54,6 +57,7 @@ func replaceFile(root *os.Root, name string, src io.Reader, perm fs.FileMode) er
 	if err != nil {
 		return err
 	}
+
 	if err := root.Chmod(tmp, perm); err != nil {
 		root.Remove(tmp)
 		return err
@@ -80,6 +84,7 @@ func placePlain(root *os.Root, tmp string, rel workload.Release) error {
 	if err := root.Rename(tmp, rel.Asset); err != nil {
 		return err
 	}
+
 	if rel.Rename == "" || path.Clean(rel.Rename) == rel.Asset {
 		return nil
 	}
@@ -110,11 +115,13 @@ func unpackTarball(root *os.Root, tmp string) error {
 		return err
 	}
 	defer f.Close()
+
 	gz, err := gzip.NewReader(f)
 	if err != nil {
 		return fmt.Errorf("reading gzip: %w", err)
 	}
 	defer gz.Close()
+
 	tr := tar.NewReader(&limitedReader{r: gz, left: maxUnpacked})
 	for {
 		h, err := tr.Next()
@@ -135,6 +142,7 @@ func unpackEntry(root *os.Root, h *tar.Header, body io.Reader) error {
 	if err != nil || name == "." {
 		return err
 	}
+
 	switch h.Typeflag {
 	case tar.TypeDir:
 		return root.MkdirAll(name, 0o755)
@@ -171,6 +179,7 @@ func entryName(name string) (string, error) {
 	if name == "" || path.IsAbs(name) || strings.ContainsRune(name, 0) {
 		return "", errors.New("absolute or empty name")
 	}
+
 	for _, elem := range strings.Split(name, "/") {
 		if elem == ".." {
 			return "", errors.New(`name contains ".."`)
@@ -185,6 +194,7 @@ func checkSymlink(name, target string) error {
 	if target == "" || path.IsAbs(target) {
 		return fmt.Errorf("symlink to %q leaves the tree", target)
 	}
+
 	resolved := path.Join(path.Dir(name), target)
 	if resolved == ".." || strings.HasPrefix(resolved, "../") {
 		return fmt.Errorf("symlink to %q leaves the tree", target)
@@ -224,6 +234,7 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	if int64(len(p)) > l.left {
 		p = p[:l.left]
 	}
+
 	n, err := l.r.Read(p)
 	l.left -= int64(n)
 	return n, err

@@ -25,6 +25,7 @@ func SignIn(c *http.Client, appURL, login string) error {
 	if resp.StatusCode != http.StatusFound {
 		return fmt.Errorf("starting sign-in: status %d", resp.StatusCode)
 	}
+
 	authorize, err := url.Parse(resp.Header.Get("Location"))
 	if err != nil {
 		return fmt.Errorf("starting sign-in: %w", err)
@@ -36,6 +37,7 @@ func SignIn(c *http.Client, appURL, login string) error {
 	for k, v := range authorize.Query() {
 		form.Set(k, v[0])
 	}
+
 	provider := authorize.Scheme + "://" + authorize.Host
 	req, err := http.NewRequest(http.MethodPost, provider+"/login/oauth/authorize",
 		strings.NewReader(form.Encode()))
@@ -44,6 +46,7 @@ func SignIn(c *http.Client, appURL, login string) error {
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Origin", provider)
+
 	if resp, err = c.Do(req); err != nil {
 		return fmt.Errorf("choosing %s: %w", login, err)
 	}

@@ -33,6 +33,7 @@ type Policy struct {
 func (s *Server) AddApp(a App) App {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	a.ID = newUUID()
 	if a.Type == "" {
 		a.Type = "self_hosted"
@@ -45,6 +46,7 @@ func (s *Server) AddApp(a App) App {
 func (s *Server) Apps() []App {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	out := make([]App, 0, len(s.apps))
 	for _, a := range s.apps {
 		out = append(out, *a)
@@ -65,12 +67,14 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	id := r.PathValue("app")
 	i := slices.IndexFunc(s.apps, func(a *App) bool { return a.ID == id })
 	if i < 0 {
 		writeError(w, http.StatusNotFound, CodeAppNotFound, "Application not found")
 		return
 	}
+
 	s.apps = slices.Delete(s.apps, i, i+1)
 	writeResult(w, map[string]string{"id": id})
 }

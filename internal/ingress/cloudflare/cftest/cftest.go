@@ -115,12 +115,14 @@ func New(tb testing.TB, opts Options) *Server {
 	if opts.AccountID == "" {
 		opts.AccountID = "test-account"
 	}
+
 	if opts.ZoneID == "" {
 		opts.ZoneID = "test-zone"
 	}
 	if opts.MaxPerPage <= 0 {
 		opts.MaxPerPage = 1000
 	}
+
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -129,6 +131,7 @@ func New(tb testing.TB, opts Options) *Server {
 	for route, h := range s.routes() {
 		mux.Handle(route, s.wrap(h))
 	}
+
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.record(r, nil, http.StatusNotFound)
 		writeError(w, http.StatusNotFound, CodeNoRoute, "No route for that URI")
@@ -242,6 +245,7 @@ func (s *Server) RequestsTo(route string) []Request {
 			out = append(out, r)
 		}
 	}
+
 	return out
 }
 
@@ -255,6 +259,7 @@ func (s *Server) ResetRequests() {
 func (s *Server) record(r *http.Request, body []byte, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	route := r.Pattern
 	if route == "/" {
 		route = ""
@@ -283,10 +288,12 @@ func (s *Server) wrap(h http.HandlerFunc) http.Handler {
 				"Could not route to "+r.URL.Path+", perhaps your object identifier is invalid?")
 			return
 		}
+
 		f := s.takeFault(r)
 		if f != nil && s.applyFault(rec, r, f) {
 			return
 		}
+
 		if f != nil && f.ShortPage > 0 {
 			r = r.WithContext(context.WithValue(r.Context(), shortPageKey{}, f.ShortPage))
 		}
@@ -309,19 +316,23 @@ func (s *Server) knownIDs(r *http.Request) bool {
 func (s *Server) takeFault(r *http.Request) *Fault {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	page := queryInt(r.URL.Query(), "page", 1)
 	for _, f := range s.faults[r.Pattern] {
 		if f.Times < 0 || (f.Page != 0 && f.Page != page) {
 			continue
 		}
+
 		if f.Times > 0 {
 			f.Times--
 			if f.Times == 0 {
 				f.Times = -1 // used up
 			}
 		}
+
 		return f
 	}
+
 	return nil
 }
 
@@ -331,11 +342,13 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, f *Fault) bo
 	if f.RetryAfter != "" {
 		w.Header().Set("Retry-After", f.RetryAfter)
 	}
+
 	switch {
 	case f.Hang:
 		<-r.Context().Done()
 		w.WriteHeader(http.StatusGatewayTimeout)
 		return true
+
 	case f.Status != 0:
 		writeError(w, f.Status, faultCode(f), http.StatusText(f.Status))
 		return true
@@ -343,6 +356,7 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, f *Fault) bo
 		writeError(w, http.StatusOK, faultCode(f), "injected failure")
 		return true
 	}
+
 	return false
 }
 
@@ -355,6 +369,7 @@ func faultCode(f *Fault) int {
 	case f.Status >= 500:
 		return CodeInternal
 	}
+
 	return CodeBadRequest
 }
 
@@ -421,6 +436,7 @@ func paginate[T any](s *Server, r *http.Request, items []T, def int) envelope {
 	start := min((page-1)*per, total)
 	end := min(start+per, total)
 	out := slices.Clone(items[start:end])
+
 	info := &resultInfo{Page: page, PerPage: per, Count: len(out), TotalCount: total,
 		TotalPages: int(math.Ceil(float64(total) / float64(per)))}
 	if drop, _ := r.Context().Value(shortPageKey{}).(int); drop > 0 {
@@ -439,6 +455,7 @@ func queryInt(q url.Values, key string, def int) int {
 	if v == "" {
 		return def
 	}
+
 	f, err := strconv.ParseFloat(v, 64)
 	if err != nil || f != math.Trunc(f) {
 		return def

@@ -45,6 +45,7 @@ func (s *Server) AddRecordOfType(typ, name, content string) Record {
 func (s *Server) Records() []Record {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	out := make([]Record, 0, len(s.records))
 	for _, r := range s.records {
 		out = append(out, *r)
@@ -97,6 +98,7 @@ func fieldMatches(v, field string, q url.Values) bool {
 			return false
 		}
 	}
+
 	return true
 }
 
@@ -115,12 +117,15 @@ func (s *Server) createRecord(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, "type, name and content are required")
 		return
 	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	if code, msg := s.conflictLocked(req, ""); code != 0 {
 		writeError(w, http.StatusBadRequest, code, msg)
 		return
 	}
+
 	rec := &Record{ID: newHex(16), CreatedOn: s.now()}
 	s.records = append(s.records, rec)
 	s.applyRecord(rec, req)
@@ -134,8 +139,10 @@ func (s *Server) updateRecord(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, "type, name and content are required")
 		return
 	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	i := s.recordIndexLocked(r.PathValue("record"))
 	if i < 0 {
 		writeError(w, http.StatusNotFound, CodeRecordNotFound, "Record does not exist.")
@@ -145,6 +152,7 @@ func (s *Server) updateRecord(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, code, msg)
 		return
 	}
+
 	s.applyRecord(s.records[i], req)
 	writeResult(w, *s.records[i])
 }
@@ -163,6 +171,7 @@ func (s *Server) conflictLocked(req recordRequest, self string) (int, string) {
 		if rec.ID == self || !strings.EqualFold(rec.Name, req.Name) {
 			continue
 		}
+
 		switch {
 		case rec.Type == typ && rec.Content == req.Content:
 			return CodeRecordDuplicate, "The record already exists."
@@ -172,17 +181,20 @@ func (s *Server) conflictLocked(req recordRequest, self string) (int, string) {
 			return CodeCNAMEExists, "A CNAME record with that host already exists."
 		}
 	}
+
 	return 0, ""
 }
 
 func (s *Server) deleteRecord(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	i := s.recordIndexLocked(r.PathValue("record"))
 	if i < 0 {
 		writeError(w, http.StatusNotFound, CodeRecordNotFound, "Record does not exist.")
 		return
 	}
+
 	id := s.records[i].ID
 	s.records = slices.Delete(s.records, i, i+1)
 	writeResult(w, map[string]string{"id": id})

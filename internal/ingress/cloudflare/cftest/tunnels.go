@@ -52,6 +52,7 @@ func (t *Tunnel) status() string {
 	case t.everConnected:
 		return "down"
 	}
+
 	return "inactive"
 }
 
@@ -80,6 +81,7 @@ func (s *Server) SetTunnelIngress(id string, rules []Rule) {
 func (s *Server) Tunnels() []Tunnel {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	out := make([]Tunnel, 0, len(s.tunnels))
 	for _, t := range s.tunnels {
 		out = append(out, *t)
@@ -123,6 +125,7 @@ func (s *Server) tunnelJSON(t *Tunnel) map[string]any {
 	if !t.DeletedAt.IsZero() {
 		deleted = t.DeletedAt
 	}
+
 	return map[string]any{
 		"id": t.ID, "account_tag": s.opts.AccountID, "name": t.Name,
 		"created_at": t.CreatedAt, "deleted_at": deleted, "config_src": t.ConfigSrc,
@@ -149,17 +152,21 @@ func (s *Server) createTunnel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, "name is required")
 		return
 	}
+
 	secret, err := base64.StdEncoding.DecodeString(req.TunnelSecret)
 	if req.TunnelSecret != "" && (err != nil || len(secret) < 32) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest,
 			"tunnel_secret must be at least 32 bytes, base64 encoded")
 		return
 	}
+
 	if req.ConfigSrc == "" {
 		req.ConfigSrc = "local"
 	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	for _, t := range s.tunnels {
 		if t.Name == req.Name && t.DeletedAt.IsZero() {
 			writeError(w, http.StatusConflict, CodeTunnelExists,
@@ -167,6 +174,7 @@ func (s *Server) createTunnel(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+
 	t := &Tunnel{ID: newUUID(), Name: req.Name, ConfigSrc: req.ConfigSrc, Secret: secret,
 		CreatedAt: s.now()}
 	s.tunnels = append(s.tunnels, t)
@@ -199,6 +207,7 @@ func tunnelMatches(t *Tunnel, name, isDeleted, id, include, exclude string) bool
 		isDeleted == "false" && !t.DeletedAt.IsZero():
 		return false
 	}
+
 	return true
 }
 
@@ -206,6 +215,7 @@ func tunnelMatches(t *Tunnel, name, isDeleted, id, include, exclude string) bool
 func (s *Server) withTunnel(w http.ResponseWriter, r *http.Request, f func(t *Tunnel)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+
 	t := s.tunnelLocked(r.PathValue("tunnel"))
 	if t == nil {
 		writeError(w, http.StatusNotFound, CodeTunnelNotFound, "Tunnel not found")
@@ -254,10 +264,12 @@ func (s *Server) putConfig(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error())
 		return
 	}
+
 	if err := validateConfig(req.Config); err != nil {
 		writeError(w, http.StatusBadRequest, CodeInvalidConfig, err.Error())
 		return
 	}
+
 	s.withTunnel(w, r, func(t *Tunnel) {
 		if t.ConfigSrc != "cloudflare" {
 			writeError(w, http.StatusBadRequest, CodeInvalidConfig,
@@ -296,10 +308,12 @@ func validateConfig(raw json.RawMessage) error {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return fmt.Errorf("config is not an object: %w", err)
 	}
+
 	n := len(cfg.Ingress)
 	if n == 0 {
 		return fmt.Errorf("ingress rules are required")
 	}
+
 	for i, rule := range cfg.Ingress {
 		if !serviceRE.MatchString(rule.Service) {
 			return fmt.Errorf("rule %d: invalid service %q", i, rule.Service)
@@ -308,5 +322,6 @@ func validateConfig(raw json.RawMessage) error {
 			return fmt.Errorf("rule %d: only the last rule may, and must, omit the hostname", i)
 		}
 	}
+
 	return nil
 }
