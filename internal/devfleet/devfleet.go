@@ -33,7 +33,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -276,7 +275,7 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 		OIDCAudience:   Audience,
 		OIDCMintSecret: f.secrets.MintSecret,
 		Owner:          Owner{Kind: string(KindOwner), Name: OwnerName, ID: OwnerID},
-		Services: Services{Domain: f.opts.Domain, EdgePort: f.edgePort(),
+		Services: Services{Domain: f.opts.Domain, EdgePort: f.edge.Port(),
 			EdgeAPIURL: f.edgeAPIURL, TrustAuthorityURL: f.taURL,
 			TrustAuthorityJWKSURL: f.taJWKSURL, GitHubURL: f.githubURL},
 	}
@@ -290,16 +289,6 @@ func (f *Fleet) finish(ctx context.Context, agents []*agentService) error {
 	f.state = st
 	f.mu.Unlock()
 	return writeState(f.opts.StateDir, st)
-}
-
-// edgePort returns the local edge's port.
-func (f *Fleet) edgePort() int {
-	u, err := url.Parse(f.publicURL("localhost"))
-	if err != nil {
-		return 0
-	}
-	port, _ := strconv.Atoi(u.Port())
-	return port
 }
 
 // startSimulator loads or creates the simulated TD shared by every agent

@@ -87,6 +87,9 @@ func New(opts Options) (*Edge, error) {
 // Domain returns the parent domain of routed hostnames.
 func (e *Edge) Domain() string { return e.opts.Domain }
 
+// Port returns the edge's port.
+func (e *Edge) Port() int { return e.opts.Port }
+
 // URL returns the public URL of hostname on this edge.
 func (e *Edge) URL(hostname string) string {
 	return fmt.Sprintf("http://%s:%d", hostname, e.opts.Port)
