@@ -105,6 +105,8 @@ func TestOracleReachableThroughTheEdge(t *testing.T) {
 	if res.Exposed == nil || !res.Exposed.Published || res.Exposed.URL != want {
 		t.Errorf("deploy exposed = %+v, want published at %s", res.Exposed, want)
 	}
+	// The workload rewrites its document every tick, so a request may
+	// land on an empty file; wait for a whole document.
 	var body string
 
 	eventually(t, "the oracle document through the edge", func() bool {
@@ -115,7 +117,7 @@ func TestOracleReachableThroughTheEdge(t *testing.T) {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		body = string(b)
-		return resp.StatusCode == http.StatusOK
+		return resp.StatusCode == http.StatusOK && strings.Contains(body, "}")
 	})
 
 	if !strings.Contains(body, `"oracle":"oracle-readonly"`) {
