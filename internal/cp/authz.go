@@ -150,14 +150,21 @@ func (s *Server) authorize(ru rule, h httpapi.HandlerFunc) httpapi.HandlerFunc {
 // refuseAnonymous sends a browser asking for a page to sign in, and
 // answers anything else with a 401.
 func (s *Server) refuseAnonymous(w http.ResponseWriter, r *http.Request, ru rule) error {
-	if ru.page && s.opts.Sessions != nil && r.Method == http.MethodGet &&
-		strings.Contains(r.Header.Get("Accept"), "text/html") {
+	if ru.page && s.opts.Sessions != nil && r.Method == http.MethodGet && !wantsJSON(r) {
 		http.Redirect(w, r, s.opts.Sessions.LoginURL(r.URL.RequestURI()), http.StatusSeeOther)
 		return nil
 	}
 
 	w.Header().Set("WWW-Authenticate", `Bearer realm="devopsdefender"`)
 	return httpapi.Unauthorized("sign in, or send a bearer token")
+}
+
+// wantsJSON reports whether the client asked for JSON and not for HTML,
+// as scripts do; a browser, or curl with its "*/*", gets the page's
+// answer instead.
+func wantsJSON(r *http.Request) bool {
+	accept := r.Header.Get("Accept")
+	return strings.Contains(accept, "application/json") && !strings.Contains(accept, "text/html")
 }
 
 // authenticateAgent checks the agent credential against the {id} path

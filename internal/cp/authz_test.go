@@ -445,3 +445,38 @@ func TestOrgTenantLosesReassignedAgent(t *testing.T) {
 		}
 	}
 }
+
+// TestPagesRedirectAnonymous: a page sends anyone without a session to
+// sign in, curl's "*/*" included; only a client asking for JSON alone gets
+// the 401 an API answers.
+func TestPagesRedirectAnonymous(t *testing.T) {
+	_, appURL := newSessionEnv(t, websession.DevUsers(testOwner), nil)
+	c := loopbackClient(t)
+	for _, tt := range []struct {
+		accept string
+		want   int
+	}{
+		{"", http.StatusSeeOther},
+		{"*/*", http.StatusSeeOther},
+		{"text/html,application/xhtml+xml", http.StatusSeeOther},
+		{"text/html, application/json", http.StatusSeeOther},
+		{"application/json", http.StatusUnauthorized},
+	} {
+		req, _ := http.NewRequest("GET", appURL+"/", nil)
+		if tt.accept != "" {
+			req.Header.Set("Accept", tt.accept)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("GET / with Accept %q = %d, want %d", tt.accept, resp.StatusCode, tt.want)
+		}
+		if tt.want == http.StatusSeeOther &&
+			!strings.HasPrefix(resp.Header.Get("Location"), websession.LoginPath) {
+			t.Errorf("Accept %q: redirected to %q", tt.accept, resp.Header.Get("Location"))
+		}
+	}
+}
