@@ -96,7 +96,8 @@ func (s *Service) callback(w http.ResponseWriter, r *http.Request) error {
 		s.emit(ctx, Event{Action: ActionLogin, Outcome: OutcomeDenied, Login: who.Login,
 			UserID: who.ID, Details: map[string]any{"reason": "not a fleet admin or tenant"}})
 		return httpapi.Forbidden("GitHub user " + who.Login +
-			" is neither an administrator nor a tenant of this fleet")
+			" is neither an administrator nor a tenant of this fleet: a person becomes a " +
+			"tenant when a fleet admin assigns them an agent (on the agent's page)")
 	}
 	return s.signIn(w, r, who, class, st.ReturnTo)
 }
