@@ -222,10 +222,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	claims, err := loadClaims(opts.ClaimsPath, opts.VMName, opts.Expose)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
+	claims := loadClaims(opts.ClaimsPath, opts.VMName, opts.Expose, log)
 
 	a := &Agent{opts: opts, log: log, keys: k, regBackoff: defaultRegBackoff}
 	if len(claims) > 0 {

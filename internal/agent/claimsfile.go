@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"slices"
 
@@ -26,41 +27,55 @@ import (
 const maxClaimsFile = 1 << 20
 
 // loadClaims returns the boot claims followed by the claims of deployed
-// workloads kept in path, which must be valid for the agent's VM name. A
-// missing file keeps none.
-func loadClaims(path, vmName string, boot []ingress.Claim) ([]ingress.Claim, error) {
+// workloads kept in path. The file only saves publishing again by hand,
+// so one that cannot be read is ignored, and a kept claim that is no
+// longer valid with the boot claims (a label a boot workload now takes)
+// is dropped; both are logged. A missing file keeps none.
+func loadClaims(path, vmName string, boot []ingress.Claim, log *slog.Logger) []ingress.Claim {
 	claims := slices.Clone(boot)
 	if path == "" {
-		return claims, nil
+		return claims
 	}
 
+	kept, err := readClaims(path)
+	if err != nil {
+		log.Warn("ignoring the kept hostname claims", "path", path, "err", err)
+		return claims
+	}
+
+	for _, c := range kept {
+		if isBootApp(boot, c.App) {
+			continue // a boot workload's claim always comes from the options
+		}
+		next := ingress.WithClaim(claims, c)
+		if err := validateBootClaims(vmName, next); err != nil {
+			log.Warn("dropping a kept hostname claim", "app", c.App, "label", c.Label,
+				"err", err)
+			continue
+		}
+		claims = next
+	}
+	return claims
+}
+
+// readClaims reads the claims file; a missing file holds none.
+func readClaims(path string) ([]ingress.Claim, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return claims, nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading claims: %w", err)
 	}
 	if len(data) > maxClaimsFile {
-		return nil, fmt.Errorf("claims file %s is over %d bytes", path, maxClaimsFile)
+		return nil, fmt.Errorf("claims file is over %d bytes", maxClaimsFile)
 	}
 
 	var kept []ingress.Claim
 	if err := json.Unmarshal(data, &kept); err != nil {
-		return nil, fmt.Errorf("decoding claims file %s: %w", path, err)
+		return nil, fmt.Errorf("decoding claims: %w", err)
 	}
-
-	// a boot workload's claim always comes from the options
-	for _, c := range kept {
-		if !isBootApp(boot, c.App) {
-			claims = ingress.WithClaim(claims, c)
-		}
-	}
-
-	if err := validateBootClaims(vmName, claims); err != nil {
-		return nil, fmt.Errorf("claims file %s: %w", path, err)
-	}
-	return claims, nil
+	return kept, nil
 }
 
 func isBootApp(boot []ingress.Claim, app string) bool {

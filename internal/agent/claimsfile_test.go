@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -76,25 +78,34 @@ func TestClaimsSurviveAnAgentRestart(t *testing.T) {
 	}
 }
 
-func TestLoadClaimsRefusesBadFiles(t *testing.T) {
+// TestLoadClaimsKeepsWhatIsValid: a file that cannot be read, or kept
+// claims that clash with the boot claims, never stop the agent.
+func TestLoadClaimsKeepsWhatIsValid(t *testing.T) {
 	dir := t.TempDir()
-	for name, content := range map[string]string{
-		"not json":       "{",
-		"reserved label": `[{"app":"x","label":"api","port":80}]`,
-		"bad port":       `[{"app":"x","label":"web","port":0}]`,
+	boot := []ingress.Claim{{App: "boot-ui", Label: "ui", Port: 7681}}
+	good := ingress.Claim{App: "web", Label: "www", Port: 8080}
+	for _, tt := range []struct {
+		name, content string
+		want          []ingress.Claim
+	}{
+		{"not json", "{", boot},
+		{"reserved label", `[{"app":"x","hostname_label":"api","port":80}]`, boot},
+		{"bad port", `[{"app":"x","hostname_label":"web","port":0}]`, boot},
+		{"label a boot workload took", `[{"app":"x","hostname_label":"ui","port":80},` +
+			`{"app":"web","hostname_label":"www","port":8080}]`, append(slices.Clone(boot), good)},
+		{"a boot app's old claim", `[{"app":"boot-ui","hostname_label":"old","port":1}]`, boot},
 	} {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		path := filepath.Join(dir, tt.name)
+		if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-
-		if _, err := loadClaims(path, "vm-1", nil); err == nil {
-			t.Errorf("%s: loaded", name)
+		got := loadClaims(path, "vm-1", boot, slog.New(slog.DiscardHandler))
+		if diff := cmp.Diff(tt.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
 		}
 	}
-
-	got, err := loadClaims(filepath.Join(dir, "missing"), "vm-1", nil)
-	if err != nil || len(got) != 0 {
-		t.Errorf("a missing file = %v, %v; want no claims", got, err)
+	got := loadClaims(filepath.Join(dir, "missing"), "vm-1", nil, slog.New(slog.DiscardHandler))
+	if len(got) != 0 {
+		t.Errorf("a missing file = %v; want no claims", got)
 	}
 }

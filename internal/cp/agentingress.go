@@ -98,44 +98,93 @@ func (s *Server) checkOwnHostnames(hostnames []string) error {
 }
 
 // checkHostnames refuses hostnames that the control plane publishes for
-// itself or that a live (not dead) agent with a vm_name other than vmName
-// holds (its dashboard, its API or a claim's); an agent's earlier
+// itself or that another agent (a vm_name other than vmName) holds: its
+// dashboard or API hostname, or a live agent's claim. A dead agent's
+// record stays for the operator's view, but its claims cannot be served:
+// the hostnames they give up are returned as released, for the caller to
+// remove from the dead records once its change is made ([Server.release]),
+// so that an agent coming back does not hold them too. An agent's earlier
 // registration keeps nothing from its successor. Call it with regMu held,
 // so that nothing is published between the check and the change.
-func (s *Server) checkHostnames(ctx context.Context, vmName string, hostnames []string) error {
+func (s *Server) checkHostnames(ctx context.Context, vmName string,
+	hostnames []string) (released []releasedClaims, err error) {
 	if err := s.checkOwnHostnames(hostnames); err != nil {
-		return err
+		return nil, err
 	}
 
 	var names []string
 	for _, h := range hostnames {
 		names = append(names, possibleHolders(h)...)
 	}
-
 	slices.Sort(names)
 	holders, err := s.store.ByVMNames(ctx, slices.Compact(names))
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	for i := range holders {
 		a := &holders[i]
-		// A dead agent's record stays for the operator's view, but its
-		// names are free: it cannot serve them.
-		if a.VMName == vmName || a.Status == fleet.StatusDead || a.Hostname == "" {
+		if a.VMName == vmName || a.Hostname == "" {
 			continue
 		}
+		keep, conflict := s.holds(a, hostnames)
+		if conflict != "" {
+			return nil, hostnameConflict(fmt.Errorf("held by agent %s (%s)", a.ID, a.VMName),
+				"hostname %s is held by another agent", conflict)
+		}
+		if len(keep) != len(a.Claims) {
+			released = append(released, releasedClaims{agentID: a.ID, keep: keep})
+		}
+	}
+	return released, nil
+}
 
-		held := agentHostnames(a.Hostname, a.Claims)
-		for _, h := range hostnames {
-			if slices.Contains(held, h) {
-				return hostnameConflict(fmt.Errorf("held by agent %s (%s)", a.ID, a.VMName),
-					"hostname %s is held by another agent", h)
-			}
+// releasedClaims are the claims a dead agent keeps after another agent
+// took some of its claims' hostnames.
+type releasedClaims struct {
+	agentID string
+	keep    []ingress.Claim
+}
+
+// holds checks agent a against hostnames: conflict is the first of them a
+// holds for good (its dashboard or API hostname, or a claim while it
+// lives), and keep are a's claims without those whose hostname a dead a
+// gives up.
+func (s *Server) holds(a *fleet.Agent, hostnames []string) (keep []ingress.Claim,
+	conflict string) {
+	own := agentHostnames(a.Hostname, nil)
+	for _, h := range hostnames {
+		if slices.Contains(own, h) {
+			return nil, h
 		}
 	}
 
-	return nil
+	dead := a.Status == fleet.StatusDead
+	for _, c := range a.Claims {
+		h := ingress.ExtraHostname(a.Hostname, c.Label)
+		switch {
+		case !slices.Contains(hostnames, h):
+			keep = append(keep, c)
+		case !dead:
+			return nil, h
+		}
+	}
+	return keep, ""
+}
+
+// release removes from dead agents' records the claims whose hostnames a
+// change took over. A failure is logged: the hostnames already serve the
+// new holder, and a later check releases them again.
+func (s *Server) release(ctx context.Context, released []releasedClaims) {
+	for _, r := range released {
+		if err := s.store.SetClaims(ctx, r.agentID, r.keep); err != nil {
+			s.log.ErrorContext(ctx, "releasing a dead agent's claims failed",
+				"agent_id", r.agentID, "err", err)
+			continue
+		}
+		s.log.InfoContext(ctx, "dead agent's claims released", "agent_id", r.agentID,
+			"kept", len(r.keep))
+	}
 }
 
 // possibleHolders lists the VM names whose agent could hold hostname h,
@@ -213,7 +262,7 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
 
-	err := s.checkHostnames(ctx, a.VMName, in.Hostnames())
+	released, err := s.checkHostnames(ctx, a.VMName, in.Hostnames())
 	if err == nil {
 		err = s.replaceIngress(ctx, a.ID, a.TunnelID, in)
 	}
@@ -231,6 +280,7 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.SetClaims(ctx, a.ID, req.Claims); err != nil {
 		return fmt.Errorf("storing claims of %s: %w", a.ID, err)
 	}
+	s.release(ctx, released)
 
 	a.Claims = req.Claims
 	exposed := s.exposed(a)

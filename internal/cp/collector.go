@@ -219,7 +219,10 @@ func checkHealth(a *fleet.Agent, h *agentapi.Health) error {
 	if h.Service != agentapi.Service {
 		return fmt.Errorf("/health is from service %q, not an agent", truncate(h.Service, 64))
 	}
-	if h.AgentID != "" && h.AgentID != a.ID {
+	// An agent that does not name this record, even one not registered
+	// yet (a restarted process behind the old tunnel), keeps it alive no
+	// more than another agent would.
+	if h.AgentID != a.ID {
 		return fmt.Errorf("/health is from agent %q", truncate(h.AgentID, 64))
 	}
 	if !h.OK {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,6 +24,9 @@ type fakeAgent struct {
 	health  agentapi.Health
 	status  int
 	scrapes atomic.Int32
+	// id, when set, names the agent in each answer, e.g. one registered
+	// after the fake started.
+	id func() string
 }
 
 func newFakeAgent(t *testing.T) (*fakeAgent, *httptest.Server) {
@@ -36,9 +40,14 @@ func newFakeAgent(t *testing.T) (*fakeAgent, *httptest.Server) {
 		f.scrapes.Add(1)
 		f.mu.Lock()
 		defer f.mu.Unlock()
+
+		h := f.health
+		if f.id != nil {
+			h.AgentID = f.id()
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(f.status)
-		json.NewEncoder(w).Encode(f.health)
+		json.NewEncoder(w).Encode(h)
 	}))
 	t.Cleanup(srv.Close)
 	return f, srv
@@ -51,6 +60,15 @@ func (f *fakeAgent) set(status int, mutate func(h *agentapi.Health)) {
 	if mutate != nil {
 		mutate(&f.health)
 	}
+}
+
+// agentOf returns the id of the agent registered as vm, or "".
+func (e *testEnv) agentOf(t *testing.T, vm string) string {
+	a, err := e.store.ByVMName(context.Background(), vm)
+	if err != nil {
+		return ""
+	}
+	return a.ID
 }
 
 func (e *testEnv) agent(t *testing.T, id string) fleet.Agent {
@@ -130,7 +148,7 @@ func TestCollectorRefusesBadReports(t *testing.T) {
 		"another agent":    func(h *agentapi.Health) { h.AgentID = "dd-dev-agent-ffffffff" },
 		"not an agent":     func(h *agentapi.Health) { h.Service = "cp" },
 		"agent not ok":     func(h *agentapi.Health) { h.OK = false },
-		"unregistered yet": nil, // agent_id empty is accepted
+		"unregistered yet": func(h *agentapi.Health) { h.AgentID = "" },
 	}
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -184,6 +202,9 @@ func TestRunScrapesOnWakeAndStops(t *testing.T) {
 	e := newTestEnv(t, func(o *Options) { o.ScrapeInterval = time.Hour })
 	fa, srv := newFakeAgent(t)
 	e.ingress.setURL("web.localhost", srv.URL)
+	fa.mu.Lock()
+	fa.id = func() string { return e.agentOf(t, "web") }
+	fa.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -224,13 +245,15 @@ func TestCollectBoundsConcurrency(t *testing.T) {
 		}
 
 		<-release
-		json.NewEncoder(w).Encode(agentapi.Health{OK: true, Service: "agent"})
+		vm, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		json.NewEncoder(w).Encode(agentapi.Health{OK: true, Service: "agent",
+			AgentID: e.agentOf(t, vm)})
 	}))
 	t.Cleanup(srv.Close)
 
 	for i := range agents {
 		vm := string(rune('a' + i))
-		e.ingress.setURL(vm+".localhost", srv.URL)
+		e.ingress.setURL(vm+".localhost", srv.URL+"/"+vm)
 		e.register(t, vm)
 	}
 

@@ -96,8 +96,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		s.refuseRegistration(ctx, r, req.VMName, holderID(holder), err)
 		return err
 	}
-	if err := s.checkHostnames(ctx, req.VMName,
-		agentHostnames(s.agentHostname(req.VMName), nil)); err != nil {
+	released, err := s.checkHostnames(ctx, req.VMName,
+		agentHostnames(s.agentHostname(req.VMName), nil))
+	if err != nil {
 		s.refuseRegistration(ctx, r, req.VMName, "", err)
 		return err
 	}
@@ -119,6 +120,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		s.deleteTunnel(ctx, a.TunnelID, a.ID)
 		return fmt.Errorf("storing registration of %s: %w", a.ID, err)
 	}
+	s.release(ctx, released)
 
 	// The new tunnel took the hostnames over when it was created; the
 	// replaced registration's tunnel keeps only what nobody else uses.

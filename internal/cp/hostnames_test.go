@@ -260,19 +260,42 @@ func TestPossibleHolders(t *testing.T) {
 // TestDeadAgentReleasesHostnames: a dead agent's record stays, but its
 // names no longer block another agent.
 func TestDeadAgentReleasesHostnames(t *testing.T) {
+	ctx := context.Background()
 	e := newTestEnv(t, nil)
 	web := e.register(t, "web")
-	if rec := e.claim(t, web, ingress.Claim{App: "x", Label: "shop", Port: 9000}); rec.Code !=
-		http.StatusOK {
+	shop := ingress.Claim{App: "x", Label: "shop", Port: 9000}
+	if rec := e.claim(t, web, shop); rec.Code != http.StatusOK {
 		t.Fatalf("claim: %d %s", rec.Code, rec.Body)
 	}
-
 	wantConflict(t, "register web-shop while web lives", e.tryRegister(t, "web-shop"))
-	if err := e.store.SetStatus(context.Background(), web.AgentID, fleet.StatusDead,
-		"no answer"); err != nil {
+
+	// web dies: its claim's hostname goes to the next agent that asks,
+	// and leaves web's record.
+	if err := e.store.SetStatus(ctx, web.AgentID, fleet.StatusDead, "no answer"); err != nil {
 		t.Fatal(err)
 	}
-	if rec := e.tryRegister(t, "web-shop"); rec.Code != http.StatusOK {
-		t.Errorf("register web-shop after web died: %d %s", rec.Code, rec.Body)
+	ag := newTestAgent(t)
+	registered(t, e.registerAs(t, ag, "web-shop"))
+	if got := e.agent(t, web.AgentID).Claims; len(got) != 0 {
+		t.Errorf("the dead agent still holds claims %v", got)
 	}
+
+	// web comes back: it does not get the hostname back, and web-shop,
+	// restarted with its keys, keeps it.
+	if err := e.store.UpdateHealth(ctx, web.AgentID, e.clock.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	wantConflict(t, "web claims shop again", e.claim(t, web, shop))
+	again := registered(t, e.registerAs(t, ag, "web-shop"))
+	if owner := e.ingress.owner("web-shop.localhost"); owner != e.agent(t,
+		again.AgentID).TunnelID {
+		t.Errorf("web-shop.localhost routes to %q, want web-shop's tunnel", owner)
+	}
+
+	// A dead agent's own names stay its own: they come from its VM name.
+	if err := e.store.SetStatus(ctx, again.AgentID, fleet.StatusDead, "no answer"); err != nil {
+		t.Fatal(err)
+	}
+	wantConflict(t, "claim a dead agent's dashboard hostname",
+		e.claim(t, web, ingress.Claim{App: "y", Label: "shop", Port: 9001}))
 }

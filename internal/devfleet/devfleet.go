@@ -341,6 +341,9 @@ func (f *Fleet) Wait() error {
 // lockFile is held, in the state dir, by the process running the fleet.
 const lockFile = "dev.lock"
 
+// lockWait bounds how long a starting fleet waits for its lock.
+const lockWait = time.Second
+
 // ErrRunning is matched (with errors.Is) by the error of [Start] when a
 // fleet already runs on the state dir.
 var ErrRunning = errors.New("devfleet: a dev fleet is already running on this state dir")
@@ -350,8 +353,12 @@ var ErrRunning = errors.New("devfleet: a dev fleet is already running on this st
 // over. The kernel drops the lock when the process ends, however it ends.
 func (f *Fleet) lockStateDir() error {
 	l := flock.New(filepath.Join(f.opts.StateDir, lockFile), flock.SetPermissions(0o600))
-	ok, err := l.TryLock()
-	if err != nil {
+	// A client checking whether the fleet runs holds a shared lock for a
+	// moment; wait that out rather than mistake it for a running fleet.
+	ctx, cancel := context.WithTimeout(context.Background(), lockWait)
+	defer cancel()
+	ok, err := l.TryLockContext(ctx, 20*time.Millisecond)
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("devfleet: locking the state dir: %w", err)
 	}
 
@@ -373,8 +380,10 @@ func Running(dir string) (bool, error) {
 		return false, nil
 	}
 
+	// A shared lock: checks do not get in each other's way, only the
+	// fleet's exclusive one stops them.
 	l := flock.New(path, flock.SetFlag(os.O_RDONLY))
-	ok, err := l.TryLock()
+	ok, err := l.TryRLock()
 	if err != nil {
 		return false, fmt.Errorf("devfleet: checking the state dir's lock: %w", err)
 	}
