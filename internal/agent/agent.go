@@ -222,11 +222,19 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	claims := loadClaims(opts.ClaimsPath, opts.VMName, opts.Expose, log)
+	claims, err := loadClaims(opts.ClaimsPath, opts.VMName, opts.Expose, log)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 
 	a := &Agent{opts: opts, log: log, keys: k, regBackoff: defaultRegBackoff}
 	if len(claims) > 0 {
 		a.setClaims(claims)
+	}
+	for _, c := range claims {
+		if !isBootApp(opts.Expose, c.App) {
+			a.expose.restored = append(a.expose.restored, c.App)
+		}
 	}
 
 	if a.opts.Auth == nil {

@@ -263,6 +263,9 @@ type fakeCP struct {
 	// nonce came from.
 	agentNonce bool
 	nonces     []string
+	// takenLabel, when set, is a label whose hostname another agent holds:
+	// claims that include it are refused with 409.
+	takenLabel string
 }
 
 var fakeNonce = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
@@ -362,6 +365,13 @@ func (f *fakeCP) serveIngress(w http.ResponseWriter, r *http.Request) {
 	}
 	if f.claims != nil {
 		f.claims <- req.Claims
+	}
+	for _, c := range req.Claims {
+		if f.takenLabel != "" && c.Label == f.takenLabel {
+			httpapi.WriteJSON(w, 409, httpapi.Body{Code: "CONFLICT",
+				Message: "hostname is held by another agent"})
+			return
+		}
 	}
 
 	resp := cpapi.IngressResponse{AgentID: "dd-test-agent-1", Exposed: []agentapi.Exposed{}}

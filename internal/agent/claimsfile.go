@@ -28,19 +28,25 @@ const maxClaimsFile = 1 << 20
 
 // loadClaims returns the boot claims followed by the claims of deployed
 // workloads kept in path. The file only saves publishing again by hand,
-// so one that cannot be read is ignored, and a kept claim that is no
+// so one whose content is bad is ignored, and a kept claim that is no
 // longer valid with the boot claims (a label a boot workload now takes)
-// is dropped; both are logged. A missing file keeps none.
-func loadClaims(path, vmName string, boot []ingress.Claim, log *slog.Logger) []ingress.Claim {
+// is dropped; both are logged. A file that cannot be read at all is an
+// error. A missing file keeps none.
+func loadClaims(path, vmName string, boot []ingress.Claim,
+	log *slog.Logger) ([]ingress.Claim, error) {
 	claims := slices.Clone(boot)
 	if path == "" {
-		return claims
+		return claims, nil
 	}
 
 	kept, err := readClaims(path)
-	if err != nil {
+	if errors.Is(err, errBadClaimsFile) {
 		log.Warn("ignoring the kept hostname claims", "path", path, "err", err)
-		return claims
+		return claims, nil
+	}
+	if err != nil {
+		// Not knowing what the file holds, the agent must not write over it.
+		return nil, err
 	}
 
 	for _, c := range kept {
@@ -55,8 +61,12 @@ func loadClaims(path, vmName string, boot []ingress.Claim, log *slog.Logger) []i
 		}
 		claims = next
 	}
-	return claims
+	return claims, nil
 }
+
+// errBadClaimsFile is matched by readClaims' error for a file whose
+// content is not a claims list.
+var errBadClaimsFile = errors.New("bad claims file")
 
 // readClaims reads the claims file; a missing file holds none.
 func readClaims(path string) ([]ingress.Claim, error) {
@@ -68,12 +78,12 @@ func readClaims(path string) ([]ingress.Claim, error) {
 		return nil, fmt.Errorf("reading claims: %w", err)
 	}
 	if len(data) > maxClaimsFile {
-		return nil, fmt.Errorf("claims file is over %d bytes", maxClaimsFile)
+		return nil, fmt.Errorf("%w: over %d bytes", errBadClaimsFile, maxClaimsFile)
 	}
 
 	var kept []ingress.Claim
 	if err := json.Unmarshal(data, &kept); err != nil {
-		return nil, fmt.Errorf("decoding claims: %w", err)
+		return nil, fmt.Errorf("%w: %w", errBadClaimsFile, err)
 	}
 	return kept, nil
 }

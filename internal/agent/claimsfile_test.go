@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/cpapi"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
 
 // TestClaimsSurviveAnAgentRestart: a restarted agent publishes again the
@@ -99,13 +101,66 @@ func TestLoadClaimsKeepsWhatIsValid(t *testing.T) {
 		if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		got := loadClaims(path, "vm-1", boot, slog.New(slog.DiscardHandler))
+		got, err := loadClaims(path, "vm-1", boot, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+		}
 		if diff := cmp.Diff(tt.want, got); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
 		}
 	}
-	got := loadClaims(filepath.Join(dir, "missing"), "vm-1", nil, slog.New(slog.DiscardHandler))
-	if len(got) != 0 {
-		t.Errorf("a missing file = %v; want no claims", got)
+	got, err := loadClaims(filepath.Join(dir, "missing"), "vm-1", nil,
+		slog.New(slog.DiscardHandler))
+	if err != nil || len(got) != 0 {
+		t.Errorf("a missing file = %v, %v; want no claims", got, err)
+	}
+	// A file that cannot be read is not known to be bad: no guessing.
+	if _, err := loadClaims(dir, "vm-1", nil, slog.New(slog.DiscardHandler)); err == nil {
+		t.Error("an unreadable claims file (a directory) was ignored")
+	}
+}
+
+// TestRestoredClaimLostMeanwhile: a restarted agent whose kept claim's
+// hostname another agent took while it was gone drops that claim and
+// still publishes the rest.
+func TestRestoredClaimLostMeanwhile(t *testing.T) {
+	rt := startRuntime(t)
+	path := filepath.Join(t.TempDir(), "claims.json")
+	kept := `[{"app":"shop","hostname_label":"shop","port":8082}]`
+	if err := os.WriteFile(path, []byte(kept), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The runtime still runs the workload, so pruning keeps its claim.
+	if _, err := rt.Deploy(context.Background(), workload.Spec{AppName: "shop",
+		Cmd: []string{"/bin/sh", "-c", "sleep 30"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	cp := &fakeCP{t: t, got: make(chan cpapi.RegisterRequest, 4),
+		claims: make(chan []ingress.Claim, 4), takenLabel: "shop"}
+	cpSrv := httptest.NewServer(cp)
+	defer cpSrv.Close()
+	boot := []ingress.Claim{{App: "boot-ui", Label: "ui", Port: 7681}}
+	a, err := New(Options{VMName: "vm-1", Runtime: rt, Auth: fakeAuth{},
+		ControlPlaneURL: cpSrv.URL, Origin: "http://127.0.0.1:1", SyncInterval: time.Hour,
+		Expose: boot, ClaimsPath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveAgent(t, a)
+
+	first := <-cp.claims
+	if len(first) != 2 {
+		t.Fatalf("first publish = %v, want the boot and the kept claim", first)
+	}
+	if diff := cmp.Diff(boot, <-cp.claims); diff != "" {
+		t.Errorf("publish after the refusal (-want +got):\n%s", diff)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "shop") {
+		t.Errorf("the claims file still keeps the lost claim: %s", data)
 	}
 }

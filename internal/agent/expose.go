@@ -48,6 +48,12 @@ type exposeState struct {
 	err string
 	// urls are the public URLs of published hostnames by label.
 	urls map[string]string
+	// conflict means the control plane refused the claims because another
+	// agent holds one of their hostnames.
+	conflict bool
+	// restored are the apps whose claims came from the claims file and
+	// have not been published since; see [Agent.republish].
+	restored []string
 }
 
 // placeholderZone completes the VM name into a hostname before the
@@ -133,6 +139,7 @@ func (a *Agent) publishClaims(ctx context.Context) {
 	switch {
 	case err == nil:
 		e.dirty, e.err, e.urls = false, "", map[string]string{}
+		e.conflict, e.restored = false, nil
 		for _, x := range out.Exposed {
 			e.urls[x.Label] = x.URL
 		}
@@ -141,7 +148,7 @@ func (a *Agent) publishClaims(ctx context.Context) {
 		// The control plane refuses these claims; sending them again
 		// cannot change that. A refused credential is different: the
 		// agent registers again and then publishes.
-		e.dirty, e.err = false, err.Error()
+		e.dirty, e.err, e.conflict = false, err.Error(), re.status == http.StatusConflict
 		a.log.Error("control plane refused the hostname claims", "err", err)
 	default:
 		e.err = err.Error()
@@ -150,7 +157,9 @@ func (a *Agent) publishClaims(ctx context.Context) {
 }
 
 // republish marks the claims unpublished, e.g. after a new registration
-// whose tunnel has none yet, and publishes them.
+// whose tunnel has none yet, and publishes them. Claims restored from the
+// claims file may have lost their hostnames while the agent was gone: if
+// another agent now holds one, they are dropped and the rest published.
 func (a *Agent) republish(ctx context.Context) {
 	a.expose.mu.Lock()
 	has := len(a.expose.claims) > 0
@@ -159,10 +168,40 @@ func (a *Agent) republish(ctx context.Context) {
 		a.expose.version++
 	}
 	a.expose.mu.Unlock()
+	if !has {
+		return
+	}
 
-	if has {
+	a.publishClaims(ctx)
+	if a.dropRestoredAfterConflict() {
 		a.publishClaims(ctx)
 	}
+}
+
+// dropRestoredAfterConflict drops the restored claims when the control
+// plane refused the claims for a hostname another agent holds, and
+// reports whether it did.
+func (a *Agent) dropRestoredAfterConflict() bool {
+	a.expose.deployMu.Lock()
+	defer a.expose.deployMu.Unlock()
+
+	e := &a.expose
+	e.mu.Lock()
+	restored, conflict := e.restored, e.conflict
+	if !conflict || len(restored) == 0 {
+		e.mu.Unlock()
+		return false
+	}
+	next := slices.DeleteFunc(slices.Clone(e.claims), func(c ingress.Claim) bool {
+		return slices.Contains(restored, c.App)
+	})
+	e.restored = nil
+	e.mu.Unlock()
+
+	a.log.Warn("dropping restored hostname claims: another agent took a hostname meanwhile",
+		"apps", restored)
+	a.setClaims(next)
+	return true
 }
 
 // exposed describes the claims for /health and deploy answers.

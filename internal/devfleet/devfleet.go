@@ -352,6 +352,12 @@ var ErrRunning = errors.New("devfleet: a dev fleet is already running on this st
 // registry, one set of runtime sockets and one dev.json would fight
 // over. The kernel drops the lock when the process ends, however it ends.
 func (f *Fleet) lockStateDir() error {
+	running := fmt.Errorf("%w (%s); to start a second control plane for it, run "+
+		"`devopsdefender dev cp --state-dir %s`", ErrRunning, f.opts.StateDir, f.opts.StateDir)
+	if up, err := Running(f.opts.StateDir); err == nil && up {
+		return running
+	}
+
 	l := flock.New(filepath.Join(f.opts.StateDir, lockFile), flock.SetPermissions(0o600))
 	// A client checking whether the fleet runs holds a shared lock for a
 	// moment; wait that out rather than mistake it for a running fleet.
@@ -363,9 +369,7 @@ func (f *Fleet) lockStateDir() error {
 	}
 
 	if !ok {
-		return fmt.Errorf("%w (%s); to start a second control plane for it, run "+
-			"`devopsdefender dev cp --state-dir %s`", ErrRunning, f.opts.StateDir,
-			f.opts.StateDir)
+		return running
 	}
 
 	f.lock = l
