@@ -43,22 +43,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return runDevCP(ctx, args[1:], stdout, stderr)
 	}
 
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs, level := newDevFlags("dev", devHelp, stderr)
 	stateDir := fs.String("state-dir", "./.devopsdefender/dev", "state directory")
 	listen := fs.String("listen", "127.0.0.1:8080", "edge address (port 0 picks a free port)")
 	agents := fs.Int("agents", 1, "number of agents (1..64)")
-	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	fs.Usage = func() { fmt.Fprint(stderr, devHelp); fs.PrintDefaults() }
-
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("unexpected arguments: %v", fs.Args())
-	}
-
-	log, err := newLogger(stderr, *level)
+	log, err := parseDevFlags(fs, args, level, stderr)
 	if err != nil {
 		return err
 	}
@@ -101,21 +90,10 @@ Flags:
 `
 
 func runDevCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("dev cp", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs, level := newDevFlags("dev cp", devCPHelp, stderr)
 	stateDir := fs.String("state-dir", "./.devopsdefender/dev", "the running fleet's state directory")
 	listen := fs.String("listen", "127.0.0.1:0", "the control plane's own loopback address")
-	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	fs.Usage = func() { fmt.Fprint(stderr, devCPHelp); fs.PrintDefaults() }
-
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("unexpected arguments: %v", fs.Args())
-	}
-
-	log, err := newLogger(stderr, *level)
+	log, err := parseDevFlags(fs, args, level, stderr)
 	if err != nil {
 		return err
 	}
@@ -136,6 +114,29 @@ func runDevCP(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			"fleet's edge went away): exiting")
 	}
 	return f.Close()
+}
+
+// newDevFlags returns the flag set of a dev command, with help as its
+// usage text and its --log-level flag.
+func newDevFlags(name, help string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, help); fs.PrintDefaults() }
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	return fs, level
+}
+
+// parseDevFlags parses args, which take no positional arguments, and
+// returns the logger at the --log-level.
+func parseDevFlags(fs *flag.FlagSet, args []string, level *string,
+	stderr io.Writer) (*slog.Logger, error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() != 0 {
+		return nil, usagef("unexpected arguments: %v", fs.Args())
+	}
+	return newLogger(stderr, *level)
 }
 
 // newLogger returns a text logger at the named level.

@@ -55,6 +55,9 @@ func TestRunExitCodes(t *testing.T) {
 		{[]string{"logs", "--state-dir", "/nonexistent", "app"}, "", 1},
 		{[]string{"cp", "--env", "production"}, "", 1},
 		{[]string{"cp", "--env", "Not Valid"}, "", 2},
+		{[]string{"dev", "--log-level", "bogus"}, "", 2},
+		{[]string{"dev", "cp", "--log-level", "bogus"}, "", 2},
+		{[]string{"dev", "cp", "extra"}, "", 2},
 	}
 
 	for _, tt := range tests {
