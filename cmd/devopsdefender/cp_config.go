@@ -138,7 +138,9 @@ func newAppraiser(ctx context.Context, e fleetenv.Env, c appraiserConfig,
 		}
 
 		if spec == "pcs" {
-			if col, err = tdx.NewCollateralCache(col, pcsCacheTTL, c.now); err != nil {
+			col, err = tdx.NewCollateralCache(tdx.CollateralCacheOptions{Getter: col,
+				TTL: pcsCacheTTL, Now: c.now, Logger: log})
+			if err != nil {
 				return nil, err
 			}
 		}

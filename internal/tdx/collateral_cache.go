@@ -3,6 +3,7 @@ package tdx
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -22,9 +23,8 @@ const maxCachedCollateral = 256
 // however old: a PCS outage then lasts as long as the collateral is valid.
 // Failures are not kept. It is safe for concurrent use.
 type CollateralCache struct {
-	getter CollateralGetter
-	ttl    time.Duration
-	now    func() time.Time
+	opts CollateralCacheOptions
+	log  *slog.Logger
 
 	mu      sync.Mutex
 	entries map[string]cachedCollateral // by URL
@@ -36,21 +36,40 @@ type cachedCollateral struct {
 	expires time.Time
 }
 
-// NewCollateralCache returns a cache of g's responses, each kept for ttl.
-// now nil means time.Now.
-func NewCollateralCache(g CollateralGetter, ttl time.Duration,
-	now func() time.Time) (*CollateralCache, error) {
-	if g == nil {
+// CollateralCacheOptions configures a [CollateralCache].
+type CollateralCacheOptions struct {
+	// Getter fetches what the cache does not hold. Required.
+	Getter CollateralGetter
+
+	// TTL is how long a response is kept before it is fetched again.
+	// Required.
+	TTL time.Duration
+
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+
+	// Logger hears when a failed fetch is answered from the cache. Nil
+	// discards it.
+	Logger *slog.Logger
+}
+
+// NewCollateralCache validates opts and returns an empty cache.
+func NewCollateralCache(opts CollateralCacheOptions) (*CollateralCache, error) {
+	if opts.Getter == nil {
 		return nil, errors.New("tdx: collateral cache needs a getter")
 	}
-	if ttl <= 0 {
+	if opts.TTL <= 0 {
 		return nil, errors.New("tdx: collateral cache TTL must be positive")
 	}
 
-	if now == nil {
-		now = time.Now
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
-	return &CollateralCache{getter: g, ttl: ttl, now: now,
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &CollateralCache{opts: opts, log: log.With("component", "collateral-cache"),
 		entries: map[string]cachedCollateral{}}, nil
 }
 
@@ -58,7 +77,7 @@ func NewCollateralCache(g CollateralGetter, ttl time.Duration,
 // returned header and body are shared and must not be modified.
 func (c *CollateralCache) Get(ctx context.Context, url string) (map[string][]string, []byte,
 	error) {
-	now := c.now()
+	now := c.opts.Now()
 	c.mu.Lock()
 	e, ok := c.entries[url]
 	c.mu.Unlock()
@@ -68,17 +87,19 @@ func (c *CollateralCache) Get(ctx context.Context, url string) (map[string][]str
 
 	// Two callers missing at once both fetch; the cache saves the many
 	// later fetches, not the rare simultaneous one.
-	header, body, err := c.getter.Get(ctx, url)
+	header, body, err := c.opts.Getter.Get(ctx, url)
 	if err != nil && ok {
 		// PCS is down: the kept response is still good for as long as
 		// its own validity, which Verify checks, says.
+		c.log.WarnContext(ctx, "collateral fetch failed; answering with the kept response",
+			"url", url, "kept_since", e.expires.Add(-c.opts.TTL), "err", err)
 		return e.header, e.body, nil
 	}
 	if err != nil {
 		return nil, nil, err
 	}
 
-	c.keep(url, cachedCollateral{header: header, body: body, expires: now.Add(c.ttl)}, now)
+	c.keep(url, cachedCollateral{header: header, body: body, expires: now.Add(c.opts.TTL)}, now)
 	return header, body, nil
 }
 

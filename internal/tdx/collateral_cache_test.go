@@ -27,7 +27,8 @@ func (g *countingGetter) Get(ctx context.Context, url string) (map[string][]stri
 func TestCollateralCache(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	g := &countingGetter{calls: map[string]int{}}
-	c, err := NewCollateralCache(g, time.Hour, func() time.Time { return now })
+	c, err := NewCollateralCache(CollateralCacheOptions{Getter: g, TTL: time.Hour,
+		Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,10 +90,10 @@ func TestCollateralCache(t *testing.T) {
 }
 
 func TestNewCollateralCacheValidates(t *testing.T) {
-	if _, err := NewCollateralCache(nil, time.Hour, nil); err == nil {
+	if _, err := NewCollateralCache(CollateralCacheOptions{TTL: time.Hour}); err == nil {
 		t.Error("nil getter accepted")
 	}
-	if _, err := NewCollateralCache(CollateralDir("x"), 0, nil); err == nil {
+	if _, err := NewCollateralCache(CollateralCacheOptions{Getter: CollateralDir("x")}); err == nil {
 		t.Error("zero TTL accepted")
 	}
 }
