@@ -93,7 +93,8 @@ func TestNewCollateralCacheValidates(t *testing.T) {
 	if _, err := NewCollateralCache(CollateralCacheOptions{TTL: time.Hour}); err == nil {
 		t.Error("nil getter accepted")
 	}
-	if _, err := NewCollateralCache(CollateralCacheOptions{Getter: CollateralDir("x")}); err == nil {
+	noTTL := CollateralCacheOptions{Getter: CollateralDir("x")}
+	if _, err := NewCollateralCache(noTTL); err == nil {
 		t.Error("zero TTL accepted")
 	}
 }
