@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/sqlstmt"
 )
 
 // Errors callers branch on. An HTTP endpoint answers [ErrInvalid] with 400
@@ -193,6 +195,7 @@ type Options struct {
 // for concurrent use, also by several processes sharing the file.
 type Log struct {
 	db  *sql.DB
+	q   *sqlstmt.Cache // the append path's statements, prepared once
 	log *slog.Logger
 	now func() time.Time
 
@@ -217,7 +220,7 @@ func Open(ctx context.Context, db *sql.DB, opts Options) (*Log, error) {
 		return nil, err
 	}
 
-	l := &Log{db: db, log: opts.Logger, now: opts.Now}
+	l := &Log{db: db, q: sqlstmt.New(db), log: opts.Logger, now: opts.Now}
 	if l.log == nil {
 		l.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -253,6 +256,10 @@ func checkSchema(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
+// Close releases the log's prepared statements; the database stays open,
+// and the log usable, though slower.
+func (l *Log) Close() error { return l.q.Close() }
+
 // Head is the newest entry of a chain: its number and hash. Seq 0 with
 // [GenesisHash] is the head of an empty chain.
 type Head struct {
@@ -266,7 +273,7 @@ type Head struct {
 // so that rewriting the whole tail of the log is detected too.
 func (l *Log) Head(ctx context.Context) (Head, error) {
 	var h Head
-	err := l.db.QueryRowContext(ctx,
+	err := l.q.QueryRowContext(ctx,
 		"SELECT seq, hash FROM audit_head WHERE id = 1").Scan(&h.Seq, &h.Hash)
 	if err != nil {
 		return Head{}, fmt.Errorf("audit: reading head: %w", err)
@@ -286,7 +293,7 @@ func (l *Log) Append(ctx context.Context, ev Event) (Entry, error) {
 		return Entry{}, fmt.Errorf("audit: recording %q: %w: %w", ev.Action, ErrInvalid, err)
 	}
 
-	err = l.inTx(ctx, func(tx *sql.Tx, head *Head) error {
+	err = l.inTx(ctx, func(tx sqlstmt.Tx, head *Head) error {
 		return appendTx(ctx, tx, head, &e)
 	})
 	if err != nil {
@@ -300,7 +307,7 @@ func (l *Log) Append(ctx context.Context, ev Event) (Entry, error) {
 
 // inTx runs fn in a write transaction with the current head, then stores
 // the head fn leaves behind.
-func (l *Log) inTx(ctx context.Context, fn func(tx *sql.Tx, head *Head) error) error {
+func (l *Log) inTx(ctx context.Context, fn func(tx sqlstmt.Tx, head *Head) error) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 
@@ -310,15 +317,16 @@ func (l *Log) inTx(ctx context.Context, fn func(tx *sql.Tx, head *Head) error) e
 	}
 	defer tx.Rollback()
 
-	head, err := l.lockHead(ctx, tx)
+	q := l.q.Tx(tx)
+	head, err := l.lockHead(ctx, q)
 	if err != nil {
 		return err
 	}
-	if err := fn(tx, &head); err != nil {
+	if err := fn(q, &head); err != nil {
 		return err
 	}
 
-	_, err = tx.ExecContext(ctx, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+	_, err = q.ExecContext(ctx, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
 		head.Seq, head.Hash)
 	if err != nil {
 		return fmt.Errorf("storing head: %w", err)
@@ -333,7 +341,7 @@ func (l *Log) inTx(ctx context.Context, fn func(tx *sql.Tx, head *Head) error) e
 // anything: a deferred transaction that read first could not upgrade once
 // another process had committed (SQLITE_BUSY_SNAPSHOT), whatever the DSN's
 // _txlock says.
-func (l *Log) lockHead(ctx context.Context, tx *sql.Tx) (Head, error) {
+func (l *Log) lockHead(ctx context.Context, tx sqlstmt.Tx) (Head, error) {
 	res, err := tx.ExecContext(ctx, "UPDATE audit_head SET seq = seq WHERE id = 1")
 	if err != nil {
 		return Head{}, fmt.Errorf("locking head: %w", err)
@@ -365,7 +373,7 @@ func (l *Log) lockHead(ctx context.Context, tx *sql.Tx) (Head, error) {
 }
 
 // appendTx gives e the next place in the chain after head and inserts it.
-func appendTx(ctx context.Context, tx *sql.Tx, head *Head, e *Entry) error {
+func appendTx(ctx context.Context, tx sqlstmt.Tx, head *Head, e *Entry) error {
 	e.Seq, e.PrevHash = head.Seq+1, head.Hash
 	e.Hash = e.ComputeHash()
 

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/devopsdefender/devopsdefender/internal/sqlstmt"
 )
 
 func TestVerifyPasses(t *testing.T) {
@@ -146,7 +148,9 @@ func forgeAfter(seq int64) func(t *testing.T, db *sql.DB) {
 		defer tx.Rollback()
 
 		head := Head{Seq: seq, Hash: e.Hash}
-		if err := appendTx(context.Background(), tx, &head, &e); err != nil {
+		q := sqlstmt.New(db)
+		defer q.Close()
+		if err := appendTx(context.Background(), q.Tx(tx), &head, &e); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.Commit(); err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
+	"github.com/devopsdefender/devopsdefender/internal/sqlstmt"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
@@ -45,6 +46,7 @@ type Options struct {
 // SQLite's locking (WAL mode plus a busy timeout) serialises writers.
 type Store struct {
 	db    *sql.DB
+	q     *sqlstmt.Cache // the hot queries, prepared once
 	log   *slog.Logger
 	audit *audit.Log
 
@@ -129,7 +131,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
 	}
 
-	s := &Store{db: db, log: log}
+	s := &Store{db: db, q: sqlstmt.New(db), log: log}
 	if err := s.init(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
@@ -218,7 +220,9 @@ func (s *Store) migrateStep(ctx context.Context) (done bool, err error) {
 
 // Close closes the database. Calling it again returns the first result.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() {
+		s.closeErr = errors.Join(s.q.Close(), s.audit.Close(), s.db.Close())
+	})
 	return s.closeErr
 }
 
@@ -244,7 +248,7 @@ func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err er
 	}
 	defer tx.Rollback()
 
-	replaced, err = s.registerTx(ctx, tx, a, rec)
+	replaced, err = s.registerTx(ctx, s.q.Tx(tx), a, rec)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +259,8 @@ func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err er
 	return replaced, nil
 }
 
-func (s *Store) registerTx(ctx context.Context, tx *sql.Tx, a Agent, rec []any) ([]Agent, error) {
+func (s *Store) registerTx(ctx context.Context, tx sqlstmt.Tx, a Agent,
+	rec []any) ([]Agent, error) {
 	var n int
 	err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM agents WHERE id = ?", a.ID).Scan(&n)
 	if err != nil {
@@ -311,7 +316,7 @@ func SameSigningKey(a, b *Agent) bool {
 
 // Get returns the agent with the given id, or [ErrNotFound].
 func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
-	row := s.db.QueryRowContext(ctx, "SELECT "+agentColumns+" FROM agents WHERE id = ?", id)
+	row := s.q.QueryRowContext(ctx, "SELECT "+agentColumns+" FROM agents WHERE id = ?", id)
 	a, err := scanAgent(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Agent{}, fmt.Errorf("fleet: agent %s: %w", id, ErrNotFound)
@@ -325,7 +330,7 @@ func (s *Store) Get(ctx context.Context, id string) (Agent, error) {
 
 // ByVMName returns the agent registered under vmName, or [ErrNotFound].
 func (s *Store) ByVMName(ctx context.Context, vmName string) (Agent, error) {
-	row := s.db.QueryRowContext(ctx, "SELECT "+agentColumns+" FROM agents WHERE vm_name = ?",
+	row := s.q.QueryRowContext(ctx, "SELECT "+agentColumns+" FROM agents WHERE vm_name = ?",
 		vmName)
 	a, err := scanAgent(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -351,7 +356,7 @@ func (s *Store) ByVMNames(ctx context.Context, vmNames []string) ([]Agent, error
 	}
 
 	marks := strings.TrimSuffix(strings.Repeat("?,", len(vmNames)), ",")
-	agents, err := queryAgents(ctx, s.db, "SELECT "+agentColumns+
+	agents, err := queryAgents(ctx, s.q, "SELECT "+agentColumns+
 		" FROM agents WHERE vm_name IN ("+marks+") ORDER BY vm_name", args...)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: reading vms %v: %w", vmNames, err)
@@ -362,7 +367,7 @@ func (s *Store) ByVMNames(ctx context.Context, vmNames []string) ([]Agent, error
 
 // List returns every agent, sorted by VMName.
 func (s *Store) List(ctx context.Context) ([]Agent, error) {
-	agents, err := queryAgents(ctx, s.db, "SELECT "+agentColumns+" FROM agents ORDER BY vm_name")
+	agents, err := queryAgents(ctx, s.q, "SELECT "+agentColumns+" FROM agents ORDER BY vm_name")
 	if err != nil {
 		return nil, fmt.Errorf("fleet: listing agents: %w", err)
 	}
@@ -372,7 +377,7 @@ func (s *Store) List(ctx context.Context) ([]Agent, error) {
 // Counts returns how many agents there are and how many are healthy.
 func (s *Store) Counts(ctx context.Context) (Counts, error) {
 	var c Counts
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*),
+	err := s.q.QueryRowContext(ctx, `SELECT COUNT(*),
 		COUNT(*) FILTER (WHERE status = 'healthy') FROM agents`).Scan(&c.Agents, &c.Healthy)
 	if err != nil {
 		return Counts{}, fmt.Errorf("fleet: counting agents: %w", err)
@@ -454,7 +459,7 @@ func (s *Store) SetStatus(ctx context.Context, id string, status Status, lastErr
 }
 
 func (s *Store) update(ctx context.Context, id, query string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, query, args...)
+	res, err := s.q.ExecContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("fleet: updating agent %s: %w", id, err)
 	}
