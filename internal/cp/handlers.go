@@ -89,39 +89,69 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
-
-	if err := s.confirmHolder(ctx, req.VMName, holder); err != nil {
-		s.refuseRegistration(ctx, r, req.VMName, holderID(holder), err)
-		return err
-	}
-	released, err := s.checkHostnames(ctx, req.VMName,
-		agentHostnames(s.agentHostname(req.VMName), nil))
-	if err != nil {
-		s.refuseRegistration(ctx, r, req.VMName, "", err)
-		return err
-	}
-
 	a, token, err := s.newAgent(ctx, &req, keys, at)
 	if err != nil {
 		return err
 	}
-	tunnelToken, err := s.createAgentTunnel(ctx, &a)
-	if errors.Is(err, ingress.ErrHostnameTaken) {
-		s.refuseRegistration(ctx, r, req.VMName, "", err)
-	}
+	reg, err := s.admit(ctx, r, &a, holder)
 	if err != nil {
 		return err
 	}
 
-	replaced, err := s.store.Register(ctx, a)
+	s.registered(ctx, &a, reg.replaced)
+	return httpapi.WriteJSON(w, http.StatusOK, cpapi.RegisterResponse{
+		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token,
+		TunnelToken: reg.tunnelToken})
+}
+
+// admission is what storing a registration produced.
+type admission struct {
+	tunnelToken string
+	replaced    []fleet.Agent // the earlier records of the VM name
+}
+
+// admit stores the checked registration a, which replaces holder (nil:
+// none), once its VM name and hostnames are confirmed free for it under
+// regMu, and creates its tunnel. Only this check-and-store runs under the
+// lock: registrations queue here, so everything that can happen before
+// or after it does.
+func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
+	holder *fleet.Agent) (admission, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+
+	if err := s.confirmHolder(ctx, a.VMName, holder); err != nil {
+		s.refuseRegistration(ctx, r, a.VMName, holderID(holder), err)
+		return admission{}, err
+	}
+	released, err := s.checkHostnames(ctx, a.VMName, agentHostnames(a.Hostname, nil))
+	if err != nil {
+		s.refuseRegistration(ctx, r, a.VMName, "", err)
+		return admission{}, err
+	}
+
+	tunnelToken, err := s.createAgentTunnel(ctx, a)
+	if errors.Is(err, ingress.ErrHostnameTaken) {
+		s.refuseRegistration(ctx, r, a.VMName, "", err)
+	}
+	if err != nil {
+		return admission{}, err
+	}
+
+	replaced, err := s.store.Register(ctx, *a)
 	if err != nil {
 		s.deleteTunnel(ctx, a.TunnelID, a.ID)
-		return fmt.Errorf("storing registration of %s: %w", a.ID, err)
+		return admission{}, fmt.Errorf("storing registration of %s: %w", a.ID, err)
 	}
 	s.release(ctx, released)
 
+	return admission{tunnelToken: tunnelToken, replaced: replaced}, nil
+}
+
+// registered finishes the registration of a, which replaced the records
+// replaced: it deletes their tunnels, audits and logs the registration and
+// wakes the collector to scrape a.
+func (s *Server) registered(ctx context.Context, a *fleet.Agent, replaced []fleet.Agent) {
 	// The new tunnel took the hostnames over when it was created; the
 	// replaced registration's tunnel keeps only what nobody else uses.
 	replacedIDs := []string{}
@@ -134,7 +164,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		"vm_name": a.VMName, "hostname": a.Hostname, "attestation_type": a.Attestation.Type,
 		"attestation_status": a.Attestation.Status, "mrtd": a.Attestation.MRTD,
 		"tunnel_id": a.TunnelID, "replaced": replacedIDs}
-	if dropped := droppedTenant(&a, replaced); dropped != nil {
+	if dropped := droppedTenant(a, replaced); dropped != nil {
 		details["tenant_dropped"] = dropped.String()
 		s.log.WarnContext(ctx, "tenant dropped: vm name registered with other keys",
 			"agent_id", a.ID, "vm_name", a.VMName, "tenant", dropped.String(),
@@ -148,9 +178,6 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		"attestation_status", a.Attestation.Status, "mrtd", a.Attestation.MRTD,
 		"tunnel_id", a.TunnelID, "replaced", len(replaced))
 	s.Wake()
-	return httpapi.WriteJSON(w, http.StatusOK, cpapi.RegisterResponse{
-		AgentID: a.ID, Hostname: a.Hostname, URL: a.URL, AgentToken: token,
-		TunnelToken: tunnelToken})
 }
 
 // refuseRegistration logs and audits a refused registration. holder is
