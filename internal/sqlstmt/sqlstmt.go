@@ -61,38 +61,18 @@ func (c *Cache) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 // QueryContext runs query like [sql.DB.QueryContext].
 func (c *Cache) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows,
 	error) {
-	st, err := c.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	if st == nil {
-		return c.db.QueryContext(ctx, query, args...)
-	}
-	return st.QueryContext(ctx, args...)
+	return scope{c: c}.query(ctx, query, args)
 }
 
 // QueryRowContext runs query like [sql.DB.QueryRowContext].
 func (c *Cache) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	st, err := c.stmt(ctx, query)
-	if err != nil || st == nil {
-		// Unprepared, the query reports its own preparation error
-		// through the row, as database/sql does.
-		return c.db.QueryRowContext(ctx, query, args...)
-	}
-	return st.QueryRowContext(ctx, args...)
+	return scope{c: c}.queryRow(ctx, query, args)
 }
 
 // ExecContext runs query like [sql.DB.ExecContext].
 func (c *Cache) ExecContext(ctx context.Context, query string, args ...any) (sql.Result,
 	error) {
-	st, err := c.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	if st == nil {
-		return c.db.ExecContext(ctx, query, args...)
-	}
-	return st.ExecContext(ctx, args...)
+	return scope{c: c}.exec(ctx, query, args)
 }
 
 // Tx returns the cache's view of tx: its queries use the statements
@@ -122,33 +102,88 @@ type Tx struct {
 
 // QueryContext runs query like [sql.Tx.QueryContext].
 func (t Tx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	st, err := t.c.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	if st == nil {
-		return t.tx.QueryContext(ctx, query, args...)
-	}
-	return t.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	return scope(t).query(ctx, query, args)
 }
 
 // QueryRowContext runs query like [sql.Tx.QueryRowContext].
 func (t Tx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	st, err := t.c.stmt(ctx, query)
-	if err != nil || st == nil {
-		return t.tx.QueryRowContext(ctx, query, args...)
-	}
-	return t.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	return scope(t).queryRow(ctx, query, args)
 }
 
 // ExecContext runs query like [sql.Tx.ExecContext].
 func (t Tx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	st, err := t.c.stmt(ctx, query)
-	if err != nil {
+	return scope(t).exec(ctx, query, args)
+}
+
+// scope is where a query runs: in transaction tx, or on the pool when tx
+// is nil.
+type scope struct {
+	c  *Cache
+	tx *sql.Tx
+}
+
+// runner is what *sql.DB and *sql.Tx share.
+type runner interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func (s scope) runner() runner {
+	if s.tx != nil {
+		return s.tx
+	}
+	return s.c.db
+}
+
+// prepared returns the statement for query bound to the scope, or nil
+// with the runner to run query unprepared.
+func (s scope) prepared(ctx context.Context, query string) (*sql.Stmt, runner, error) {
+	st, err := s.c.stmt(ctx, query)
+	switch {
+	case err != nil:
+		return nil, nil, err
+	case st == nil:
+		return nil, s.runner(), nil
+	case s.tx != nil:
+		// Tx.StmtContext reuses what the pool prepared on tx's
+		// connection; the bound copy closes with the transaction.
+		st = s.tx.StmtContext(ctx, st)
+	}
+	return st, nil, nil
+}
+
+func (s scope) query(ctx context.Context, query string, args []any) (*sql.Rows, error) {
+	st, r, err := s.prepared(ctx, query)
+	switch {
+	case err != nil:
 		return nil, err
+	case r != nil:
+		return r.QueryContext(ctx, query, args...)
 	}
-	if st == nil {
-		return t.tx.ExecContext(ctx, query, args...)
+	return st.QueryContext(ctx, args...)
+}
+
+func (s scope) queryRow(ctx context.Context, query string, args []any) *sql.Row {
+	st, r, err := s.prepared(ctx, query)
+	switch {
+	case err != nil:
+		// Unprepared, the query reports its own preparation error
+		// through the row, as database/sql does.
+		return s.runner().QueryRowContext(ctx, query, args...)
+	case r != nil:
+		return r.QueryRowContext(ctx, query, args...)
 	}
-	return t.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	return st.QueryRowContext(ctx, args...)
+}
+
+func (s scope) exec(ctx context.Context, query string, args []any) (sql.Result, error) {
+	st, r, err := s.prepared(ctx, query)
+	switch {
+	case err != nil:
+		return nil, err
+	case r != nil:
+		return r.ExecContext(ctx, query, args...)
+	}
+	return st.ExecContext(ctx, args...)
 }
