@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
 )
@@ -69,7 +70,10 @@ func runAuditVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer db.Close()
 
-	log, err := audit.Open(ctx, db, audit.Options{})
+	shared := sqldb.New(db)
+	defer shared.Close()
+
+	log, err := audit.Open(ctx, shared, audit.Options{})
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/devopsdefender/devopsdefender/internal/audit"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 // auditDB creates a control-plane database with n audit entries.
@@ -28,7 +29,7 @@ func auditDB(t *testing.T, n int) (string, *sql.DB) {
 		t.Fatal(err)
 	}
 
-	l, err := audit.Open(ctx, db, audit.Options{})
+	l, err := audit.Open(ctx, sqldb.New(db), audit.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

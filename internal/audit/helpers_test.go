@@ -10,6 +10,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite"
+
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -49,7 +51,7 @@ func newTestLog(t testing.TB) (*Log, *sql.DB, string) {
 		t.Fatalf("Migrate: %v", err)
 	}
 
-	l, err := Open(ctx, db, Options{Now: stepClock()})
+	l, err := Open(ctx, sqldb.New(db), Options{Now: stepClock()})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

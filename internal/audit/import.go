@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/devopsdefender/devopsdefender/internal/sqlstmt"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 // MaxImport bounds the entries of one [Log.Import] call; a [Forwarder]
@@ -36,10 +36,12 @@ func (l *Log) Import(ctx context.Context, agentID string, entries []Entry) (int,
 	}
 
 	added := 0
-	err = l.inTx(ctx, func(tx sqlstmt.Tx, head *Head) error {
-		n, err := importTx(ctx, tx, head, agentID, batch)
-		added = n
-		return err
+	err = l.db.Write(ctx, func(tx sqldb.Tx) error {
+		return l.withHead(ctx, tx, func(head *Head) error {
+			n, err := importTx(ctx, tx, head, agentID, batch)
+			added = n
+			return err
+		})
 	})
 	if err != nil {
 		return 0, fmt.Errorf("audit: importing from %s: %w", agentID, err)
@@ -100,7 +102,7 @@ func checkForwarded(e *Entry) error {
 	return nil
 }
 
-func importTx(ctx context.Context, tx sqlstmt.Tx, head *Head, agentID string,
+func importTx(ctx context.Context, tx sqldb.Tx, head *Head, agentID string,
 	batch []Entry) (int, error) {
 	last, found, err := lastOrigin(ctx, tx, agentID)
 	if err != nil {
@@ -130,7 +132,7 @@ func importTx(ctx context.Context, tx sqlstmt.Tx, head *Head, agentID string,
 }
 
 // lastOrigin returns the newest entry of agentID's chain copied so far.
-func lastOrigin(ctx context.Context, tx sqlstmt.Tx, agentID string) (Head, bool, error) {
+func lastOrigin(ctx context.Context, tx sqldb.Tx, agentID string) (Head, bool, error) {
 	var h Head
 	err := tx.QueryRowContext(ctx, `SELECT origin_seq, origin_hash FROM audit_log
 		WHERE origin_agent = ? ORDER BY origin_seq DESC LIMIT 1`, agentID).Scan(&h.Seq, &h.Hash)
@@ -144,7 +146,7 @@ func lastOrigin(ctx context.Context, tx sqlstmt.Tx, agentID string) (Head, bool,
 }
 
 // checkCopied accepts a resent entry only if it is the copy on record.
-func checkCopied(ctx context.Context, tx sqlstmt.Tx, agentID string, e *Entry) error {
+func checkCopied(ctx context.Context, tx sqldb.Tx, agentID string, e *Entry) error {
 	var hash string
 	err := tx.QueryRowContext(ctx, `SELECT origin_hash FROM audit_log
 		WHERE origin_agent = ? AND origin_seq = ?`, agentID, e.Seq).Scan(&hash)

@@ -8,10 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"time"
 
-	"github.com/devopsdefender/devopsdefender/internal/sqlstmt"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 // Errors callers branch on. An HTTP endpoint answers [ErrInvalid] with 400
@@ -194,15 +193,9 @@ type Options struct {
 // Log is the control plane's audit log in its SQLite database. It is safe
 // for concurrent use, also by several processes sharing the file.
 type Log struct {
-	db  *sql.DB
-	q   *sqlstmt.Cache // the append path's statements, prepared once
+	db  *sqldb.DB
 	log *slog.Logger
 	now func() time.Time
-
-	// mu makes this process's appenders queue here rather than on
-	// SQLite's busy timeout; the write lock taken first in every append
-	// transaction serialises processes.
-	mu sync.Mutex
 }
 
 // Open returns the audit log kept in db, which [Migrate] must have
@@ -211,16 +204,16 @@ type Log struct {
 // missing. The caller keeps ownership of db, whose DSN should set a busy
 // timeout (internal/fleet's does) so that appends from several processes
 // wait for each other instead of failing.
-func Open(ctx context.Context, db *sql.DB, opts Options) (*Log, error) {
+func Open(ctx context.Context, db *sqldb.DB, opts Options) (*Log, error) {
 	if db == nil {
 		return nil, errors.New("audit: database is required")
 	}
 
-	if err := checkSchema(ctx, db); err != nil {
+	if err := checkSchema(ctx, db.SQL()); err != nil {
 		return nil, err
 	}
 
-	l := &Log{db: db, q: sqlstmt.New(db), log: opts.Logger, now: opts.Now}
+	l := &Log{db: db, log: opts.Logger, now: opts.Now}
 	if l.log == nil {
 		l.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -256,10 +249,6 @@ func checkSchema(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// Close releases the log's prepared statements; the database stays open,
-// and the log usable, though slower.
-func (l *Log) Close() error { return l.q.Close() }
-
 // Head is the newest entry of a chain: its number and hash. Seq 0 with
 // [GenesisHash] is the head of an empty chain.
 type Head struct {
@@ -273,7 +262,7 @@ type Head struct {
 // so that rewriting the whole tail of the log is detected too.
 func (l *Log) Head(ctx context.Context) (Head, error) {
 	var h Head
-	err := l.q.QueryRowContext(ctx,
+	err := l.db.QueryRowContext(ctx,
 		"SELECT seq, hash FROM audit_head WHERE id = 1").Scan(&h.Seq, &h.Hash)
 	if err != nil {
 		return Head{}, fmt.Errorf("audit: reading head: %w", err)
@@ -288,13 +277,11 @@ func (l *Log) Head(ctx context.Context) (Head, error) {
 // that breaks a rule of its fields fails with [ErrInvalid]. On any error
 // nothing is recorded.
 func (l *Log) Append(ctx context.Context, ev Event) (Entry, error) {
-	e, err := newEntry(ev, l.now)
-	if err != nil {
-		return Entry{}, fmt.Errorf("audit: recording %q: %w: %w", ev.Action, ErrInvalid, err)
-	}
-
-	err = l.inTx(ctx, func(tx sqlstmt.Tx, head *Head) error {
-		return appendTx(ctx, tx, head, &e)
+	var e Entry
+	err := l.db.Write(ctx, func(tx sqldb.Tx) error {
+		var err error
+		e, err = l.record(ctx, tx, ev)
+		return err
 	})
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit: recording %q: %w", ev.Action, err)
@@ -305,34 +292,45 @@ func (l *Log) Append(ctx context.Context, ev Event) (Entry, error) {
 	return e, nil
 }
 
-// inTx runs fn in a write transaction with the current head, then stores
-// the head fn leaves behind.
-func (l *Log) inTx(ctx context.Context, fn func(tx sqlstmt.Tx, head *Head) error) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-
-	tx, err := l.db.BeginTx(ctx, nil)
+// AppendTx is [Log.Append] inside a write transaction of the log's
+// database, so that a change and the entry recording it are committed
+// together or not at all. The entry is recorded only if tx commits.
+func (l *Log) AppendTx(ctx context.Context, tx sqldb.Tx, ev Event) (Entry, error) {
+	e, err := l.record(ctx, tx, ev)
 	if err != nil {
-		return fmt.Errorf("beginning transaction: %w", err)
+		return Entry{}, fmt.Errorf("audit: recording %q: %w", ev.Action, err)
 	}
-	defer tx.Rollback()
+	return e, nil
+}
 
-	q := l.q.Tx(tx)
-	head, err := l.lockHead(ctx, q)
+// record appends ev to the chain in tx.
+func (l *Log) record(ctx context.Context, tx sqldb.Tx, ev Event) (Entry, error) {
+	e, err := newEntry(ev, l.now)
+	if err != nil {
+		return Entry{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+
+	err = l.withHead(ctx, tx, func(head *Head) error {
+		return appendTx(ctx, tx, head, &e)
+	})
+	return e, err
+}
+
+// withHead runs fn with the current head in tx, then stores the head fn
+// leaves behind.
+func (l *Log) withHead(ctx context.Context, tx sqldb.Tx, fn func(head *Head) error) error {
+	head, err := l.lockHead(ctx, tx)
 	if err != nil {
 		return err
 	}
-	if err := fn(q, &head); err != nil {
+	if err := fn(&head); err != nil {
 		return err
 	}
 
-	_, err = q.ExecContext(ctx, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+	_, err = tx.ExecContext(ctx, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
 		head.Seq, head.Hash)
 	if err != nil {
 		return fmt.Errorf("storing head: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("committing: %w", err)
 	}
 	return nil
 }
@@ -341,7 +339,7 @@ func (l *Log) inTx(ctx context.Context, fn func(tx sqlstmt.Tx, head *Head) error
 // anything: a deferred transaction that read first could not upgrade once
 // another process had committed (SQLITE_BUSY_SNAPSHOT), whatever the DSN's
 // _txlock says.
-func (l *Log) lockHead(ctx context.Context, tx sqlstmt.Tx) (Head, error) {
+func (l *Log) lockHead(ctx context.Context, tx sqldb.Tx) (Head, error) {
 	res, err := tx.ExecContext(ctx, "UPDATE audit_head SET seq = seq WHERE id = 1")
 	if err != nil {
 		return Head{}, fmt.Errorf("locking head: %w", err)
@@ -373,7 +371,7 @@ func (l *Log) lockHead(ctx context.Context, tx sqlstmt.Tx) (Head, error) {
 }
 
 // appendTx gives e the next place in the chain after head and inserts it.
-func appendTx(ctx context.Context, tx sqlstmt.Tx, head *Head, e *Entry) error {
+func appendTx(ctx context.Context, tx sqldb.Tx, head *Head, e *Entry) error {
 	e.Seq, e.PrevHash = head.Seq+1, head.Hash
 	e.Hash = e.ComputeHash()
 

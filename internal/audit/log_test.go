@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 func TestMigrateConcurrently(t *testing.T) {
@@ -162,7 +164,7 @@ func TestDetailsAreCanonical(t *testing.T) {
 // database handles, as two processes would; the chain must stay one.
 func TestConcurrentAppends(t *testing.T) {
 	l1, _, path := newTestLog(t)
-	l2, err := Open(context.Background(), openDB(t, path), Options{})
+	l2, err := Open(context.Background(), sqldb.New(openDB(t, path)), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

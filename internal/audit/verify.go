@@ -131,7 +131,7 @@ func short(h string) string {
 // another error when the database cannot be read. It reads one consistent
 // snapshot and writes nothing.
 func (l *Log) Verify(ctx context.Context) (Head, error) {
-	tx, err := l.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := l.db.SQL().BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return Head{}, fmt.Errorf("audit: verifying: %w", err)
 	}

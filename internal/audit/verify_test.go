@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/devopsdefender/devopsdefender/internal/sqlstmt"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 func TestVerifyPasses(t *testing.T) {
@@ -141,19 +141,14 @@ func forgeAfter(seq int64) func(t *testing.T, db *sql.DB) {
 		}
 
 		e.Seq, e.PrevHash = seq+1, e.Hash
-		tx, err := db.Begin()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback()
-
 		head := Head{Seq: seq, Hash: e.Hash}
-		q := sqlstmt.New(db)
-		defer q.Close()
-		if err := appendTx(context.Background(), q.Tx(tx), &head, &e); err != nil {
-			t.Fatal(err)
-		}
-		if err := tx.Commit(); err != nil {
+		shared := sqldb.New(db)
+		defer shared.Close()
+
+		err = shared.Write(context.Background(), func(tx sqldb.Tx) error {
+			return appendTx(context.Background(), tx, &head, &e)
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

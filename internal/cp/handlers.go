@@ -138,7 +138,9 @@ func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 		return admission{}, err
 	}
 
-	replaced, err := s.store.Register(ctx, *a)
+	replaced, err := s.store.Register(ctx, *a, func(replaced []fleet.Agent) audit.Event {
+		return registrationEvent(a, replaced)
+	})
 	if err != nil {
 		s.deleteTunnel(ctx, a.TunnelID, a.ID)
 		return admission{}, fmt.Errorf("storing registration of %s: %w", a.ID, err)
@@ -148,36 +150,51 @@ func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 	return admission{tunnelToken: tunnelToken, replaced: replaced}, nil
 }
 
-// registered finishes the registration of a, which replaced the records
-// replaced: it deletes their tunnels, audits and logs the registration and
-// wakes the collector to scrape a.
-func (s *Server) registered(ctx context.Context, a *fleet.Agent, replaced []fleet.Agent) {
-	// The new tunnel took the hostnames over when it was created; the
-	// replaced registration's tunnel keeps only what nobody else uses.
-	replacedIDs := []string{}
-	for _, old := range replaced {
-		s.deleteTunnel(ctx, old.TunnelID, old.ID)
-		replacedIDs = append(replacedIDs, old.ID)
-	}
-
+// registrationEvent is the audit entry of registration a, which replaced
+// the records replaced.
+func registrationEvent(a *fleet.Agent, replaced []fleet.Agent) audit.Event {
 	details := map[string]any{
 		"vm_name": a.VMName, "hostname": a.Hostname, "attestation_type": a.Attestation.Type,
 		"attestation_status": a.Attestation.Status, "mrtd": a.Attestation.MRTD,
-		"tunnel_id": a.TunnelID, "replaced": replacedIDs}
+		"tunnel_id": a.TunnelID, "replaced": agentIDs(replaced)}
 	if dropped := droppedTenant(a, replaced); dropped != nil {
 		details["tenant_dropped"] = dropped.String()
-		s.log.WarnContext(ctx, "tenant dropped: vm name registered with other keys",
-			"agent_id", a.ID, "vm_name", a.VMName, "tenant", dropped.String(),
-			"replaced", replacedIDs)
 	}
 
-	s.record(ctx, audit.Event{Actor: audit.Agent(a.ID), Action: audit.ActionRegistration,
-		Target: a.ID, Outcome: audit.OutcomeOK, Details: details})
+	return audit.Event{Time: a.RegisteredAt, Actor: audit.Agent(a.ID),
+		Action: audit.ActionRegistration, Target: a.ID, Outcome: audit.OutcomeOK,
+		Details: details}
+}
+
+// registered finishes the registration of a, which replaced the records
+// replaced: it deletes their tunnels, logs the registration and wakes the
+// collector to scrape a.
+func (s *Server) registered(ctx context.Context, a *fleet.Agent, replaced []fleet.Agent) {
+	// The new tunnel took the hostnames over when it was created; the
+	// replaced registration's tunnel keeps only what nobody else uses.
+	for _, old := range replaced {
+		s.deleteTunnel(ctx, old.TunnelID, old.ID)
+	}
+
+	if dropped := droppedTenant(a, replaced); dropped != nil {
+		s.log.WarnContext(ctx, "tenant dropped: vm name registered with other keys",
+			"agent_id", a.ID, "vm_name", a.VMName, "tenant", dropped.String(),
+			"replaced", agentIDs(replaced))
+	}
 	s.log.InfoContext(ctx, "agent registered", "agent_id", a.ID, "vm_name", a.VMName,
 		"url", a.URL, "attestation_type", a.Attestation.Type,
 		"attestation_status", a.Attestation.Status, "mrtd", a.Attestation.MRTD,
 		"tunnel_id", a.TunnelID, "replaced", len(replaced))
 	s.Wake()
+}
+
+// agentIDs returns the ids of agents, never nil.
+func agentIDs(agents []fleet.Agent) []string {
+	ids := []string{}
+	for _, a := range agents {
+		ids = append(ids, a.ID)
+	}
+	return ids
 }
 
 // refuseRegistration logs and audits a refused registration. holder is

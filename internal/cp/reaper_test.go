@@ -48,7 +48,7 @@ func newReapEnv(t *testing.T) *reapEnv {
 	a := fleet.Agent{ID: r.known.Name, VMName: "known", Hostname: "known.localhost",
 		Status: fleet.StatusHealthy, RegisteredAt: r.clock.Now(), TunnelID: r.known.ID,
 		TokenHash: fleet.HashToken("tok")}
-	if _, err := r.c.store.Register(context.Background(), a); err != nil {
+	if _, err := r.c.store.Register(context.Background(), a, nil); err != nil {
 		t.Fatal(err)
 	}
 

@@ -21,7 +21,7 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/audit"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
 	"github.com/devopsdefender/devopsdefender/internal/ingress"
-	"github.com/devopsdefender/devopsdefender/internal/sqlstmt"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
@@ -41,12 +41,17 @@ type Options struct {
 	Now func() time.Time
 }
 
+// maxIdleConns is how many connections the store keeps open between uses.
+// Open connections are not capped: a transaction may need a second
+// connection for a statement prepared on first use.
+const maxIdleConns = 8
+
 // Store is the agent registry kept in one SQLite file. It is safe for
 // concurrent use; several processes may open the same file, because
 // SQLite's locking (WAL mode plus a busy timeout) serialises writers.
 type Store struct {
 	db    *sql.DB
-	q     *sqlstmt.Cache // the hot queries, prepared once
+	q     *sqldb.DB // queries and writes; db itself only for migrations
 	log   *slog.Logger
 	audit *audit.Log
 
@@ -130,13 +135,17 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
 	}
+	// A new SQLite connection reads the schema and prepares every
+	// statement again; database/sql's default of two idle connections
+	// made concurrent requests open and close one each.
+	db.SetMaxIdleConns(maxIdleConns)
 
-	s := &Store{db: db, q: sqlstmt.New(db), log: log}
+	s := &Store{db: db, q: sqldb.New(db), log: log}
 	if err := s.init(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
 	}
-	if s.audit, err = openAudit(ctx, db, log, opts.Now); err != nil {
+	if s.audit, err = openAudit(ctx, s.q, log, opts.Now); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("fleet: opening %s: %w", path, err)
 	}
@@ -146,9 +155,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 
 // openAudit prepares the audit log that shares the registry's database,
 // so that a registration and its record live and are backed up together.
-func openAudit(ctx context.Context, db *sql.DB, log *slog.Logger,
+func openAudit(ctx context.Context, db *sqldb.DB, log *slog.Logger,
 	now func() time.Time) (*audit.Log, error) {
-	if err := audit.Migrate(ctx, db); err != nil {
+	if err := audit.Migrate(ctx, db.SQL()); err != nil {
 		return nil, err
 	}
 	return audit.Open(ctx, db, audit.Options{Logger: log, Now: now})
@@ -221,19 +230,22 @@ func (s *Store) migrateStep(ctx context.Context) (done bool, err error) {
 // Close closes the database. Calling it again returns the first result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeErr = errors.Join(s.q.Close(), s.audit.Close(), s.db.Close())
+		s.closeErr = errors.Join(s.q.Close(), s.db.Close())
 	})
 	return s.closeErr
 }
 
 // Register stores a new agent. In the same transaction it removes every
 // other agent with the same VMName, which it returns so that the caller can
-// release what they held (their ingress). A nil a.Tenant is taken from a
+// release what they held (their ingress), and, if audited is not nil,
+// appends the audit entry that audited returns for them: a registration
+// is never stored without its record. A nil a.Tenant is taken from a
 // replaced record only if that record has a's signing key (see
 // [SameSigningKey]): a restarted agent keeps its tenant, a newcomer
 // under the same name starts without one. Register fails with [ErrExists]
 // if the id is taken, and changes nothing on any error.
-func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err error) {
+func (s *Store) Register(ctx context.Context, a Agent,
+	audited func(replaced []Agent) audit.Event) (replaced []Agent, err error) {
 	if err := a.validate(); err != nil {
 		return nil, fmt.Errorf("fleet: registering agent: %w", err)
 	}
@@ -242,38 +254,36 @@ func (s *Store) Register(ctx context.Context, a Agent) (replaced []Agent, err er
 	if err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+
+	err = s.q.Write(ctx, func(tx sqldb.Tx) error {
+		if replaced, err = s.registerTx(ctx, tx, a, rec); err != nil || audited == nil {
+			return err
+		}
+		_, err = s.audit.AppendTx(ctx, tx, audited(replaced))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
-	}
-	defer tx.Rollback()
-
-	replaced, err = s.registerTx(ctx, s.q.Tx(tx), a, rec)
-	if err != nil {
-		return nil, err
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("fleet: registering agent %s: committing: %w", a.ID, err)
 	}
 
 	return replaced, nil
 }
 
-func (s *Store) registerTx(ctx context.Context, tx sqlstmt.Tx, a Agent,
+func (s *Store) registerTx(ctx context.Context, tx sqldb.Tx, a Agent,
 	rec []any) ([]Agent, error) {
 	var n int
 	err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM agents WHERE id = ?", a.ID).Scan(&n)
 	if err != nil {
-		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+		return nil, err
 	}
 	if n > 0 {
-		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, ErrExists)
+		return nil, ErrExists
 	}
 
 	replaced, err := queryAgents(ctx, tx,
 		"SELECT "+agentColumns+" FROM agents WHERE vm_name = ? ORDER BY id", a.VMName)
 	if err != nil {
-		return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+		return nil, err
 	}
 	// The tenant outlives one registration only for the holder of the
 	// same signing key, i.e. the same agent restarted. Anyone else who
@@ -282,16 +292,16 @@ func (s *Store) registerTx(ctx context.Context, tx sqlstmt.Tx, a Agent,
 		if t := inheritedTenant(&a, replaced); t != nil {
 			a.Tenant = t
 			if rec, err = encodeAgent(&a); err != nil {
-				return nil, fmt.Errorf("fleet: registering agent %s: %w", a.ID, err)
+				return nil, err
 			}
 		}
 	}
 
 	if _, err := tx.ExecContext(ctx, "DELETE FROM agents WHERE vm_name = ?", a.VMName); err != nil {
-		return nil, fmt.Errorf("fleet: registering agent %s: removing old: %w", a.ID, err)
+		return nil, fmt.Errorf("removing old: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, insertAgent, rec...); err != nil {
-		return nil, fmt.Errorf("fleet: registering agent %s: inserting: %w", a.ID, err)
+		return nil, fmt.Errorf("inserting: %w", err)
 	}
 
 	return replaced, nil

@@ -57,7 +57,7 @@ func TestRegisterGetList(t *testing.T) {
 	b := newAgent("dd-dev-agent-0000000b", "bravo", "tok-b")
 	a := newAgent("dd-dev-agent-0000000a", "alpha", "tok-a")
 	for _, ag := range []Agent{b, a} {
-		replaced, err := s.Register(ctx, ag)
+		replaced, err := s.Register(ctx, ag, nil)
 		if err != nil || len(replaced) != 0 {
 			t.Fatalf("Register(%s) = %v, %v; want nothing replaced", ag.ID, replaced, err)
 		}
@@ -111,13 +111,13 @@ func TestRegisterReplacesSameVMName(t *testing.T) {
 	old := newAgent("dd-dev-agent-00000001", "web", "old")
 	other := newAgent("dd-dev-agent-00000002", "db", "other")
 	for _, ag := range []Agent{old, other} {
-		if _, err := s.Register(ctx, ag); err != nil {
+		if _, err := s.Register(ctx, ag, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	replacement := newAgent("dd-dev-agent-00000003", "web", "new")
-	replaced, err := s.Register(ctx, replacement)
+	replaced, err := s.Register(ctx, replacement, nil)
 	if err != nil {
 		t.Fatalf("Register: %v", err)
 	}
@@ -138,7 +138,7 @@ func TestRegisterRejectsBadInputAndChangesNothing(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, filepath.Join(t.TempDir(), "fleet.db"))
 	first := newAgent("dd-dev-agent-00000001", "web", "tok")
-	if _, err := s.Register(ctx, first); err != nil {
+	if _, err := s.Register(ctx, first, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -154,7 +154,7 @@ func TestRegisterRejectsBadInputAndChangesNothing(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a := newAgent("dd-dev-agent-00000009", "web", "tok2")
 			mutate(&a)
-			if _, err := s.Register(ctx, a); err == nil {
+			if _, err := s.Register(ctx, a, nil); err == nil {
 				t.Fatal("Register succeeded, want error")
 			}
 
@@ -169,16 +169,75 @@ func TestRegisterRejectsBadInputAndChangesNothing(t *testing.T) {
 	}
 
 	a := newAgent(first.ID, "other", "x")
-	if _, err := s.Register(ctx, a); !errors.Is(err, ErrExists) {
+	if _, err := s.Register(ctx, a, nil); !errors.Is(err, ErrExists) {
 		t.Errorf("duplicate id error = %v, want ErrExists", err)
 	}
+}
+
+// TestRegisterRecordsItsAuditEntry checks that a registration and its
+// audit entry are committed together: both, or neither when either fails.
+func TestRegisterRecordsItsAuditEntry(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, filepath.Join(t.TempDir(), "fleet.db"))
+
+	old := newAgent("dd-dev-agent-00000001", "web", "old")
+	if _, err := s.Register(ctx, old, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	var sawReplaced []string
+	event := func(action audit.Action) func([]Agent) audit.Event {
+		return func(replaced []Agent) audit.Event {
+			sawReplaced = ids(replaced)
+			return audit.Event{Actor: audit.Agent("dd-dev-agent-00000002"), Action: action,
+				Target: "dd-dev-agent-00000002", Outcome: audit.OutcomeOK}
+		}
+	}
+
+	// An entry the log refuses leaves the registry as it was.
+	next := newAgent("dd-dev-agent-00000002", "web", "new")
+	if _, err := s.Register(ctx, next, event("")); !errors.Is(err, audit.ErrInvalid) {
+		t.Fatalf("Register with an invalid entry = %v, want audit.ErrInvalid", err)
+	}
+	if got, err := s.ByVMName(ctx, "web"); err != nil || got.ID != old.ID {
+		t.Errorf("web after the failed registration = %s, %v; want %s", got.ID, err, old.ID)
+	}
+
+	// A refused registration records nothing.
+	dup := newAgent(old.ID, "db", "dup")
+	if _, err := s.Register(ctx, dup, event(audit.ActionRegistration)); !errors.Is(err,
+		ErrExists) {
+		t.Fatalf("Register of a taken id = %v, want ErrExists", err)
+	}
+	if n := auditEntries(t, s); n != 0 {
+		t.Fatalf("audit log holds %d entries after two failures, want 0", n)
+	}
+
+	if _, err := s.Register(ctx, next, event(audit.ActionRegistration)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{old.ID}, sawReplaced); diff != "" {
+		t.Errorf("records the event saw replaced (-want +got):\n%s", diff)
+	}
+	if n := auditEntries(t, s); n != 1 {
+		t.Errorf("audit log holds %d entries, want the registration's 1", n)
+	}
+}
+
+func auditEntries(t *testing.T, s *Store) int {
+	t.Helper()
+	page, err := s.Audit().List(context.Background(), audit.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(page.Entries)
 }
 
 func TestHealthAndStatusUpdates(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, filepath.Join(t.TempDir(), "fleet.db"))
 	a := newAgent("dd-dev-agent-00000001", "web", "tok")
-	if _, err := s.Register(ctx, a); err != nil {
+	if _, err := s.Register(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -225,7 +284,7 @@ func TestAuthenticateAgent(t *testing.T) {
 	s := openStore(t, filepath.Join(t.TempDir(), "fleet.db"))
 	const token = "dd_agent_secret-token"
 	a := newAgent("dd-dev-agent-00000001", "web", token)
-	if _, err := s.Register(ctx, a); err != nil {
+	if _, err := s.Register(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -263,7 +322,7 @@ func TestRestartKeepsAgents(t *testing.T) {
 	}
 
 	a := newAgent("dd-dev-agent-00000001", "web", "tok")
-	if _, err := s.Register(ctx, a); err != nil {
+	if _, err := s.Register(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -338,7 +397,7 @@ func TestConcurrentWriters(t *testing.T) {
 	const n = 4
 	for i := range n {
 		a := newAgent(fmt.Sprintf("dd-dev-agent-%08d", i), fmt.Sprintf("vm%d", i), "tok")
-		if _, err := s1.Register(ctx, a); err != nil {
+		if _, err := s1.Register(ctx, a, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -351,7 +410,7 @@ func TestConcurrentWriters(t *testing.T) {
 		wg.Go(func() { errs <- s2.SetStatus(ctx, id, StatusStale, "x") })
 		wg.Go(func() {
 			a := newAgent(fmt.Sprintf("dd-dev-agent-%08d", i+n), fmt.Sprintf("vm%d", i), "t")
-			_, err := s2.Register(ctx, a)
+			_, err := s2.Register(ctx, a, nil)
 			errs <- err
 		})
 		wg.Go(func() { _, err := s1.List(ctx); errs <- err })
@@ -378,7 +437,7 @@ func TestAttestationAndKeysRoundTrip(t *testing.T) {
 	a := newAgent("dd-test-agent-1", "vm-1", "tok")
 	a.SigningKey = bytes.Repeat([]byte{1}, 32)
 	a.NoiseKey = bytes.Repeat([]byte{2}, 32)
-	if _, err := s.Register(ctx, a); err != nil {
+	if _, err := s.Register(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -413,7 +472,7 @@ func TestTenantPersists(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fleet.db")
 	s := openStore(t, path)
 	a := newAgent("dd-test-agent-1", "vm-1", "tok")
-	if _, err := s.Register(ctx, a); err != nil {
+	if _, err := s.Register(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -469,7 +528,7 @@ func TestReRegistrationTenant(t *testing.T) {
 			s := openStore(t, filepath.Join(t.TempDir(), "fleet.db"))
 			old := newAgent("dd-test-agent-1", "vm-1", "tok")
 			old.SigningKey = tt.oldKey
-			if _, err := s.Register(ctx, old); err != nil {
+			if _, err := s.Register(ctx, old, nil); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := s.SetTenant(ctx, old.ID, acme); err != nil {
@@ -478,7 +537,7 @@ func TestReRegistrationTenant(t *testing.T) {
 
 			a := newAgent("dd-test-agent-2", "vm-1", "tok2")
 			a.SigningKey, a.Tenant = tt.newKey, tt.newTenant
-			replaced, err := s.Register(ctx, a)
+			replaced, err := s.Register(ctx, a, nil)
 			if err != nil || len(replaced) != 1 {
 				t.Fatalf("Register = %v, %v; want the old record replaced", ids(replaced), err)
 			}
@@ -531,7 +590,7 @@ func TestTunnelAndClaimsPersist(t *testing.T) {
 	s := openStore(t, path)
 	a := newAgent("dd-dev-agent-0000000a", "alpha", "tok-a")
 	a.TunnelID = "5f0c2a9e-0000-4000-8000-000000000001"
-	if _, err := s.Register(ctx, a); err != nil {
+	if _, err := s.Register(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
 
