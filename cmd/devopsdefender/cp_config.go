@@ -94,7 +94,7 @@ func (f *cpIdentityFlags) applySessions(ctx context.Context, e fleetenv.Env, hos
 		public = "https://" + hostname
 	}
 	sessions, err := websession.New(ctx, websession.Options{
-		DB: store.DB(), Env: e, PublicURL: public, Owner: opts.Owner,
+		DB: store.Shared(), Env: e, PublicURL: public, Owner: opts.Owner,
 		TenantAgents: cp.TenantsOf(store), OnEvent: cp.SessionEvents(store),
 		GitHub: websession.GitHub{ClientID: id, ClientSecret: secret}, Logger: log,
 	})

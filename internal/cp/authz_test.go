@@ -110,7 +110,7 @@ func newSessionEnv(t *testing.T, users []websession.LocalUser,
 	e := newTestEnv(t, func(o *Options) {
 		o.Owner = testOwner
 		o.Sessions, err = websession.New(context.Background(), websession.Options{
-			DB: o.Store.DB(), Env: fleetenv.Dev, PublicURL: appURL, Owner: testOwner,
+			DB: o.Store.Shared(), Env: fleetenv.Dev, PublicURL: appURL, Owner: testOwner,
 			TenantAgents: TenantsOf(o.Store), HTTPClient: loopbackClient(t),
 			GitHub: websession.GitHub{ClientID: "cid", ClientSecret: "csecret-0123456789",
 				WebURL: ghURL, APIURL: ghURL, Local: true}})

@@ -295,7 +295,7 @@ func (f *Fleet) newCP(ctx context.Context, store *fleet.Store, url string) (*cp.
 	}
 
 	sessions, err := websession.New(ctx, websession.Options{
-		DB: store.DB(), Env: fleetenv.Dev, PublicURL: f.dashboardOrigin(), Owner: f.owner(),
+		DB: store.Shared(), Env: fleetenv.Dev, PublicURL: f.dashboardOrigin(), Owner: f.owner(),
 		TenantAgents: cp.TenantsOf(store), HTTPClient: localedge.HTTPClient(),
 		GitHub: websession.GitHub{ClientID: oauthClientID, ClientSecret: f.secrets.OAuthSecret,
 			WebURL: f.githubURL, APIURL: f.githubURL, Local: true},

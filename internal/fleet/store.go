@@ -459,6 +459,10 @@ func (s *Store) SetClaims(ctx context.Context, id string, claims []ingress.Claim
 // tables share.
 func (s *Store) DB() *sql.DB { return s.db }
 
+// Shared returns the store's database handle, which the audit log and the
+// session tables share.
+func (s *Store) Shared() *sqldb.DB { return s.q }
+
 // SetStatus sets an agent's status and last error, leaving LastSeen alone.
 func (s *Store) SetStatus(ctx context.Context, id string, status Status, lastError string) error {
 	if !status.Valid() {

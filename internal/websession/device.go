@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/devopsdefender/devopsdefender/internal/httpapi"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 // Error codes of POST /auth/device/poll, after RFC 8628 §3.5.
@@ -304,27 +305,29 @@ func (s *Service) checkPoll(ctx context.Context, hash string, row *deviceRow,
 func (s *Service) issueDeviceToken(w http.ResponseWriter, r *http.Request, hash string,
 	row *deviceRow, approver *Session) error {
 	ctx := r.Context()
-	tx, err := s.cfg.DB.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("websession: issuing device token: %w", err)
-	}
-	defer tx.Rollback()
+	var (
+		used  bool
+		token string
+		sess  *Session
+	)
+	err := s.cfg.DB.Write(ctx, func(tx sqldb.Tx) error {
+		ok, err := s.consumeDevice(ctx, tx, hash, "approved")
+		if err != nil || !ok {
+			used = !ok
+			return err
+		}
 
-	ok, err := s.consumeDevice(ctx, tx, hash, "approved")
-	if err != nil {
+		token, sess, err = s.createSession(ctx, tx, row.grant, ClientDevice, approver)
 		return err
-	}
-	if !ok {
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("websession: issuing device token: %w", err)
+	case used:
+		// Another poll got the token between this one's read and its
+		// write; the empty transaction committed harmlessly.
 		return &httpapi.Error{Status: http.StatusBadRequest, Code: CodeExpiredToken,
 			Message: "device code already used; start again"}
-	}
-
-	token, sess, err := s.createSession(ctx, tx, row.grant, ClientDevice, approver)
-	if err != nil {
-		return fmt.Errorf("websession: issuing device token: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("websession: issuing device token: %w", err)
 	}
 
 	s.log.InfoContext(ctx, "device paired", "login", sess.Login, "session", sess.ID)

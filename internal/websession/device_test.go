@@ -202,8 +202,9 @@ func TestDeviceTokenRevoked(t *testing.T) {
 			// As if the device's row had been written after its parent
 			// was revoked: only the parent is marked.
 			approver, _ := b.session()
-			if _, err := f.svc.cfg.DB.Exec(`UPDATE websession_sessions SET revoked_at = 1
-				WHERE id = ?`, approver.ID); err != nil {
+			if _, err := f.svc.cfg.DB.ExecContext(context.Background(),
+				`UPDATE websession_sessions SET revoked_at = 1 WHERE id = ?`,
+				approver.ID); err != nil {
 				t.Fatal(err)
 			}
 		}},

@@ -17,6 +17,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 
 	_ "modernc.org/sqlite"
 )
@@ -59,6 +60,15 @@ func openDB(t *testing.T) *sql.DB {
 	return db
 }
 
+// openShared wraps a fresh database as the registry shares it.
+func openShared(t *testing.T) *sqldb.DB {
+	t.Helper()
+	d := sqldb.New(openDB(t))
+	// Cleanups run last first: this closes before the database.
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
 // localhostClient dials every host at 127.0.0.1 on the URL's port, so
 // that "app.localhost:PORT" and "github.localhost:PORT" reach the test
 // servers. It does not follow redirects: tests check each hop.
@@ -82,7 +92,7 @@ func localhostClient(jar http.CookieJar) *http.Client {
 type fleet struct {
 	t        *testing.T
 	clock    *clock
-	db       *sql.DB
+	db       *sqldb.DB
 	svc      *Service
 	provider *LocalProvider
 	appURL   string
@@ -95,7 +105,7 @@ type fleet struct {
 
 func newFleet(t *testing.T, users []LocalUser, tweak ...func(*Options)) *fleet {
 	t.Helper()
-	f := &fleet{t: t, clock: newClock(), db: openDB(t), tenants: map[string]ghoidc.Principal{}}
+	f := &fleet{t: t, clock: newClock(), db: openShared(t), tenants: map[string]ghoidc.Principal{}}
 	provider, err := NewLocalProvider(LocalProviderOptions{Env: fleetenv.Dev,
 		ClientID: testClientID, ClientSecret: testClientSecret, Users: users, Now: f.clock.Now})
 	if err != nil {

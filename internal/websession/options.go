@@ -2,7 +2,6 @@ package websession
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/devopsdefender/devopsdefender/internal/fleetenv"
 	"github.com/devopsdefender/devopsdefender/internal/ghoidc"
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 // Defaults of [Options].
@@ -34,8 +34,11 @@ const (
 // Options configures [New].
 type Options struct {
 	// DB holds the session tables. Required. The caller opens it with the
-	// modernc.org/sqlite driver and closes it; [New] runs [Migrate].
-	DB *sql.DB
+	// modernc.org/sqlite driver, wraps it with [sqldb.New] and closes it;
+	// [New] runs [Migrate]. Pass the registry's handle, so that session
+	// writes take their turn with the registry's and the audit log's
+	// instead of waiting in SQLite's busy handler.
+	DB *sqldb.DB
 
 	// Env is the installation. It decides whether plain HTTP and the local
 	// OAuth provider may be used: never in production or staging.

@@ -62,7 +62,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		return nil, err
 	}
 
-	if err := Migrate(ctx, cfg.DB); err != nil {
+	if err := Migrate(ctx, cfg.DB.SQL()); err != nil {
 		return nil, err
 	}
 

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/devopsdefender/devopsdefender/internal/sqldb"
 )
 
 // migrations is the schema ladder of this package's tables: migrations[i]
@@ -122,7 +124,7 @@ func migrateStep(ctx context.Context, db *sql.DB) (done bool, err error) {
 
 // storedSecret returns the secret kept in the database, creating it on
 // first use.
-func storedSecret(ctx context.Context, db *sql.DB) ([]byte, error) {
+func storedSecret(ctx context.Context, db *sqldb.DB) ([]byte, error) {
 	fresh := make([]byte, minSecret)
 	rand.Read(fresh)
 	if _, err := db.ExecContext(ctx,
@@ -154,6 +156,8 @@ type sessionRow struct {
 const sessionColumns = `id, login, user_id, role, client, agents, owner, parent,
 	created_at, expires_at, revoked_at`
 
+// execer runs a write: a *sqldb.DB, which takes this process's turn of
+// writers, or a sqldb.Tx, which already holds it.
 type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
@@ -174,7 +178,7 @@ func insertSession(ctx context.Context, db execer, r *sessionRow) error {
 	return nil
 }
 
-func getSession(ctx context.Context, db *sql.DB, id string) (*sessionRow, error) {
+func getSession(ctx context.Context, db *sqldb.DB, id string) (*sessionRow, error) {
 	var (
 		r                  sessionRow
 		role, client, agts string

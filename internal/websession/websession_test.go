@@ -19,7 +19,7 @@ import (
 )
 
 func validOptions(t *testing.T) Options {
-	return Options{DB: openDB(t), Env: fleetenv.Dev, PublicURL: "https://app.example.com",
+	return Options{DB: openShared(t), Env: fleetenv.Dev, PublicURL: "https://app.example.com",
 		Owner: testOwner, GitHub: GitHub{ClientID: "id", ClientSecret: "secret"}}
 }
 
