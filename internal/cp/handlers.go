@@ -111,10 +111,11 @@ type admission struct {
 }
 
 // admit stores the checked registration a, which replaces holder (nil:
-// none), once its VM name and hostnames are confirmed free for it under
-// regMu, and creates its tunnel. Only this check-and-store runs under the
-// lock: registrations queue here, so everything that can happen before
-// or after it does.
+// none), with its audit entry, once its VM name and hostnames are
+// confirmed free for it under regMu; it creates a's tunnel and deletes
+// those of the records a replaced. Only this runs under the lock:
+// registrations queue here, so everything that can happen before or
+// after it does.
 func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 	holder *fleet.Agent) (admission, error) {
 	s.regMu.Lock()
@@ -147,6 +148,13 @@ func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 	}
 	s.release(ctx, released)
 
+	// The new tunnel took the hostnames over when it was created; the
+	// replaced registration's tunnel keeps only what nobody else uses.
+	// Deleting it reads which names point at it, then deletes those: it
+	// must not interleave with another change of the same names.
+	for _, old := range replaced {
+		s.deleteTunnel(ctx, old.TunnelID, old.ID)
+	}
 	return admission{tunnelToken: tunnelToken, replaced: replaced}, nil
 }
 
@@ -167,15 +175,8 @@ func registrationEvent(a *fleet.Agent, replaced []fleet.Agent) audit.Event {
 }
 
 // registered finishes the registration of a, which replaced the records
-// replaced: it deletes their tunnels, logs the registration and wakes the
-// collector to scrape a.
+// replaced: it logs the registration and wakes the collector to scrape a.
 func (s *Server) registered(ctx context.Context, a *fleet.Agent, replaced []fleet.Agent) {
-	// The new tunnel took the hostnames over when it was created; the
-	// replaced registration's tunnel keeps only what nobody else uses.
-	for _, old := range replaced {
-		s.deleteTunnel(ctx, old.TunnelID, old.ID)
-	}
-
 	if dropped := droppedTenant(a, replaced); dropped != nil {
 		s.log.WarnContext(ctx, "tenant dropped: vm name registered with other keys",
 			"agent_id", a.ID, "vm_name", a.VMName, "tenant", dropped.String(),

@@ -360,14 +360,15 @@ func (s *Store) ByVMNames(ctx context.Context, vmNames []string) ([]Agent, error
 		return nil, nil
 	}
 
-	args := make([]any, len(vmNames))
-	for i, n := range vmNames {
-		args[i] = n
+	// One JSON array rather than a "?" per name keeps the query text, and
+	// so its prepared statement, the same for any number of names.
+	names, err := json.Marshal(vmNames)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: reading vms %v: %w", vmNames, err)
 	}
-
-	marks := strings.TrimSuffix(strings.Repeat("?,", len(vmNames)), ",")
 	agents, err := queryAgents(ctx, s.q, "SELECT "+agentColumns+
-		" FROM agents WHERE vm_name IN ("+marks+") ORDER BY vm_name", args...)
+		" FROM agents WHERE vm_name IN (SELECT value FROM json_each(?)) ORDER BY vm_name",
+		string(names))
 	if err != nil {
 		return nil, fmt.Errorf("fleet: reading vms %v: %w", vmNames, err)
 	}

@@ -43,8 +43,10 @@ type DB struct {
 
 // New returns db, which should begin its transactions IMMEDIATE (the
 // modernc.org/sqlite DSN parameter _txlock=immediate) so that a write
-// transaction holds SQLite's write lock from its start. The caller keeps
-// owning db, and closes the returned DB before it.
+// transaction holds SQLite's write lock from its start, and must not be
+// limited to one open connection: the first use of a query inside a
+// transaction prepares it on another. The caller keeps owning db, and
+// closes the returned DB just before it.
 func New(db *sql.DB) *DB {
 	return &DB{db: db, stmts: map[string]*sql.Stmt{}}
 }
@@ -97,8 +99,8 @@ func (d *DB) Write(ctx context.Context, fn func(Tx) error) error {
 	return nil
 }
 
-// Close closes the prepared statements; the database stays open. Queries
-// after Close still work, unprepared.
+// Close closes the prepared statements. Call it as the database closes:
+// a query that runs meanwhile may fail.
 func (d *DB) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -117,26 +119,50 @@ func (d *DB) Close() error {
 // cache is full or closed.
 func (d *DB) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	st, ok := d.stmts[query]
+	full := d.closed || len(d.stmts) >= maxStatements
+	d.mu.Unlock()
 
-	if st, ok := d.stmts[query]; ok {
+	switch {
+	case ok:
 		return st, nil
-	}
-	if d.closed || len(d.stmts) >= maxStatements {
+	case full:
 		return nil, nil
 	}
 
-	// Preparing under mu keeps two callers from preparing the same text;
-	// it happens once per text for the life of d.
+	// Prepare without holding mu, which every query takes: a slow
+	// preparation must not hold up the statements already prepared.
 	st, err := d.db.PrepareContext(ctx, query)
 	if err != nil {
 		return nil, err
 	}
-	d.stmts[query] = st
-	return st, nil
+	return d.keep(query, st), nil
 }
 
-// Tx is a transaction of [DB.Write].
+// keep caches st for query and returns the statement to use: st, the one
+// another caller prepared meanwhile, or nil to run query unprepared if the
+// cache filled or closed meanwhile.
+func (d *DB) keep(query string, st *sql.Stmt) *sql.Stmt {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	kept, ok := d.stmts[query]
+	switch {
+	case ok:
+		st.Close()
+		return kept
+	case d.closed || len(d.stmts) >= maxStatements:
+		st.Close()
+		return nil
+	}
+
+	d.stmts[query] = st
+	return st
+}
+
+// Tx is a transaction of [DB.Write]. Its statements are shared by query
+// text: close the rows of a query before running the same text again in
+// the transaction.
 type Tx struct {
 	d  *DB
 	tx *sql.Tx

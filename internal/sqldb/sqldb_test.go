@@ -238,3 +238,30 @@ func sum(t *testing.T, d *DB, query string) int {
 	}
 	return total
 }
+
+// TestFirstUsesAtOnceKeepOneStatement runs a new query from several
+// goroutines at once: each gets an answer, and one statement is kept.
+func TestFirstUsesAtOnceKeepOneStatement(t *testing.T) {
+	ctx := context.Background()
+	d := openDB(t)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			var n int
+			errs <- d.QueryRowContext(ctx, "SELECT COUNT(*) FROM kv").Scan(&n)
+		})
+	}
+	wg.Wait()
+	close(errs)
+
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(d.stmts) != 1 {
+		t.Errorf("cache holds %d statements, want 1", len(d.stmts))
+	}
+}
