@@ -280,7 +280,7 @@ func (s *Service) checkPoll(ctx context.Context, hash string, row *deviceRow,
 			Code: CodeAuthorizationPending, Message: "waiting for approval"}
 	case "denied":
 		if _, err := s.consumeDevice(ctx, s.cfg.DB, hash, "denied"); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("websession: %w", err)
 		}
 		return nil, &httpapi.Error{Status: http.StatusForbidden, Code: CodeAccessDenied,
 			Message: "the device was denied"}
@@ -291,7 +291,7 @@ func (s *Service) checkPoll(ctx context.Context, hash string, row *deviceRow,
 	approver, err := s.lookup(ctx, row.approver, ClientBrowser)
 	if err != nil {
 		if _, err := s.consumeDevice(ctx, s.cfg.DB, hash, "approved"); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("websession: %w", err)
 		}
 		return nil, &httpapi.Error{Status: http.StatusForbidden, Code: CodeAccessDenied,
 			Message: "the approving session has ended", Err: err}
@@ -347,12 +347,12 @@ func (s *Service) consumeDevice(ctx context.Context, db execer, hash, from strin
 	res, err := db.ExecContext(ctx, `UPDATE websession_devices SET state = 'consumed'
 		WHERE code_hash = ? AND state = ?`, hash, from)
 	if err != nil {
-		return false, fmt.Errorf("websession: consuming device code: %w", err)
+		return false, fmt.Errorf("consuming device code: %w", err)
 	}
 
 	n, err := res.RowsAffected()
 	if err != nil {
-		return false, fmt.Errorf("websession: consuming device code: %w", err)
+		return false, fmt.Errorf("consuming device code: %w", err)
 	}
 	return n == 1, nil
 }
