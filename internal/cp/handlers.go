@@ -131,6 +131,9 @@ func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 		return admission{}, err
 	}
 
+	// TODO(#3): with Cloudflare this is several API calls under regMu, so
+	// registrations queue on them; reserve the hostnames under the lock
+	// and call the provider outside it.
 	tunnelToken, err := s.createAgentTunnel(ctx, a)
 	if errors.Is(err, ingress.ErrHostnameTaken) {
 		s.refuseRegistration(ctx, r, a.VMName, "", err)
