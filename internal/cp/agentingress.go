@@ -104,8 +104,9 @@ func (s *Server) checkOwnHostnames(hostnames []string) error {
 // the hostnames they give up are returned as released, for the caller to
 // remove from the dead records once its change is made ([Server.release]),
 // so that an agent coming back does not hold them too. An agent's earlier
-// registration keeps nothing from its successor. Call it with regMu held,
-// so that nothing is published between the check and the change.
+// registration keeps nothing from its successor. Call it with regMu held
+// and reserve the hostnames before letting go of it (reserve.go), so that
+// nothing else is published between the check and the change.
 func (s *Server) checkHostnames(ctx context.Context, vmName string,
 	hostnames []string) (released []releasedClaims, err error) {
 	if err := s.checkOwnHostnames(hostnames); err != nil {
@@ -133,17 +134,17 @@ func (s *Server) checkHostnames(ctx context.Context, vmName string,
 				"hostname %s is held by another agent", conflict)
 		}
 		if len(keep) != len(a.Claims) {
-			released = append(released, releasedClaims{agentID: a.ID, keep: keep})
+			released = append(released, releasedClaims{agentID: a.ID, hostnames: hostnames})
 		}
 	}
 	return released, nil
 }
 
-// releasedClaims are the claims a dead agent keeps after another agent
-// took some of its claims' hostnames.
+// releasedClaims names a dead agent that gives up its claims of any of
+// hostnames, which another agent takes over.
 type releasedClaims struct {
-	agentID string
-	keep    []ingress.Claim
+	agentID   string
+	hostnames []string
 }
 
 // holds checks agent a against hostnames: conflict is the first of them a
@@ -173,18 +174,41 @@ func (s *Server) holds(a *fleet.Agent, hostnames []string) (keep []ingress.Claim
 }
 
 // release removes from dead agents' records the claims whose hostnames a
-// change took over. A failure is logged: the hostnames already serve the
-// new holder, and a later check releases them again.
+// change took over. It reads each record again, since the claims may have
+// changed while the change was published; call it with regMu held. A
+// failure is logged: the hostnames already serve the new holder, and a
+// later check releases them again.
 func (s *Server) release(ctx context.Context, released []releasedClaims) {
 	for _, r := range released {
-		if err := s.store.SetClaims(ctx, r.agentID, r.keep); err != nil {
+		keep, err := s.keptClaims(ctx, r)
+		if err == nil {
+			err = s.store.SetClaims(ctx, r.agentID, keep)
+		}
+		if err != nil {
 			s.log.ErrorContext(ctx, "releasing a dead agent's claims failed",
 				"agent_id", r.agentID, "err", err)
 			continue
 		}
 		s.log.InfoContext(ctx, "dead agent's claims released", "agent_id", r.agentID,
-			"kept", len(r.keep))
+			"kept", len(keep))
 	}
+}
+
+// keptClaims returns the current claims of r's agent without those of
+// r's hostnames.
+func (s *Server) keptClaims(ctx context.Context, r releasedClaims) ([]ingress.Claim, error) {
+	a, err := s.store.Get(ctx, r.agentID)
+	if err != nil {
+		return nil, err
+	}
+
+	keep := []ingress.Claim{}
+	for _, c := range a.Claims {
+		if !slices.Contains(r.hostnames, ingress.ExtraHostname(a.Hostname, c.Label)) {
+			keep = append(keep, c)
+		}
+	}
+	return keep, nil
 }
 
 // possibleHolders lists the VM names whose agent could hold hostname h,
@@ -259,13 +283,7 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 
 	ctx := r.Context()
 	in := ingress.AgentIngress(a.Hostname, req.Claims)
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
-
-	released, err := s.checkHostnames(ctx, a.VMName, in.Hostnames())
-	if err == nil {
-		err = s.replaceIngress(ctx, a.ID, a.TunnelID, in)
-	}
+	err := s.changeIngress(ctx, a, req.Claims, in)
 
 	var he *httpapi.Error
 	if errors.As(err, &he) && he.Status == http.StatusConflict {
@@ -277,10 +295,6 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.store.SetClaims(ctx, a.ID, req.Claims); err != nil {
-		return fmt.Errorf("storing claims of %s: %w", a.ID, err)
-	}
-	s.release(ctx, released)
 
 	a.Claims = req.Claims
 	exposed := s.exposed(a)
@@ -291,6 +305,50 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 		"hostnames", in.Hostnames())
 	return httpapi.WriteJSON(w, http.StatusOK, cpapi.IngressResponse{AgentID: a.ID,
 		Hostnames: in.Hostnames(), Exposed: exposed})
+}
+
+// changeIngress publishes in, with claims, as agent a's ingress, once its
+// hostnames are free for a, and records the claims. The hostnames a
+// publishes or withdraws stay reserved meanwhile (reserve.go).
+func (s *Server) changeIngress(ctx context.Context, a *fleet.Agent, claims []ingress.Claim,
+	in ingress.Ingress) error {
+	hostnames, err := s.lockFor(ctx, func() ([]string, error) {
+		cur, err := s.store.Get(ctx, a.ID)
+		if errors.Is(err, fleet.ErrNotFound) {
+			// A registration of the same VM name replaced the record
+			// since the credential was checked.
+			return nil, conflict("the agent was registered again; use the new credential")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading agent %s: %w", a.ID, err)
+		}
+		return hostnameSet(in.Hostnames(), agentHostnames(cur.Hostname, cur.Claims)), nil
+	})
+	if err != nil {
+		return err
+	}
+
+	released, err := s.checkHostnames(ctx, a.VMName, in.Hostnames())
+	if err != nil {
+		s.regMu.Unlock()
+		return err
+	}
+	res := s.reserve(hostnames)
+	s.regMu.Unlock()
+	defer s.unreserve(res)
+
+	if err := s.replaceIngress(ctx, a.ID, a.TunnelID, in); err != nil {
+		return err
+	}
+
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+
+	if err := s.store.SetClaims(ctx, a.ID, claims); err != nil {
+		return fmt.Errorf("storing claims of %s: %w", a.ID, err)
+	}
+	s.release(ctx, released)
+	return nil
 }
 
 // replaceIngress publishes an agent's new ingress on its tunnel.

@@ -225,10 +225,11 @@ type Server struct {
 
 	nonces *nonces
 
-	// regMu serialises registrations and agents' ingress changes, so
-	// that checking a hostname is free, publishing it and recording its
-	// owner happen as one step for all callers.
-	regMu sync.Mutex
+	// regMu serialises the registry side of registrations and agents'
+	// ingress changes: checking who holds a hostname, reserving it while
+	// the provider publishes it, and recording its owner (reserve.go).
+	regMu    sync.Mutex
+	reserved map[string]*reservation // by hostname; guarded by regMu
 
 	// self is the control plane's own tunnel and fencing state.
 	self selfState
@@ -254,6 +255,7 @@ func New(opts Options) (*Server, error) {
 		started:   opts.Now(),
 		adminHash: sha256.Sum256([]byte(opts.AdminToken)),
 		wake:      make(chan struct{}, 1),
+		reserved:  map[string]*reservation{},
 		nonces:    newNonces(&opts),
 	}
 	s.self.fencedCh = make(chan struct{})

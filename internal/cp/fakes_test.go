@@ -41,6 +41,10 @@ type testIngress struct {
 	createErr error
 	creates   int
 	urls      map[string]string // hostname -> URL; default http://<hostname>
+
+	// calling, if set, runs before each CreateTunnel and ReplaceIngress
+	// with the tunnel name or id, e.g. to hold the call up.
+	calling func(op, name string)
 }
 
 func newTestIngress(t testing.TB, now func() time.Time) *testIngress {
@@ -61,13 +65,28 @@ func (f *testIngress) CreateTunnel(ctx context.Context, name string,
 	in ingress.Ingress) (ingress.Tunnel, error) {
 	f.mu.Lock()
 	f.creates++
-	err := f.createErr
+	err, calling := f.createErr, f.calling
 	f.mu.Unlock()
 	if err != nil {
 		return ingress.Tunnel{}, err
 	}
 
+	if calling != nil {
+		calling("create", name)
+	}
 	return f.Provider.CreateTunnel(ctx, name, in)
+}
+
+func (f *testIngress) ReplaceIngress(ctx context.Context, tunnelID string,
+	in ingress.Ingress) error {
+	f.mu.Lock()
+	calling := f.calling
+	f.mu.Unlock()
+
+	if calling != nil {
+		calling("replace", tunnelID)
+	}
+	return f.Provider.ReplaceIngress(ctx, tunnelID, in)
 }
 
 func (f *testIngress) publicURL(hostname string) string {

@@ -112,28 +112,20 @@ type admission struct {
 
 // admit stores the checked registration a, which replaces holder (nil:
 // none), with its audit entry, once its VM name and hostnames are
-// confirmed free for it under regMu; it creates a's tunnel and deletes
-// those of the records a replaced. Only this runs under the lock:
-// registrations queue here, so everything that can happen before or
-// after it does.
+// confirmed free for it; it creates a's tunnel and deletes those of the
+// records a replaced. Its hostnames and those of holder's tunnel stay
+// reserved meanwhile (reserve.go), so registrations of other names go on
+// while the provider works.
 func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 	holder *fleet.Agent) (admission, error) {
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
-
-	if err := s.confirmHolder(ctx, a.VMName, holder); err != nil {
-		s.refuseRegistration(ctx, r, a.VMName, holderID(holder), err)
-		return admission{}, err
-	}
-	released, err := s.checkHostnames(ctx, a.VMName, agentHostnames(a.Hostname, nil))
+	hostnames, released, err := s.lockRegistration(ctx, r, a, holder)
 	if err != nil {
-		s.refuseRegistration(ctx, r, a.VMName, "", err)
 		return admission{}, err
 	}
+	res := s.reserve(hostnames)
+	s.regMu.Unlock()
+	defer s.unreserve(res)
 
-	// TODO(#3): with Cloudflare this is several API calls under regMu, so
-	// registrations queue on them; reserve the hostnames under the lock
-	// and call the provider outside it.
 	tunnelToken, err := s.createAgentTunnel(ctx, a)
 	if errors.Is(err, ingress.ErrHostnameTaken) {
 		s.refuseRegistration(ctx, r, a.VMName, "", err)
@@ -142,23 +134,73 @@ func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 		return admission{}, err
 	}
 
-	replaced, err := s.store.Register(ctx, *a, func(replaced []fleet.Agent) audit.Event {
-		return registrationEvent(a, replaced)
-	})
+	replaced, err := s.storeRegistration(ctx, a, released)
 	if err != nil {
 		s.deleteTunnel(ctx, a.TunnelID, a.ID)
 		return admission{}, fmt.Errorf("storing registration of %s: %w", a.ID, err)
 	}
-	s.release(ctx, released)
 
 	// The new tunnel took the hostnames over when it was created; the
 	// replaced registration's tunnel keeps only what nobody else uses.
-	// Deleting it reads which names point at it, then deletes those: it
-	// must not interleave with another change of the same names.
+	// Deleting it reads which names point at it, then deletes those, so
+	// they stay reserved until it is done.
 	for _, old := range replaced {
 		s.deleteTunnel(ctx, old.TunnelID, old.ID)
 	}
 	return admission{tunnelToken: tunnelToken, replaced: replaced}, nil
+}
+
+// lockRegistration takes regMu for registration a once no hostname that a
+// publishes or that its VM name's current holder serves is reserved, and
+// checks that holder is still the holder and that a's hostnames are free
+// for it. It returns with regMu held, those hostnames and the dead
+// agents' claims that a takes over; on an error, audited if it is a
+// refusal, without regMu held.
+func (s *Server) lockRegistration(ctx context.Context, r *http.Request, a *fleet.Agent,
+	holder *fleet.Agent) ([]string, []releasedClaims, error) {
+	own := agentHostnames(a.Hostname, nil)
+	var confirmErr error
+	hostnames, err := s.lockFor(ctx, func() ([]string, error) {
+		cur, err := s.confirmHolder(ctx, a.VMName, holder)
+		if err != nil || cur == nil {
+			confirmErr = err
+			return own, err
+		}
+		return hostnameSet(own, agentHostnames(cur.Hostname, cur.Claims)), nil
+	})
+	if confirmErr != nil {
+		s.refuseRegistration(ctx, r, a.VMName, holderID(holder), confirmErr)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+
+	released, err := s.checkHostnames(ctx, a.VMName, own)
+	if err != nil {
+		s.regMu.Unlock()
+		s.refuseRegistration(ctx, r, a.VMName, "", err)
+		return nil, nil, err
+	}
+	return hostnames, released, nil
+}
+
+// storeRegistration records a and its audit entry, and takes the claims
+// released over from the dead agents that held them. It returns the
+// records that a replaced.
+func (s *Server) storeRegistration(ctx context.Context, a *fleet.Agent,
+	released []releasedClaims) ([]fleet.Agent, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+
+	replaced, err := s.store.Register(ctx, *a, func(replaced []fleet.Agent) audit.Event {
+		return registrationEvent(a, replaced)
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	s.release(ctx, released)
+	return replaced, nil
 }
 
 // registrationEvent is the audit entry of registration a, which replaced

@@ -89,21 +89,22 @@ func (s *Server) probeHolder(ctx context.Context, a *fleet.Agent) error {
 
 // confirmHolder returns a 409, which the agent retries, unless vmName is
 // still held by holder (nil: by none), the record [Server.nameHolder]
-// decided on. Call it with regMu held.
-func (s *Server) confirmHolder(ctx context.Context, vmName string, holder *fleet.Agent) error {
+// decided on; else the holder's current record. Call it with regMu held.
+func (s *Server) confirmHolder(ctx context.Context, vmName string,
+	holder *fleet.Agent) (*fleet.Agent, error) {
 	now, err := s.store.ByVMName(ctx, vmName)
 	switch {
 	case errors.Is(err, fleet.ErrNotFound):
 		if holder == nil {
-			return nil
+			return nil, nil
 		}
 	case err != nil:
-		return fmt.Errorf("looking up vm %s: %w", vmName, err)
+		return nil, fmt.Errorf("looking up vm %s: %w", vmName, err)
 	case holder != nil && now.ID == holder.ID:
-		return nil
+		return &now, nil
 	}
 
-	return conflict("vm_name changed hands during registration; retry")
+	return nil, conflict("vm_name changed hands during registration; retry")
 }
 
 // holderID returns the id of holder, or "" for none.

@@ -241,7 +241,7 @@ func TestConfirmHolderSeesRace(t *testing.T) {
 
 	registered(t, e.registerAs(t, newTestAgent(t), "web"))
 	var he *httpapi.Error
-	if err := e.srv.confirmHolder(ctx, "web", holder); !errors.As(err, &he) ||
+	if _, err := e.srv.confirmHolder(ctx, "web", holder); !errors.As(err, &he) ||
 		he.Status != http.StatusConflict {
 		t.Errorf("confirmHolder after a concurrent registration = %v, want a 409", err)
 	}
@@ -250,10 +250,10 @@ func TestConfirmHolderSeesRace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.srv.confirmHolder(ctx, "web", &now); err != nil {
-		t.Errorf("confirmHolder of the current holder = %v", err)
+	if cur, err := e.srv.confirmHolder(ctx, "web", &now); err != nil || cur.ID != now.ID {
+		t.Errorf("confirmHolder of the current holder = %v, %v; want %s", cur, err, now.ID)
 	}
-	if err := e.srv.confirmHolder(ctx, "db", nil); err != nil {
-		t.Errorf("confirmHolder of a free name = %v", err)
+	if cur, err := e.srv.confirmHolder(ctx, "db", nil); err != nil || cur != nil {
+		t.Errorf("confirmHolder of a free name = %v, %v; want none", cur, err)
 	}
 }
