@@ -27,9 +27,8 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/runtime"
 )
 
-// fixturesDir holds the real workload specs of the original system, in the
-// repository's sibling shared/ folder.
-const fixturesDir = "../../../shared/fixtures/workloads"
+// fixturesDir holds the real workload specs of the original system.
+const fixturesDir = "../../testdata/workloads"
 
 // oracleSpec returns the oracle-readonly fixture listening on loopback
 // port instead of 0.0.0.0:8082 (test servers listen on loopback only),
@@ -37,9 +36,6 @@ const fixturesDir = "../../../shared/fixtures/workloads"
 func oracleSpec(t *testing.T, port int) []byte {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(fixturesDir, "oracle-readonly.json"))
-	if os.IsNotExist(err) {
-		t.Skip("no oracle-readonly fixture (the shared/ folder next to the repository is absent)")
-	}
 	if err != nil {
 		t.Fatal(err)
 	}

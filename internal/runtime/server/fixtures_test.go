@@ -15,9 +15,8 @@ import (
 	"github.com/devopsdefender/devopsdefender/internal/workload"
 )
 
-// fixturesDir holds the real workload specs of the original system, in the
-// repository's sibling shared/ folder.
-const fixturesDir = "../../../../shared/fixtures/workloads"
+// fixturesDir holds the real workload specs of the original system.
+const fixturesDir = "../../../testdata/workloads"
 
 // TestBusyboxFixturesRun runs the two oracle specs, written for
 // EasyEnclave's busybox under /var/lib/easyenclave, unchanged except for
@@ -46,9 +45,6 @@ func TestBusyboxFixturesRun(t *testing.T) {
 func loadFixture(t testing.TB, name, old, new string) workload.Spec {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(fixturesDir, name))
-	if os.IsNotExist(err) {
-		t.Skipf("no fixture %s (the shared/ folder next to the repository is absent)", name)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
