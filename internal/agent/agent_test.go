@@ -136,6 +136,8 @@ func TestDeployRefusesBadRequests(t *testing.T) {
 		{"malformed", "good", js, `{"app_name":`, 400, httpapi.CodeBadRequest},
 		{"wrong type", "good", js, `{"cmd":"ls"}`, 400, httpapi.CodeBadRequest},
 		{"null cmd", "good", js, `{"cmd":null}`, 400, httpapi.CodeBadRequest},
+		{"nothing to run", "good", js, `{"app_name":"x"}`, 400, httpapi.CodeBadRequest},
+		{"empty cmd", "good", js, `{"app_name":"x","cmd":[]}`, 400, httpapi.CodeBadRequest},
 		{"path app name", "good", js, `{"app_name":"../x","cmd":["true"]}`, 400,
 			httpapi.CodeBadRequest},
 		{"bad expose", "good", js, `{"app_name":"x","cmd":["true"],` +

@@ -145,6 +145,11 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.BadRequest("%s", err.Error())
 	}
+	if len(spec.Cmd) == 0 && spec.GitHubRelease == nil {
+		// EasyEnclave accepts such a spec and fails the deployment
+		// afterwards; the agent can say so before anything starts.
+		return httpapi.BadRequest("workload: invalid spec: cmd or github_release is required")
+	}
 
 	// the body's hash identifies the spec to the idempotency table and the audit log
 	sum := sha256.Sum256(body)
