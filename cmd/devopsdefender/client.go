@@ -112,16 +112,27 @@ func (t *target) client(ctx context.Context) (*agentapi.Client, error) {
 	return t.devClient(ctx, hc)
 }
 
+// loadRunningFleet reads the dev.json of stateDir, and says how to start
+// the fleet when it is not running, rather than letting the first request
+// fail to connect.
+func loadRunningFleet(stateDir string) (devfleet.State, error) {
+	st, err := devfleet.LoadState(stateDir)
+	if err != nil {
+		return devfleet.State{}, err
+	}
+	if up, err := devfleet.Running(stateDir); err == nil && !up {
+		return devfleet.State{}, fmt.Errorf("the dev fleet of %s is not running: start it with "+
+			"`devopsdefender dev --state-dir %s`", stateDir, stateDir)
+	}
+	return st, nil
+}
+
 // devClient finds the agent in dev.json and mints a token from the dev
 // fleet's issuer unless one was given.
 func (t *target) devClient(ctx context.Context, hc *http.Client) (*agentapi.Client, error) {
-	st, err := devfleet.LoadState(t.stateDir)
+	st, err := loadRunningFleet(t.stateDir)
 	if err != nil {
 		return nil, err
-	}
-	if up, err := devfleet.Running(t.stateDir); err == nil && !up {
-		return nil, fmt.Errorf("the dev fleet of %s is not running: start it with "+
-			"`devopsdefender dev --state-dir %s`", t.stateDir, t.stateDir)
 	}
 
 	if t.agent == "" && len(st.Agents) == 1 {

@@ -175,6 +175,7 @@ func TestClientVerbsSayTheFleetIsDown(t *testing.T) {
 		{"deploy", "--state-dir", dir, "--agent", "agent-1",
 			filepath.Join("..", "..", "examples", "hello.json")},
 		{"logs", "--state-dir", dir, "--agent", "agent-1", "hello"},
+		{"dev", "token", "--state-dir", dir},
 	} {
 		var out, errOut bytes.Buffer
 		code := run(context.Background(), args, "", &out, &errOut)

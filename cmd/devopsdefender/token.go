@@ -74,7 +74,7 @@ func runDevToken(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return usagef("unexpected arguments: %v", fs.Args())
 	}
 
-	st, err := devfleet.LoadState(*stateDir)
+	st, err := loadRunningFleet(*stateDir)
 	if err != nil {
 		return err
 	}
