@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strings"
 )
 
@@ -179,9 +180,47 @@ func Unmarshal(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return BadRequest("invalid body: %s", err.Error())
+		return BadRequest("invalid body: %s", jsonMistake(err))
 	}
 	return nil
+}
+
+// jsonMistake says what was wrong with a JSON body in the terms of the
+// JSON the caller sent, not of the Go types it was decoded into.
+func jsonMistake(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if !errors.As(err, &typeErr) {
+		// Unknown fields and syntax errors already name what the caller
+		// wrote.
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+
+	field := typeErr.Field
+	if field == "" {
+		field = "the body"
+	} else {
+		field = fmt.Sprintf("field %q", field)
+	}
+	return fmt.Sprintf("%s must be %s, not %s", field, jsonKind(typeErr.Type), typeErr.Value)
+}
+
+// jsonKind names the JSON value that decodes into t.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "an object"
 }
 
 func isJSON(ct string) bool {
