@@ -104,9 +104,9 @@ func (s *Server) checkOwnHostnames(hostnames []string) error {
 // the hostnames they give up are returned as released, for the caller to
 // remove from the dead records once its change is made ([Server.release]),
 // so that an agent coming back does not hold them too. An agent's earlier
-// registration keeps nothing from its successor. Call it with regMu held
-// and reserve the hostnames before letting go of it (reserve.go), so that
-// nothing else is published between the check and the change.
+// registration keeps nothing from its successor. Call it with regMu held,
+// from [Server.reserveChecked], so that nothing else is published between
+// the check and the change (reserve.go).
 func (s *Server) checkHostnames(ctx context.Context, vmName string,
 	hostnames []string) (released []releasedClaims, err error) {
 	if err := s.checkOwnHostnames(hostnames); err != nil {
@@ -308,33 +308,20 @@ func (s *Server) setIngress(w http.ResponseWriter, r *http.Request) error {
 }
 
 // changeIngress publishes in, with claims, as agent a's ingress, once its
-// hostnames are free for a, and records the claims. The hostnames a
-// publishes or withdraws stay reserved meanwhile (reserve.go).
+// hostnames are free for a, and records the claims. a's VM name and those
+// of the agents that could hold in's hostnames stay reserved meanwhile
+// (reserve.go).
 func (s *Server) changeIngress(ctx context.Context, a *fleet.Agent, claims []ingress.Claim,
 	in ingress.Ingress) error {
-	hostnames, err := s.lockFor(ctx, func() ([]string, error) {
-		cur, err := s.store.Get(ctx, a.ID)
-		if errors.Is(err, fleet.ErrNotFound) {
-			// A registration of the same VM name replaced the record
-			// since the credential was checked.
-			return nil, conflict("the agent was registered again; use the new credential")
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading agent %s: %w", a.ID, err)
-		}
-		return hostnameSet(in.Hostnames(), agentHostnames(cur.Hostname, cur.Claims)), nil
+	var released []releasedClaims
+	res, err := s.reserveChecked(ctx, reservationKeys(a.VMName, in.Hostnames()), func() error {
+		var err error
+		released, err = s.checkHostnames(ctx, a.VMName, in.Hostnames())
+		return err
 	})
 	if err != nil {
 		return err
 	}
-
-	released, err := s.checkHostnames(ctx, a.VMName, in.Hostnames())
-	if err != nil {
-		s.regMu.Unlock()
-		return err
-	}
-	res := s.reserve(hostnames)
-	s.regMu.Unlock()
 	defer s.unreserve(res)
 
 	if err := s.replaceIngress(ctx, a.ID, a.TunnelID, in); err != nil {
@@ -344,7 +331,13 @@ func (s *Server) changeIngress(ctx context.Context, a *fleet.Agent, claims []ing
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
 
-	if err := s.store.SetClaims(ctx, a.ID, claims); err != nil {
+	err = s.store.SetClaims(ctx, a.ID, claims)
+	if errors.Is(err, fleet.ErrNotFound) {
+		// A registration of the same VM name replaced the record since
+		// the credential was checked, and deletes its tunnel.
+		return conflict("the agent was registered again; use the new credential")
+	}
+	if err != nil {
 		return fmt.Errorf("storing claims of %s: %w", a.ID, err)
 	}
 	s.release(ctx, released)

@@ -42,8 +42,8 @@ type testIngress struct {
 	creates   int
 	urls      map[string]string // hostname -> URL; default http://<hostname>
 
-	// calling, if set, runs before each CreateTunnel and ReplaceIngress
-	// with the tunnel name or id, e.g. to hold the call up.
+	// calling, if set, runs in each CreateTunnel, ReplaceIngress and
+	// DeleteTunnel with the tunnel name or id, e.g. to hold the call up.
 	calling func(op, name string)
 }
 
@@ -75,6 +75,31 @@ func (f *testIngress) CreateTunnel(ctx context.Context, name string,
 		calling("create", name)
 	}
 	return f.Provider.CreateTunnel(ctx, name, in)
+}
+
+// DeleteTunnel lists the records pointing at the tunnel, then deletes
+// them by id, as the Cloudflare provider does; calling runs in between.
+func (f *testIngress) DeleteTunnel(ctx context.Context, tunnelID string) error {
+	var ids []string
+	for _, r := range f.Provider.List(ctx, ingress.ListOptions{}).Records {
+		if r.TunnelID() == tunnelID {
+			ids = append(ids, r.ID)
+		}
+	}
+
+	f.mu.Lock()
+	calling := f.calling
+	f.mu.Unlock()
+	if calling != nil {
+		calling("delete", tunnelID)
+	}
+
+	for _, id := range ids {
+		if err := f.Provider.DeleteRecord(ctx, id); err != nil {
+			return err
+		}
+	}
+	return f.Provider.DeleteTunnel(ctx, tunnelID)
 }
 
 func (f *testIngress) ReplaceIngress(ctx context.Context, tunnelID string,

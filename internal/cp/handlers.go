@@ -113,17 +113,15 @@ type admission struct {
 // admit stores the checked registration a, which replaces holder (nil:
 // none), with its audit entry, once its VM name and hostnames are
 // confirmed free for it; it creates a's tunnel and deletes those of the
-// records a replaced. Its hostnames and those of holder's tunnel stay
-// reserved meanwhile (reserve.go), so registrations of other names go on
-// while the provider works.
+// records a replaced. Its VM name and those of the agents that could hold
+// its hostnames stay reserved meanwhile (reserve.go), so registrations of
+// other names go on while the provider works.
 func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 	holder *fleet.Agent) (admission, error) {
-	hostnames, released, err := s.lockRegistration(ctx, r, a, holder)
+	res, released, err := s.reserveRegistration(ctx, r, a, holder)
 	if err != nil {
 		return admission{}, err
 	}
-	res := s.reserve(hostnames)
-	s.regMu.Unlock()
 	defer s.unreserve(res)
 
 	tunnelToken, err := s.createAgentTunnel(ctx, a)
@@ -143,45 +141,41 @@ func (s *Server) admit(ctx context.Context, r *http.Request, a *fleet.Agent,
 	// The new tunnel took the hostnames over when it was created; the
 	// replaced registration's tunnel keeps only what nobody else uses.
 	// Deleting it reads which names point at it, then deletes those, so
-	// they stay reserved until it is done.
+	// its VM name stays reserved until it is done.
 	for _, old := range replaced {
 		s.deleteTunnel(ctx, old.TunnelID, old.ID)
 	}
 	return admission{tunnelToken: tunnelToken, replaced: replaced}, nil
 }
 
-// lockRegistration takes regMu for registration a once no hostname that a
-// publishes or that its VM name's current holder serves is reserved, and
-// checks that holder is still the holder and that a's hostnames are free
-// for it. It returns with regMu held, those hostnames and the dead
-// agents' claims that a takes over; on an error, audited if it is a
-// refusal, without regMu held.
-func (s *Server) lockRegistration(ctx context.Context, r *http.Request, a *fleet.Agent,
-	holder *fleet.Agent) ([]string, []releasedClaims, error) {
+// reserveRegistration reserves registration a's keys once holder is
+// confirmed as the holder of its VM name and its hostnames are free for
+// it, and returns the dead agents' claims that a takes over. A refusal is
+// audited.
+func (s *Server) reserveRegistration(ctx context.Context, r *http.Request, a *fleet.Agent,
+	holder *fleet.Agent) (*reservation, []releasedClaims, error) {
 	own := agentHostnames(a.Hostname, nil)
-	var confirmErr error
-	hostnames, err := s.lockFor(ctx, func() ([]string, error) {
-		cur, err := s.confirmHolder(ctx, a.VMName, holder)
-		if err != nil || cur == nil {
-			confirmErr = err
-			return own, err
+	var released []releasedClaims
+	refusedBy := ""
+	res, err := s.reserveChecked(ctx, reservationKeys(a.VMName, own), func() error {
+		if _, err := s.confirmHolder(ctx, a.VMName, holder); err != nil {
+			refusedBy = holderID(holder)
+			return err
 		}
-		return hostnameSet(own, agentHostnames(cur.Hostname, cur.Claims)), nil
-	})
-	if confirmErr != nil {
-		s.refuseRegistration(ctx, r, a.VMName, holderID(holder), confirmErr)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
 
-	released, err := s.checkHostnames(ctx, a.VMName, own)
+		var err error
+		released, err = s.checkHostnames(ctx, a.VMName, own)
+		return err
+	})
+
+	var he *httpapi.Error
+	if errors.As(err, &he) {
+		s.refuseRegistration(ctx, r, a.VMName, refusedBy, err)
+	}
 	if err != nil {
-		s.regMu.Unlock()
-		s.refuseRegistration(ctx, r, a.VMName, "", err)
 		return nil, nil, err
 	}
-	return hostnames, released, nil
+	return res, released, nil
 }
 
 // storeRegistration records a and its audit entry, and takes the claims

@@ -8,66 +8,86 @@ import (
 // Registrations and agents' ingress changes check who holds a hostname in
 // the registry, publish it at the ingress provider, then record it. With
 // Cloudflare the provider calls take a second or more, so they run
-// outside regMu: under regMu a change first waits until none of the
-// hostnames it publishes or withdraws is reserved, checks them, and
-// reserves them; it ends the reservation under regMu again once the
-// registry records the result. Changes of other hostnames go on
-// meanwhile; a change of the same hostnames waits and then checks what
-// the first one left.
+// outside regMu. Under regMu a change first waits until none of its keys
+// is reserved, checks the registry, and reserves its keys; it records the
+// result under regMu again and then ends the reservation. Changes with
+// other keys go on meanwhile; a change with a common key waits, then
+// checks what the first one left.
+//
+// The keys are VM names: the changing agent's own, and every VM whose
+// agent could hold a hostname the change publishes ([possibleHolders]).
+// A tunnel serves only hostnames made from its VM's name, so a change
+// that publishes h waits for every change to a tunnel that could serve h,
+// whatever the registry says that tunnel holds (a record left behind by
+// a failed provider call included).
 
-// reservation is one change's hold on hostnames while its provider calls
+// reservation is one change's hold on its keys while its provider calls
 // run. done is closed when it ends.
 type reservation struct {
-	hostnames []string
-	done      chan struct{}
+	keys []string
+	done chan struct{}
 }
 
-// lockFor takes regMu once none of the hostnames that names returns is
-// reserved, and returns with regMu held and those hostnames. names runs
-// under regMu, so it may read the registry as it stands; its error, or
-// ctx's, is returned without regMu held.
-func (s *Server) lockFor(ctx context.Context, names func() ([]string, error)) ([]string,
-	error) {
+// reservationKeys returns the keys of a change by the agent of vmName
+// that publishes hostnames.
+func reservationKeys(vmName string, hostnames []string) []string {
+	keys := []string{vmName}
+	for _, h := range hostnames {
+		keys = append(keys, possibleHolders(h)...)
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// reserveChecked waits until none of keys is reserved, runs check under
+// regMu and, if it passes, reserves keys until [Server.unreserve]. It
+// gives up with ctx.
+func (s *Server) reserveChecked(ctx context.Context, keys []string,
+	check func() error) (*reservation, error) {
+	if err := s.lockUnreserved(ctx, keys); err != nil {
+		return nil, err
+	}
+	defer s.regMu.Unlock()
+
+	if err := check(); err != nil {
+		return nil, err
+	}
+
+	r := &reservation{keys: keys, done: make(chan struct{})}
+	for _, k := range keys {
+		s.reserved[k] = r
+	}
+	return r, nil
+}
+
+// lockUnreserved takes regMu once none of keys is reserved, and returns
+// with it held; with ctx's error, without it.
+func (s *Server) lockUnreserved(ctx context.Context, keys []string) error {
 	for {
 		s.regMu.Lock()
-		hostnames, err := names()
-		if err != nil {
-			s.regMu.Unlock()
-			return nil, err
-		}
-		r := s.reservedAny(hostnames)
+		r := s.reservedAny(keys)
 		if r == nil {
-			return hostnames, nil
+			return nil
 		}
 		s.regMu.Unlock()
 
 		select {
 		case <-r.done:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }
 
-// reservedAny returns a reservation of any of hostnames, or nil. Call it
-// with regMu held.
-func (s *Server) reservedAny(hostnames []string) *reservation {
-	for _, h := range hostnames {
-		if r, ok := s.reserved[h]; ok {
+// reservedAny returns a reservation of any of keys, or nil. Call it with
+// regMu held.
+func (s *Server) reservedAny(keys []string) *reservation {
+	for _, k := range keys {
+		if r, ok := s.reserved[k]; ok {
 			return r
 		}
 	}
 	return nil
-}
-
-// reserve holds hostnames, which must be free ([Server.lockFor]), until
-// [Server.unreserve]. Call it with regMu held.
-func (s *Server) reserve(hostnames []string) *reservation {
-	r := &reservation{hostnames: hostnames, done: make(chan struct{})}
-	for _, h := range hostnames {
-		s.reserved[h] = r
-	}
-	return r
 }
 
 // unreserve ends r and wakes the changes that wait for it.
@@ -75,20 +95,10 @@ func (s *Server) unreserve(r *reservation) {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
 
-	for _, h := range r.hostnames {
-		if s.reserved[h] == r {
-			delete(s.reserved, h)
+	for _, k := range r.keys {
+		if s.reserved[k] == r {
+			delete(s.reserved, k)
 		}
 	}
 	close(r.done)
-}
-
-// hostnameSet returns the sorted, distinct hostnames of lists.
-func hostnameSet(lists ...[]string) []string {
-	var all []string
-	for _, l := range lists {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	return slices.Compact(all)
 }

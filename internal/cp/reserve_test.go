@@ -1,6 +1,7 @@
 package cp
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -116,5 +117,58 @@ func TestReservationsEnd(t *testing.T) {
 	defer e.srv.regMu.Unlock()
 	if n := len(e.srv.reserved); n != 0 {
 		t.Errorf("%d hostnames still reserved: %v", n, e.srv.reserved)
+	}
+}
+
+// A record that web's tunnel still has for web-shop.localhost, unknown to
+// the registry (a provider call that failed half-way leaves one), must
+// not be deleted from under agent "web-shop" when web registers again
+// and its old tunnel goes: web-shop waits for the deletion to finish.
+func TestRegistrationWaitsForTheTunnelItTakesANameFrom(t *testing.T) {
+	e := newTestEnv(t, nil)
+	webAgent := newTestAgent(t)
+	web := registered(t, e.registerAs(t, webAgent, "web"))
+	tunnel := e.agent(t, web.AgentID).TunnelID
+
+	leftover := ingress.AgentIngress(web.Hostname, []ingress.Claim{{App: "x", Label: "shop",
+		Port: 9000}})
+	if err := e.ingress.Provider.ReplaceIngress(context.Background(), tunnel,
+		leftover); err != nil {
+		t.Fatal(err)
+	}
+
+	listed, release := make(chan struct{}), make(chan struct{})
+	e.ingress.mu.Lock()
+	e.ingress.calling = func(op, name string) {
+		if op == "delete" && name == tunnel {
+			close(listed)
+			<-release
+		}
+	}
+	e.ingress.mu.Unlock()
+
+	// web restarts with its keys: its registration replaces the record
+	// and deletes the old tunnel, which is held after listing its records.
+	body, h := webAgent.registration(t, e, "web")
+	again := e.post("/register", body, h)
+	<-listed
+
+	shopBody, shopH := newTestAgent(t).registration(t, e, "web-shop")
+	shop := e.post("/register", shopBody, shopH)
+	select {
+	case rec := <-shop:
+		t.Errorf("web-shop answered %d while web's old tunnel was being deleted", rec.Code)
+		close(release)
+		registered(t, <-again)
+		return
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+
+	registered(t, <-again)
+	shopReg := registered(t, <-shop)
+	want := e.agent(t, shopReg.AgentID).TunnelID
+	if got := e.ingress.owner("web-shop.localhost"); got != want {
+		t.Errorf("web-shop.localhost routes to %q, want web-shop's tunnel %q", got, want)
 	}
 }
