@@ -456,10 +456,6 @@ func (s *Store) SetClaims(ctx context.Context, id string, claims []ingress.Claim
 	return s.update(ctx, id, "UPDATE agents SET ingress_claims = ? WHERE id = ?", data, id)
 }
 
-// DB returns the store's database, which the audit log and the session
-// tables share.
-func (s *Store) DB() *sql.DB { return s.db }
-
 // Shared returns the store's database handle, which the audit log and the
 // session tables share.
 func (s *Store) Shared() *sqldb.DB { return s.q }

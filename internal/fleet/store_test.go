@@ -578,7 +578,7 @@ func TestAuditSharesTheDatabase(t *testing.T) {
 	}
 
 	var v int
-	if err := s.DB().QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil ||
+	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil ||
 		v != len(migrations) {
 		t.Errorf("user_version = %d, %v; want %d", v, err, len(migrations))
 	}
