@@ -417,14 +417,7 @@ func TestRegistration(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln) }()
+	_, base, stop := serveAgent(t, a)
 
 	req := <-cp.got
 	if req.VMName != "vm-1" || req.Origin != "http://127.0.0.1:1" ||
@@ -437,7 +430,7 @@ func TestRegistration(t *testing.T) {
 	}
 
 	// /health shows the registration, the tenant and the evidence
-	r := do(t, "GET", "http://"+ln.Addr().String()+"/health", "", "", "")
+	r := do(t, "GET", base+"/health", "", "", "")
 	var h agentapi.Health
 	json.Unmarshal([]byte(r.body), &h)
 	if h.Tenant != "org:globex(9)" || h.IntegrityState != "controlled" {
@@ -452,11 +445,7 @@ func TestRegistration(t *testing.T) {
 		t.Errorf("health evidence = %+v nonce %q; want the registration evidence", h.Evidence,
 			h.EvidenceNonce)
 	}
-
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Serve: %v", err)
-	}
+	stop()
 }
 
 // TestRegistrationRetriesRefusals: refusals (a stale nonce after a
